@@ -1,0 +1,193 @@
+//! The pod spec: the validated, resolved model of a `wasmpod.toml` (or of a spec built in Rust).
+//!
+//! This module owns what a pod *is* on paper: its containers, volumes, mounts, ports and policies.
+//! Parsing TOML with source spans and validating it lives in [`parse`]; turning a spec into
+//! running things is the job of [`crate::pod`]. Every path in a [`PodSpec`] is already resolved
+//! against the spec file's directory, so later stages never guess a base directory.
+
+mod parse;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use parse::{Problem, SpecError};
+
+/// A whole pod, as written in `wasmpod.toml` and checked by [`PodSpec::from_file`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodSpec {
+    /// Lowercase letters, digits and '-', 1–63 characters (a DNS label, as in Kubernetes).
+    pub name: String,
+    /// Pod-wide, as in Kubernetes and ACI.
+    pub restart_policy: RestartPolicy,
+    /// How long to wait before restarting a container that exited.
+    pub restart_backoff: Backoff,
+    /// The pod's one public port, served by the front proxy.
+    pub expose: Option<Expose>,
+    pub volumes: Vec<VolumeSpec>,
+    /// Run one after another, each to exit 0, before `containers` start.
+    pub init_containers: Vec<ContainerSpec>,
+    pub containers: Vec<ContainerSpec>,
+    /// The directory relative paths were resolved against (the spec file's directory).
+    pub base_dir: PathBuf,
+    /// The spec file, when the spec came from one (used to name it in messages).
+    pub source_file: Option<PathBuf>,
+}
+
+/// Which exits a container is restarted after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    /// Restart on any exit (the Kubernetes and ACI default).
+    #[default]
+    Always,
+    /// Restart after a non-zero exit or a trap.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+/// Exponential restart back-off: `initial`, doubling up to `max`; reset after `reset_after` of
+/// clean running. Kubernetes' values are the defaults; tests use milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub reset_after: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+            reset_after: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before restart number `restarts_in_a_row` (1 for the first restart).
+    pub fn delay(&self, restarts_in_a_row: u32) -> Duration {
+        let doublings = restarts_in_a_row.saturating_sub(1).min(32);
+        self.initial
+            .checked_mul(1u32 << doublings.min(31))
+            .unwrap_or(self.max)
+            .min(self.max)
+    }
+}
+
+/// The pod's one public port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expose {
+    /// A pod port that exactly one container lists in `ports`.
+    pub port: u16,
+}
+
+/// A named volume that containers mount.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub source: VolumeSource,
+}
+
+/// Where a volume's files come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VolumeSource {
+    /// A fresh, empty directory that lives as long as the pod.
+    EmptyDir,
+    /// An existing host directory (absolute, resolved against the spec file's directory).
+    HostPath(PathBuf),
+    /// Files named by the keys, holding the values; always mounted read-only.
+    Secret(BTreeMap<String, String>),
+}
+
+/// One container: a WASI 0.2 component plus what it may see.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// Unique in the pod (init containers included); same rules as the pod name.
+    pub name: String,
+    pub component: ComponentSource,
+    /// argv[1..]; argv[0] is the container name.
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Pod ports this container listens on.
+    pub ports: Vec<u16>,
+    pub volume_mounts: Vec<MountSpec>,
+}
+
+impl ContainerSpec {
+    /// A container running `component` with no args, env, ports or mounts.
+    pub fn new(name: impl Into<String>, component: impl Into<ComponentSource>) -> Self {
+        ContainerSpec {
+            name: name.into(),
+            component: component.into(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            ports: Vec::new(),
+            volume_mounts: Vec::new(),
+        }
+    }
+}
+
+/// Where a container's component comes from.
+#[derive(Clone, PartialEq)]
+pub enum ComponentSource {
+    /// A component file (absolute once resolved).
+    File(PathBuf),
+    /// Component bytes given directly (tests, embedders).
+    Bytes(Arc<[u8]>),
+}
+
+impl std::fmt::Debug for ComponentSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ComponentSource::File(path) => f.debug_tuple("File").field(path).finish(),
+            ComponentSource::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
+        }
+    }
+}
+
+impl From<PathBuf> for ComponentSource {
+    fn from(path: PathBuf) -> Self {
+        ComponentSource::File(path)
+    }
+}
+
+impl From<&Path> for ComponentSource {
+    fn from(path: &Path) -> Self {
+        ComponentSource::File(path.to_path_buf())
+    }
+}
+
+/// A volume mounted into one container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountSpec {
+    /// The name of a volume declared in the pod.
+    pub volume: String,
+    /// An absolute guest path such as `/data`.
+    pub mount_path: String,
+    pub read_only: bool,
+}
+
+impl PodSpec {
+    /// Reads, parses and validates a spec file; relative paths resolve against its directory.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<PodSpec, SpecError> {
+        parse::from_file(path.as_ref())
+    }
+
+    /// Parses and validates spec text; `file` names it in messages and anchors relative paths.
+    pub fn from_toml(text: &str, file: &Path) -> Result<PodSpec, SpecError> {
+        parse::from_toml(text, file)
+    }
+
+    /// Validates a spec built in Rust (no source positions to report, so problems name fields).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        parse::validate_model(self)
+    }
+
+    /// Every container, init containers first, in spec order.
+    pub fn all_containers(&self) -> impl Iterator<Item = &ContainerSpec> {
+        self.init_containers.iter().chain(self.containers.iter())
+    }
+}
