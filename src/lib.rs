@@ -1,1 +1,31 @@
-pub fn hello() {}
+//! wasmpod runs a *pod* — a small group of WebAssembly components (WASI 0.2) scheduled
+//! together — inside one process: one lifecycle, shared volumes, one exposed port.
+//!
+//! The library is what the `wasmpod` CLI is built on and what tests use to run pods in-process:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wasmpod::PodError> {
+//! let pod = wasmpod::Pod::from_file("examples/hello/wasmpod.toml")?;
+//! pod.start().await?;
+//! let status = pod.wait().await;
+//! println!("{}: {}", status.name, status.phase);
+//! for line in pod.logs("reader") {
+//!     println!("reader | {}", line.text);
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod container;
+pub mod engine;
+pub mod logs;
+pub mod pod;
+pub mod spec;
+pub mod status;
+pub mod volume;
+
+pub use container::{ContainerKind, Exit};
+pub use engine::Engine;
+pub use logs::{LogLine, Logs, Stream};
+pub use pod::{Pod, PodError, PodOptions};
+pub use spec::{PodSpec, RestartPolicy, SpecError};
+pub use status::{ContainerState, ContainerStatus, Event, EventKind, PodPhase, PodStatus, WaitingReason};

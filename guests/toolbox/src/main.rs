@@ -1,0 +1,208 @@
+//! `toolbox`: a WASI 0.2 command component that runs a script of steps given as arguments.
+//!
+//! Steps are separated by the argument `&&` and run in order; the first failing step ends the
+//! program with exit code 1 (unless a step sets another code). It exists so that tests and
+//! examples can exercise volumes, args, env, exits, traps and restarts on a real component
+//! without one guest crate per scenario.
+//!
+//! Steps:
+//! - `print TEXT...`                 print the words on stdout
+//! - `eprint TEXT...`                print the words on stderr
+//! - `args`                          print each argument (argv[0] included) on a line `arg: X`
+//! - `env`                           print each environment variable as `env: K=V`, sorted
+//! - `write PATH TEXT...`            create or replace a file
+//! - `append PATH TEXT...`           append a line to a file
+//! - `read PATH`                     print the file's contents, line by line, as `read: LINE`
+//! - `try-write PATH TEXT`           attempt a write; print `write ok` or `write failed: ERROR`
+//! - `try-read PATH`                 attempt a read; print `read ok: N bytes` or `read failed: ERROR`
+//! - `ls PATH`                       print the entries of a directory, sorted, as `ls: NAME`
+//! - `wait-file PATH MS`             wait (polling) until a file exists, at most MS milliseconds
+//! - `tick PATH COUNT MS`            append `tick I` lines to PATH, COUNT times, MS apart
+//! - `follow PATH COUNT MS`          print the lines of PATH as `got: LINE` until COUNT lines seen
+//! - `runs PATH`                     count this run in PATH (one line per run); print `run N`
+//! - `fail-until PATH N CODE`        exit with CODE while fewer than N runs are recorded in PATH
+//! - `sleep MS`                      sleep
+//! - `exit CODE`                     exit with CODE
+//! - `trap`                          trap (executes `unreachable`)
+//! - `spin`                          loop forever without yielding
+//! - `serve-forever MS`              print `alive I` every MS milliseconds, forever
+
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for step in args.split(|arg| arg == "&&") {
+        if step.is_empty() {
+            continue;
+        }
+        if let Err(message) = run_step(step) {
+            eprintln!("toolbox: {}: {message}", step.join(" "));
+            let _ = std::io::stderr().flush();
+            std::process::exit(1);
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+fn run_step(step: &[String]) -> Result<(), String> {
+    let verb = step[0].as_str();
+    let rest = &step[1..];
+    let arg = |i: usize| -> Result<&str, String> {
+        rest.get(i)
+            .map(String::as_str)
+            .ok_or_else(|| format!("missing argument {}", i + 1))
+    };
+    let number = |i: usize| -> Result<u64, String> {
+        let text = arg(i)?;
+        text.parse::<u64>()
+            .map_err(|e| format!("argument {} ({text:?}) is not a number: {e}", i + 1))
+    };
+    match verb {
+        "print" => println!("{}", rest.join(" ")),
+        "eprint" => eprintln!("{}", rest.join(" ")),
+        "args" => {
+            for a in std::env::args() {
+                println!("arg: {a}");
+            }
+        }
+        "env" => {
+            let mut vars: Vec<(String, String)> = std::env::vars().collect();
+            vars.sort();
+            for (k, v) in vars {
+                println!("env: {k}={v}");
+            }
+        }
+        "write" => {
+            let text = rest[1..].join(" ");
+            std::fs::write(arg(0)?, format!("{text}\n")).map_err(|e| e.to_string())?;
+        }
+        "append" => append_line(arg(0)?, &rest[1..].join(" "))?,
+        "read" => {
+            let text = std::fs::read_to_string(arg(0)?).map_err(|e| e.to_string())?;
+            for line in text.lines() {
+                println!("read: {line}");
+            }
+        }
+        "try-write" => match std::fs::write(arg(0)?, rest[1..].join(" ")) {
+            Ok(()) => println!("write ok"),
+            Err(e) => println!("write failed: {e}"),
+        },
+        "try-read" => match std::fs::read(arg(0)?) {
+            Ok(bytes) => println!("read ok: {} bytes", bytes.len()),
+            Err(e) => println!("read failed: {e}"),
+        },
+        "ls" => {
+            let mut names: Vec<String> = std::fs::read_dir(arg(0)?)
+                .map_err(|e| e.to_string())?
+                .filter_map(|entry| entry.ok())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            for name in names {
+                println!("ls: {name}");
+            }
+        }
+        "wait-file" => {
+            let deadline = Instant::now() + Duration::from_millis(number(1)?);
+            while !std::path::Path::new(arg(0)?).exists() {
+                if Instant::now() > deadline {
+                    return Err(format!("{} did not appear in time", arg(0)?));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        "tick" => {
+            let count = number(1)?;
+            for i in 1..=count {
+                append_line(arg(0)?, &format!("tick {i}"))?;
+                if i < count {
+                    std::thread::sleep(Duration::from_millis(number(2)?));
+                }
+            }
+        }
+        "follow" => follow(arg(0)?, number(1)?, number(2)?)?,
+        "runs" => {
+            append_line(arg(0)?, "run")?;
+            println!("run {}", count_lines(arg(0)?)?);
+        }
+        "fail-until" => {
+            append_line(arg(0)?, "run")?;
+            let runs = count_lines(arg(0)?)?;
+            let wanted = number(1)? as usize;
+            let code = number(2)? as i32;
+            println!("run {runs} of {wanted}");
+            if runs < wanted {
+                let _ = std::io::stdout().flush();
+                std::process::exit(code);
+            }
+        }
+        "sleep" => std::thread::sleep(Duration::from_millis(number(0)?)),
+        "exit" => {
+            let _ = std::io::stdout().flush();
+            std::process::exit(number(0)? as i32)
+        }
+        "trap" => {
+            let _ = std::io::stdout().flush();
+            #[cfg(target_arch = "wasm32")]
+            core::arch::wasm32::unreachable();
+            #[cfg(not(target_arch = "wasm32"))]
+            std::process::abort();
+        }
+        "spin" => {
+            let mut counter: u64 = 0;
+            loop {
+                counter = std::hint::black_box(counter.wrapping_add(1));
+            }
+        }
+        "serve-forever" => {
+            let period = Duration::from_millis(number(0)?);
+            for i in 1.. {
+                println!("alive {i}");
+                let _ = std::io::stdout().flush();
+                std::thread::sleep(period);
+            }
+        }
+        other => return Err(format!("unknown step {other:?}")),
+    }
+    Ok(())
+}
+
+fn append_line(path: &str, line: &str) -> Result<(), String> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("open {path}: {e}"))?;
+    writeln!(file, "{line}").map_err(|e| format!("write {path}: {e}"))
+}
+
+fn count_lines(path: &str) -> Result<usize, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))?;
+    Ok(text.lines().count())
+}
+
+/// Prints lines of `path` as they are appended, until `count` lines have been seen or
+/// `timeout_ms` passes without the file growing to that many lines.
+fn follow(path: &str, count: u64, timeout_ms: u64) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let mut seen = 0u64;
+    while seen < count {
+        if let Ok(file) = std::fs::File::open(path) {
+            for line in std::io::BufReader::new(file).lines().skip(seen as usize) {
+                let line = line.map_err(|e| e.to_string())?;
+                println!("got: {line}");
+                seen += 1;
+            }
+            let _ = std::io::stdout().flush();
+        }
+        if seen >= count {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("saw {seen} of {count} lines before the deadline"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}

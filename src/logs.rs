@@ -1,0 +1,275 @@
+//! Container output: every line a container writes to stdout or stderr, kept in a bounded
+//! per-container buffer and, when someone follows the pod, handed on to them in order.
+//!
+//! This module owns the line splitting and the buffers; it does not print. The CLI follows the
+//! pod and prints `NAME | line`; tests read [`Logs::lines`]. A follower that reads slowly slows
+//! the writing guest down (a bounded channel, like a pipe), it never grows memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use tokio::io::AsyncWrite;
+use tokio::sync::mpsc;
+use tokio_util::sync::PollSender;
+
+/// Lines kept per container by default.
+pub const DEFAULT_LINES_PER_CONTAINER: usize = 1000;
+/// Longer lines are cut into pieces of this many bytes, so one line cannot grow unbounded.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// How many lines may wait for a slow follower before writers wait.
+const FOLLOW_QUEUE: usize = 1024;
+
+/// Which standard stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of container output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub container: Arc<str>,
+    pub stream: Stream,
+    /// The line without its newline (lossily decoded as UTF-8).
+    pub text: String,
+    pub at: SystemTime,
+}
+
+/// The output of every container of one pod.
+#[derive(Clone)]
+pub struct Logs {
+    inner: Arc<LogsInner>,
+}
+
+struct LogsInner {
+    lines_per_container: usize,
+    buffers: Mutex<HashMap<Arc<str>, VecDeque<LogLine>>>,
+    follower: Mutex<Option<mpsc::Sender<LogLine>>>,
+}
+
+impl Logs {
+    /// Keeps the last `lines_per_container` lines of each container.
+    pub fn new(lines_per_container: usize) -> Logs {
+        Logs {
+            inner: Arc::new(LogsInner {
+                lines_per_container: lines_per_container.max(1),
+                buffers: Mutex::new(HashMap::new()),
+                follower: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The buffered lines of one container, oldest first (stdout and stderr interleaved).
+    pub fn lines(&self, container: &str) -> Vec<LogLine> {
+        lock(&self.inner.buffers).get(container).map(|lines| lines.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The buffered lines of one container, as text, oldest first.
+    pub fn text(&self, container: &str) -> Vec<String> {
+        self.lines(container).into_iter().map(|line| line.text).collect()
+    }
+
+    /// Every line written from now on, in order per stream. Replaces an earlier follower.
+    pub fn follow(&self) -> mpsc::Receiver<LogLine> {
+        let (sender, receiver) = mpsc::channel(FOLLOW_QUEUE);
+        *lock(&self.inner.follower) = Some(sender);
+        receiver
+    }
+
+    /// The stdout or stderr stream to give a container's WASI context.
+    pub(crate) fn output(&self, container: &str, stream: Stream) -> ContainerOutput {
+        ContainerOutput { logs: self.clone(), container: container.into(), stream }
+    }
+
+    fn record(&self, line: LogLine) {
+        let mut buffers = lock(&self.inner.buffers);
+        let lines = buffers.entry(line.container.clone()).or_default();
+        if lines.len() == self.inner.lines_per_container {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    fn follower(&self) -> Option<mpsc::Sender<LogLine>> {
+        lock(&self.inner.follower).clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here is a plain push or clone; a poisoned lock still holds valid data.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A container's stdout or stderr as wasmtime-wasi sees it.
+pub(crate) struct ContainerOutput {
+    logs: Logs,
+    container: Arc<str>,
+    stream: Stream,
+}
+
+impl wasmtime_wasi::cli::IsTerminal for ContainerOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for ContainerOutput {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(LineWriter {
+            logs: self.logs.clone(),
+            container: self.container.clone(),
+            stream: self.stream,
+            partial: Vec::new(),
+            undelivered: VecDeque::new(),
+            follower: self.logs.follower().map(PollSender::new),
+        })
+    }
+}
+
+/// Splits written bytes into lines, records them, and delivers them to the follower.
+struct LineWriter {
+    logs: Logs,
+    container: Arc<str>,
+    stream: Stream,
+    partial: Vec<u8>,
+    /// Lines recorded but not yet accepted by the follower (at most one write's worth).
+    undelivered: VecDeque<LogLine>,
+    follower: Option<PollSender<LogLine>>,
+}
+
+impl LineWriter {
+    fn finish_line(&mut self, bytes: &[u8]) {
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        let line = LogLine {
+            container: self.container.clone(),
+            stream: self.stream,
+            text: String::from_utf8_lossy(bytes).into_owned(),
+            at: SystemTime::now(),
+        };
+        self.logs.record(line.clone());
+        if self.follower.is_some() {
+            self.undelivered.push_back(line);
+        }
+    }
+
+    /// Hands waiting lines to the follower; `Pending` while its queue is full.
+    fn poll_deliver(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while let Some(follower) = self.follower.as_mut() {
+            if self.undelivered.is_empty() {
+                break;
+            }
+            match follower.poll_reserve(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => {
+                    if let Some(line) = self.undelivered.pop_front() {
+                        // Reserved just above, so this cannot fail for lack of room.
+                        let _ = follower.send_item(line);
+                    }
+                }
+                // Nobody follows any more: keep recording, stop delivering.
+                Poll::Ready(Err(_)) => {
+                    self.follower = None;
+                    self.undelivered.clear();
+                }
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
+impl AsyncWrite for LineWriter {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.poll_deliver(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let mut rest = buf;
+        while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
+            let (line, after) = rest.split_at(newline);
+            if this.partial.is_empty() {
+                this.finish_line(line);
+            } else {
+                let mut whole = std::mem::take(&mut this.partial);
+                whole.extend_from_slice(line);
+                this.finish_line(&whole);
+            }
+            rest = &after[1..];
+        }
+        this.partial.extend_from_slice(rest);
+        while this.partial.len() >= MAX_LINE_BYTES {
+            let tail = this.partial.split_off(MAX_LINE_BYTES);
+            let head = std::mem::replace(&mut this.partial, tail);
+            this.finish_line(&head);
+        }
+        // The bytes are taken; delivery of what they completed continues on the next call.
+        let _ = this.poll_deliver(cx);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_deliver(cx).map(Ok)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+impl Drop for LineWriter {
+    /// A last line without a newline still counts when the container ends.
+    fn drop(&mut self) {
+        if !self.partial.is_empty() {
+            let partial = std::mem::take(&mut self.partial);
+            self.finish_line(&partial);
+        }
+        if let Some(follower) = self.follower.as_ref().and_then(|f| f.get_ref()).cloned() {
+            for line in self.undelivered.drain(..) {
+                // Best effort: a full queue at teardown drops the copy, the buffer keeps it.
+                let _ = follower.try_send(line);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use wasmtime_wasi::cli::StdoutStream;
+
+    #[tokio::test]
+    async fn splits_lines_keeps_partial_until_drop_and_bounds_buffer() {
+        let logs = Logs::new(3);
+        let mut follow = logs.follow();
+        {
+            let mut writer = Box::into_pin(logs.output("app", Stream::Stdout).async_stream());
+            writer.write_all(b"one\ntwo\r\nthr").await.unwrap();
+            writer.write_all(b"ee\nfour\nfive").await.unwrap();
+            writer.flush().await.unwrap();
+        }
+        assert_eq!(logs.text("app"), vec!["three", "four", "five"]);
+        let mut followed = Vec::new();
+        while let Ok(line) = follow.try_recv() {
+            followed.push(line.text);
+        }
+        assert_eq!(followed, vec!["one", "two", "three", "four", "five"]);
+        assert!(logs.lines("other").is_empty());
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_cut() {
+        let logs = Logs::new(10);
+        let mut writer = Box::into_pin(logs.output("app", Stream::Stderr).async_stream());
+        writer.write_all(&vec![b'x'; MAX_LINE_BYTES + 10]).await.unwrap();
+        drop(writer);
+        let lines = logs.lines("app");
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].text.len(), MAX_LINE_BYTES);
+        assert_eq!(lines[1].text.len(), 10);
+        assert_eq!(lines[1].stream, Stream::Stderr);
+    }
+}

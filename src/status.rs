@@ -1,0 +1,223 @@
+//! What a pod and its containers are doing, as data: phases, container states, exits, and the
+//! pod's event log.
+//!
+//! Lifecycles are enums with explicit transitions (Kubernetes' vocabulary: a pod is Pending,
+//! Initializing, Running, then Succeeded, Failed or Stopped; a container is Waiting, Running or
+//! Terminated). The supervisor ([`crate::pod`]) writes these; the library API and the CLI read
+//! them. Events are kept in a bounded log and can be followed.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+
+use crate::container::Exit;
+
+/// The pod's phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodPhase {
+    /// Compiling components and preparing volumes.
+    Pending,
+    /// Running init containers, one after another.
+    Initializing,
+    /// The app containers are running (or backing off before a restart).
+    Running,
+    /// No container can run any more and every last exit was a success.
+    Succeeded,
+    /// No container can run any more and some last exit was a failure; the reason says which.
+    Failed { reason: String },
+    /// Stopped on request (Ctrl-C, SIGTERM, [`crate::Pod::stop`]).
+    Stopped,
+}
+
+impl PodPhase {
+    /// Whether the pod has ended for good.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, PodPhase::Succeeded | PodPhase::Failed { .. } | PodPhase::Stopped)
+    }
+}
+
+impl fmt::Display for PodPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PodPhase::Pending => f.write_str("Pending"),
+            PodPhase::Initializing => f.write_str("Initializing"),
+            PodPhase::Running => f.write_str("Running"),
+            PodPhase::Succeeded => f.write_str("Succeeded"),
+            PodPhase::Failed { reason } => write!(f, "Failed: {reason}"),
+            PodPhase::Stopped => f.write_str("Stopped"),
+        }
+    }
+}
+
+/// Why a container is not running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitingReason {
+    /// The pod has not started it yet (compiling, or init containers still running).
+    PodInitializing,
+    /// Waiting out the restart back-off after an exit.
+    BackOff { delay: Duration },
+    /// An init container failed, so this one never starts.
+    InitFailed { init_container: String },
+}
+
+/// A container's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Waiting { reason: WaitingReason },
+    Running { started_at: SystemTime },
+    Terminated { exit: Exit, finished_at: SystemTime },
+}
+
+impl fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ContainerState::Waiting { reason: WaitingReason::PodInitializing } => f.write_str("Waiting (PodInitializing)"),
+            ContainerState::Waiting { reason: WaitingReason::BackOff { delay } } => {
+                write!(f, "Waiting (BackOff {})", humantime::format_duration(*delay))
+            }
+            ContainerState::Waiting { reason: WaitingReason::InitFailed { init_container } } => {
+                write!(f, "Waiting (init container {init_container} failed)")
+            }
+            ContainerState::Running { .. } => f.write_str("Running"),
+            ContainerState::Terminated { exit, .. } => write!(f, "Terminated ({exit})"),
+        }
+    }
+}
+
+/// One container's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerStatus {
+    pub name: String,
+    /// An init container (runs to completion before the app containers).
+    pub init: bool,
+    pub state: ContainerState,
+    /// How many times it was restarted.
+    pub restart_count: u32,
+    /// How its most recent run ended.
+    pub last_exit: Option<Exit>,
+}
+
+/// A snapshot of the whole pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodStatus {
+    pub name: String,
+    pub phase: PodPhase,
+    /// Init containers first, in spec order.
+    pub containers: Vec<ContainerStatus>,
+}
+
+impl PodStatus {
+    /// The status of one container.
+    pub fn container(&self, name: &str) -> Option<&ContainerStatus> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+}
+
+/// Something that happened in the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub at: SystemTime,
+    /// The container it concerns, if any.
+    pub container: Option<String>,
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    Compiling,
+    Compiled { cached: bool, took: Duration },
+    VolumeReady { volume: String, host_dir: String },
+    Started,
+    Exited { exit: Exit },
+    BackOff { delay: Duration },
+    Restarting { restart_count: u32 },
+    PodRunning,
+    PodSucceeded,
+    PodFailed { reason: String },
+    Stopping,
+    PodStopped,
+    Warning { message: String },
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(container) = &self.container {
+            write!(f, "{container}: ")?;
+        }
+        match &self.kind {
+            EventKind::Compiling => f.write_str("compiling"),
+            EventKind::Compiled { cached: true, took } => write!(f, "loaded compiled component from cache in {took:.0?}"),
+            EventKind::Compiled { cached: false, took } => write!(f, "compiled in {took:.1?}"),
+            EventKind::VolumeReady { volume, host_dir } => write!(f, "volume {volume} at {host_dir}"),
+            EventKind::Started => f.write_str("started"),
+            EventKind::Exited { exit } => write!(f, "{exit}"),
+            EventKind::BackOff { delay } => write!(f, "restarting in {}", humantime::format_duration(*delay)),
+            EventKind::Restarting { restart_count } => write!(f, "restarting (restart {restart_count})"),
+            EventKind::PodRunning => f.write_str("pod running"),
+            EventKind::PodSucceeded => f.write_str("pod succeeded"),
+            EventKind::PodFailed { reason } => write!(f, "pod failed: {reason}"),
+            EventKind::Stopping => f.write_str("stopping"),
+            EventKind::PodStopped => f.write_str("pod stopped"),
+            EventKind::Warning { message } => write!(f, "warning: {message}"),
+        }
+    }
+}
+
+/// Events kept per pod by default.
+pub const DEFAULT_EVENT_CAPACITY: usize = 1000;
+const FOLLOW_QUEUE: usize = 256;
+
+/// The pod's bounded event log.
+#[derive(Clone)]
+pub struct Events {
+    inner: Arc<Mutex<EventsInner>>,
+}
+
+struct EventsInner {
+    capacity: usize,
+    log: VecDeque<Event>,
+    follower: Option<mpsc::Sender<Event>>,
+}
+
+impl Events {
+    pub fn new(capacity: usize) -> Events {
+        Events {
+            inner: Arc::new(Mutex::new(EventsInner { capacity: capacity.max(1), log: VecDeque::new(), follower: None })),
+        }
+    }
+
+    /// Records an event about a container (`None`: about the pod).
+    pub fn emit(&self, container: Option<&str>, kind: EventKind) {
+        let event = Event { at: SystemTime::now(), container: container.map(str::to_owned), kind };
+        let mut inner = self.lock();
+        if inner.log.len() == inner.capacity {
+            inner.log.pop_front();
+        }
+        inner.log.push_back(event.clone());
+        if let Some(follower) = &inner.follower {
+            // Events are few; a follower that falls a whole queue behind misses some, the log
+            // keeps them. The supervisor never waits on a reader.
+            let _ = follower.try_send(event);
+        }
+    }
+
+    /// Every event recorded so far (the most recent `capacity`), oldest first.
+    pub fn all(&self) -> Vec<Event> {
+        self.lock().log.iter().cloned().collect()
+    }
+
+    /// Every event from now on. Replaces an earlier follower.
+    pub fn follow(&self) -> mpsc::Receiver<Event> {
+        let (sender, receiver) = mpsc::channel(FOLLOW_QUEUE);
+        self.lock().follower = Some(sender);
+        receiver
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, EventsInner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
