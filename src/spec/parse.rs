@@ -321,10 +321,7 @@ fn lower_pod(raw: RawPod, base_dir: &Path, report: &mut Report) -> PodSpec {
         .into_iter()
         .enumerate()
         .map(|(index, container)| {
-            let at = ContainerAt {
-                list: ContainerList::Init,
-                index,
-            };
+            let at = ContainerAt::init(index);
             lower_container(container, at, &secret_volume_names, base_dir, report)
         })
         .collect();
@@ -337,10 +334,7 @@ fn lower_pod(raw: RawPod, base_dir: &Path, report: &mut Report) -> PodSpec {
                 .into_iter()
                 .enumerate()
                 .map(|(index, container)| {
-                    let at = ContainerAt {
-                        list: ContainerList::Main,
-                        index,
-                    };
+                    let at = ContainerAt::main(index);
                     lower_container(container, at, &secret_volume_names, base_dir, report)
                 })
                 .collect()
@@ -400,8 +394,7 @@ fn lower_port(written: &Spanned<RawPort>, report: &mut Report) -> Option<u16> {
     let port = u16::try_from(number).ok();
     if port.is_none() {
         let message = format!("port {number} is out of range; use a port from 1 to 65535");
-        let problem = report.problem_at(Some(written.span()), message);
-        report.problems.push(problem);
+        report.push_at_span(written.span(), message);
     }
     port
 }
@@ -575,10 +568,27 @@ enum VolumeField {
     SecretKey(String),
 }
 
+/// Where a container sits in the spec: which list, and its index there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ContainerAt {
     list: ContainerList,
     index: usize,
+}
+
+impl ContainerAt {
+    fn init(index: usize) -> Self {
+        ContainerAt {
+            list: ContainerList::Init,
+            index,
+        }
+    }
+
+    fn main(index: usize) -> Self {
+        ContainerAt {
+            list: ContainerList::Main,
+            index,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -703,6 +713,12 @@ impl<'a> Report<'a> {
         self.problems.push(problem);
     }
 
+    /// Reports a problem at a span no model field owns (a value that lowering had to drop).
+    fn push_at_span(&mut self, span: Range<usize>, message: String) {
+        let problem = self.problem_at(Some(span), message);
+        self.problems.push(problem);
+    }
+
     /// A problem at byte `span` of the TOML text (unlocated if either is unknown).
     fn problem_at(&self, span: Option<Range<usize>>, message: String) -> Problem {
         let position = span
@@ -809,8 +825,8 @@ fn check_backoff(backoff: &Backoff, report: &mut Report) {
         report.push(
             &initial,
             format!(
-                "restart_backoff.initial ({}) is longer than restart_backoff.max ({}); make initial at \
-                 most max",
+                "restart_backoff.initial ({}) is longer than restart_backoff.max ({}); \
+                 make initial at most max",
                 humantime::format_duration(backoff.initial),
                 humantime::format_duration(backoff.max)
             ),
@@ -850,8 +866,8 @@ fn check_volumes(spec: &PodSpec, report: &mut Report) {
                         path.display()
                     )),
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => Some(format!(
-                        "host_path {} does not exist; create the directory or fix the path (relative \
-                         paths are relative to the spec file's directory)",
+                        "host_path {} does not exist; create the directory or fix the path \
+                         (relative paths are relative to the spec file's directory)",
                         path.display()
                     )),
                     Err(error) => {
@@ -869,7 +885,8 @@ fn check_volumes(spec: &PodSpec, report: &mut Report) {
                         report.push(
                             &field,
                             format!(
-                                "secret file name {file_name:?} {reason}; use a plain file name such as \"token\""
+                                "secret file name {file_name:?} {reason}; \
+                                 use a plain file name such as \"token\""
                             ),
                         );
                     }
@@ -895,32 +912,10 @@ fn plain_file_name_problem(file_name: &str) -> Option<&'static str> {
 }
 
 fn check_containers(spec: &PodSpec, report: &mut Report) {
-    let init = spec
-        .init_containers
-        .iter()
-        .enumerate()
-        .map(|(index, container)| {
-            (
-                ContainerAt {
-                    list: ContainerList::Init,
-                    index,
-                },
-                container,
-            )
-        });
-    let main = spec
-        .containers
-        .iter()
-        .enumerate()
-        .map(|(index, container)| {
-            (
-                ContainerAt {
-                    list: ContainerList::Main,
-                    index,
-                },
-                container,
-            )
-        });
+    let init = spec.init_containers.iter().enumerate();
+    let init = init.map(|(index, container)| (ContainerAt::init(index), container));
+    let main = spec.containers.iter().enumerate();
+    let main = main.map(|(index, container)| (ContainerAt::main(index), container));
 
     let mut first_container_named: HashMap<&str, ContainerAt> = HashMap::new();
     let mut first_listing_of_port: HashMap<u16, Field> = HashMap::new();
@@ -937,8 +932,8 @@ fn check_containers(spec: &PodSpec, report: &mut Report) {
             );
         } else if let Some(&first) = first_container_named.get(container.name.as_str()) {
             let message = format!(
-                "container name \"{}\" is already used (at {}); names must be unique in the pod, init \
-                 containers included",
+                "container name \"{}\" is already used (at {}); names must be unique \
+                 in the pod, init containers included",
                 container.name,
                 report.refer_to(&Field::Container(first, ContainerField::Name))
             );
@@ -953,7 +948,7 @@ fn check_containers(spec: &PodSpec, report: &mut Report) {
 
         for name in container.env.keys() {
             let problem = if name.is_empty() {
-                Some("an environment variable name is empty")
+                Some("is empty")
             } else if name.contains('=') {
                 Some("contains '='")
             } else if name.contains('\0') {
@@ -1012,8 +1007,8 @@ fn check_mounts(spec: &PodSpec, at: ContainerAt, container: &ContainerSpec, repo
                     .collect();
                 let message = if declared.is_empty() {
                     format!(
-                        "volume \"{}\" is not declared, and the pod declares no volumes; add a [[volumes]] \
-                         table named \"{}\"",
+                        "volume \"{}\" is not declared, and the pod declares no volumes; \
+                         add a [[volumes]] table named \"{}\"",
                         mount.volume, mount.volume
                     )
                 } else {
@@ -1030,7 +1025,8 @@ fn check_mounts(spec: &PodSpec, at: ContainerAt, container: &ContainerSpec, repo
                     report.push(
                         &field(MountField::ReadOnly),
                         format!(
-                            "secret volume \"{}\" is always mounted read-only; remove `read_only = false`",
+                            "secret volume \"{}\" is always mounted read-only; \
+                             remove `read_only = false`",
                             volume.name
                         ),
                     );
@@ -1057,7 +1053,8 @@ fn check_mounts(spec: &PodSpec, at: ContainerAt, container: &ContainerSpec, repo
             let first_field =
                 Field::Container(at, ContainerField::Mount(first, MountField::MountPath));
             let message = format!(
-                "container \"{}\" already mounts a volume at {} (at {}); use a different mount_path",
+                "container \"{}\" already mounts a volume at {} (at {}); \
+                 use a different mount_path",
                 container.name,
                 mount.mount_path,
                 report.refer_to(&first_field)
@@ -1083,14 +1080,14 @@ fn check_expose(spec: &PodSpec, report: &mut Report) {
     }
     let message = if listed_by(&spec.init_containers) {
         format!(
-            "exposed port {} is listed only by an init container, which exits before the pod serves; \
-             list it in the `ports` of one of the [[containers]]",
+            "exposed port {} is listed only by an init container, which exits before the \
+             pod serves; list it in the `ports` of one of the [[containers]]",
             expose.port
         )
     } else {
         format!(
-            "exposed port {} is not listed by any container; add it to the `ports` of the container \
-             that serves it",
+            "exposed port {} is not listed by any container; add it to the `ports` of the \
+             container that serves it",
             expose.port
         )
     };
@@ -1117,12 +1114,13 @@ fn check_component(source: &ComponentSource, base_dir: &Path) -> Result<(), Stri
             let path = base_dir.join(path);
             let header = read_header(&path).map_err(|error| match error.kind() {
                 std::io::ErrorKind::NotFound => format!(
-                    "component file {} does not exist; build it or fix `component` (relative paths are \
-                     relative to the spec file's directory)",
+                    "component file {} does not exist; build it or fix `component` \
+                     (relative paths are relative to the spec file's directory)",
                     path.display()
                 ),
                 _ if path.is_dir() => {
-                    format!("component {} is a directory; point `component` at a .wasm file", path.display())
+                    let path = path.display();
+                    format!("component {path} is a directory; point `component` at a .wasm file")
                 }
                 _ => format!("cannot read component file {}: {error}", path.display()),
             })?;
@@ -1150,8 +1148,8 @@ fn check_component_header(header: &[u8], what: &str) -> Result<(), String> {
         ))
     } else if header.starts_with(b"\0asm") {
         Err(format!(
-            "{what} has an unsupported WebAssembly header {header:02x?}; expected a WASI 0.2 component \
-             (built for `wasm32-wasip2`)"
+            "{what} has an unsupported WebAssembly header {header:02x?}; expected a \
+             WASI 0.2 component (built for `wasm32-wasip2`)"
         ))
     } else {
         Err(format!(
