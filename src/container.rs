@@ -158,33 +158,40 @@ impl PreparedContainer {
         }
     }
 
-    /// Builds the WASI context: only the container's own args, env, stdio and mounts.
     fn context(&self, logs: &Logs) -> Result<ContainerData, String> {
-        let mut builder = WasiCtxBuilder::new();
-        let mut argv = Vec::with_capacity(self.spec.args.len() + 1);
-        argv.push(self.spec.name.clone());
-        argv.extend(self.spec.args.iter().cloned());
-        builder.args(&argv);
-        for (key, value) in &self.spec.env {
-            builder.env(key, value);
-        }
-        builder.stdout(logs.output(&self.spec.name, Stream::Stdout));
-        builder.stderr(logs.output(&self.spec.name, Stream::Stderr));
-        // Real sockets stay closed: the pod's network is provided separately, never the host's.
-        builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
-        for mount in &self.mounts {
-            let perms = if mount.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
-            builder.preopened_dir(&mount.host_dir, &mount.guest_path, perms).map_err(|e| {
-                format!("cannot mount {} at {}: {e:#}", mount.host_dir.display(), mount.guest_path)
-            })?;
-        }
-        Ok(ContainerData { wasi: builder.build(), table: ResourceTable::new() })
+        let wasi = wasi_context(&self.spec, &self.mounts, logs)?;
+        Ok(ContainerData { wasi, table: ResourceTable::new() })
     }
+}
+
+/// Builds a container's WASI context: only its own args, env, stdio and mounts; no host
+/// environment, no host directory beyond its mounts, no host sockets. Shared by command runs
+/// and http requests, so both kinds see exactly the same things.
+pub fn wasi_context(spec: &ContainerSpec, mounts: &[Mount], logs: &Logs) -> Result<WasiCtx, String> {
+    let mut builder = WasiCtxBuilder::new();
+    let mut argv = Vec::with_capacity(spec.args.len() + 1);
+    argv.push(spec.name.clone());
+    argv.extend(spec.args.iter().cloned());
+    builder.args(&argv);
+    for (key, value) in &spec.env {
+        builder.env(key, value);
+    }
+    builder.stdout(logs.output(&spec.name, Stream::Stdout));
+    builder.stderr(logs.output(&spec.name, Stream::Stderr));
+    // Real sockets stay closed: the pod's network is provided separately, never the host's.
+    builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    for mount in mounts {
+        let perms = if mount.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        builder
+            .preopened_dir(&mount.host_dir, &mount.guest_path, perms)
+            .map_err(|e| format!("cannot mount {} at {}: {e:#}", mount.host_dir.display(), mount.guest_path))?;
+    }
+    Ok(builder.build())
 }
 
 /// Turns a wasmtime error from a run into an [`Exit`]: the guest's exit code, or a trap with a
 /// readable message (the trap and the innermost named wasm function).
-fn classify(error: wasmtime::Error) -> Exit {
+pub fn classify(error: wasmtime::Error) -> Exit {
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
         return Exit::Code(exit.0);
     }

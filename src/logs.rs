@@ -81,7 +81,7 @@ impl Logs {
     }
 
     /// The stdout or stderr stream to give a container's WASI context.
-    pub(crate) fn output(&self, container: &str, stream: Stream) -> ContainerOutput {
+    pub fn output(&self, container: &str, stream: Stream) -> ContainerOutput {
         ContainerOutput { logs: self.clone(), container: container.into(), stream }
     }
 
@@ -105,7 +105,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A container's stdout or stderr as wasmtime-wasi sees it.
-pub(crate) struct ContainerOutput {
+pub struct ContainerOutput {
     logs: Logs,
     container: Arc<str>,
     stream: Stream,
