@@ -1,1 +1,1 @@
-pub fn hello() {}
+pub mod net;
