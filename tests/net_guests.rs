@@ -277,3 +277,36 @@ async fn server_exit_closes_clients_and_port_is_reusable() {
     let (code, out) = run(&pod, "server", "listen 127.0.0.1:7100").await;
     assert_eq!((code, out.as_str()), (0, "listening 7100\n"));
 }
+
+/// UDP between two containers; the server also holds TCP 5300 (separate namespaces) and signals
+/// readiness by listening on TCP 5301.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_between_containers() {
+    let pod = PodNetwork::new();
+    let p2 = pod.clone();
+    let server = tokio::spawn(async move {
+        run(
+            &p2,
+            "server",
+            "udp-bind 127.0.0.1:5300 && listen 127.0.0.1:5300 && listen 127.0.0.1:5301 && udp-echo 2",
+        )
+        .await
+    });
+    listening(&pod, 5301).await;
+    let (code, out) = run(
+        &pod,
+        "client",
+        "udp-send server:5300 hello udp && udp-send [::1]:5300 v6",
+    )
+    .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "udp reply: hello udp\nudp reply: v6\n")
+    );
+    let (code, out) = server.await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.ends_with("udp echoed hello udp\nudp echoed v6\n"),
+        "{out}"
+    );
+}

@@ -21,6 +21,7 @@ pub mod lookup;
 pub mod p2;
 pub mod pipe;
 pub mod tcp;
+pub mod udp;
 
 use pipe::{Pipe, PipeReader, PipeWriter};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -70,6 +71,8 @@ pub enum NetError {
     ConnectionReset,
     #[error("connection aborted")]
     ConnectionAborted,
+    #[error("datagram too large")]
+    DatagramTooLarge,
     #[error("name unresolvable")]
     NameUnresolvable,
     #[error("the container's network attachment was shut down")]
@@ -83,9 +86,28 @@ pub(crate) enum Owner {
     Container(u64),
 }
 
+/// TCP and UDP ports are separate namespaces, as on any host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Proto {
+    Tcp,
+    Udp,
+}
+
 enum PortKind {
     Bound,
     Listening(Arc<ListenQueue>),
+    Datagram(Arc<udp::UdpInbox>),
+}
+
+impl PortKind {
+    /// Called once the entry has left the namespace, outside the net lock.
+    fn close(self) {
+        match self {
+            PortKind::Bound => {}
+            PortKind::Listening(q) => q.close(),
+            PortKind::Datagram(q) => q.close(),
+        }
+    }
 }
 
 struct PortEntry {
@@ -95,7 +117,7 @@ struct PortEntry {
 }
 
 struct NetState {
-    ports: HashMap<u16, PortEntry>,
+    ports: HashMap<(Proto, u16), PortEntry>,
     next_ephemeral: u16,
     next_id: u64,
     names: HashSet<String>,
@@ -170,7 +192,7 @@ impl PodNetwork {
     /// True if something listens on `port` right now (front proxy, readiness checks).
     pub fn is_listening(&self, port: u16) -> bool {
         matches!(
-            self.lock().ports.get(&port),
+            self.lock().ports.get(&(Proto::Tcp, port)),
             Some(PortEntry {
                 kind: PortKind::Listening(_),
                 ..
@@ -192,34 +214,50 @@ impl PodNetwork {
         }
     }
 
-    /// Reserves `port` (0 = an ephemeral port) for `owner`; the lease frees it on drop.
+    /// Reserves TCP `port` (0 = an ephemeral port) for `owner`; the lease frees it on drop.
     pub(crate) fn lease(self: &Arc<Self>, port: u16, owner: Owner) -> Result<PortLease, NetError> {
+        self.lease_proto(Proto::Tcp, port, owner)
+    }
+
+    /// Reserves `port` of `proto` (0 = an ephemeral port) for `owner`.
+    pub(crate) fn lease_proto(
+        self: &Arc<Self>,
+        proto: Proto,
+        port: u16,
+        owner: Owner,
+    ) -> Result<PortLease, NetError> {
         let mut st = self.lock();
         let port = if port == 0 {
-            Self::pick_ephemeral(&mut st)?
-        } else if st.ports.contains_key(&port) {
+            Self::pick_ephemeral(&mut st, proto)?
+        } else if st.ports.contains_key(&(proto, port)) {
             return Err(NetError::AddressInUse);
         } else {
             port
         };
         let id = st.next_id;
         st.next_id += 1;
+        let kind = match proto {
+            Proto::Tcp => PortKind::Bound,
+            // A UDP port receives from the moment it is bound, as a kernel socket does.
+            Proto::Udp => PortKind::Datagram(Arc::new(udp::UdpInbox::new())),
+        };
         st.ports.insert(
-            port,
+            (proto, port),
             PortEntry {
                 lease: id,
                 owner,
-                kind: PortKind::Bound,
+                kind,
             },
         );
         Ok(PortLease {
             net: self.clone(),
+            proto,
             port,
             id,
         })
     }
 
-    fn pick_ephemeral(st: &mut NetState) -> Result<u16, NetError> {
+    fn pick_ephemeral(st: &mut NetState, proto: Proto) -> Result<u16, NetError> {
         let span = u32::from(EPHEMERAL_LAST - EPHEMERAL_FIRST) + 1;
         for _ in 0..span {
             let p = st.next_ephemeral;
@@ -228,12 +266,37 @@ impl PodNetwork {
             } else {
                 p + 1
             };
-            if !st.ports.contains_key(&p) {
+            if !st.ports.contains_key(&(proto, p)) {
                 return Ok(p);
             }
         }
         // WASI: "address-in-use: no ephemeral ports available".
         Err(NetError::AddressInUse)
+    }
+
+    /// The receive queue of a UDP lease (created with the lease).
+    pub(crate) fn udp_inbox(&self, lease: &PortLease) -> Result<Arc<udp::UdpInbox>, NetError> {
+        match self.lock().ports.get(&(Proto::Udp, lease.port)) {
+            Some(PortEntry {
+                lease: id,
+                kind: PortKind::Datagram(q),
+                ..
+            }) if *id == lease.id => Ok(q.clone()),
+            _ => Err(NetError::Detached),
+        }
+    }
+
+    /// Delivers a datagram to whatever is bound on UDP `to_port`; silently dropped when
+    /// nothing is or its queue is full, as UDP does.
+    pub(crate) fn send_datagram(&self, from_port: u16, to_port: u16, data: Vec<u8>) {
+        let inbox = match self.lock().ports.get(&(Proto::Udp, to_port)) {
+            Some(PortEntry {
+                kind: PortKind::Datagram(q),
+                ..
+            }) => q.clone(),
+            _ => return,
+        };
+        inbox.push(from_port, data);
     }
 
     /// Turns a bound port into a listener with a backlog of `backlog` connections.
@@ -244,13 +307,14 @@ impl PodNetwork {
     ) -> Result<Arc<ListenQueue>, NetError> {
         let q = {
             let mut st = self.lock();
-            let entry = match st.ports.get_mut(&lease.port) {
+            let entry = match st.ports.get_mut(&(Proto::Tcp, lease.port)) {
                 Some(e) if e.lease == lease.id => e,
                 // Released underneath us by a container shutdown.
                 _ => return Err(NetError::Detached),
             };
             match &entry.kind {
                 PortKind::Listening(q) => q.clone(),
+                PortKind::Datagram(_) => return Err(NetError::InvalidState),
                 PortKind::Bound => {
                     let q = Arc::new(ListenQueue::new(backlog));
                     entry.kind = PortKind::Listening(q.clone());
@@ -269,7 +333,7 @@ impl PodNetwork {
         local_port: u16,
         peer_port: u16,
     ) -> Result<Endpoint, NetError> {
-        let q = match self.lock().ports.get(&peer_port) {
+        let q = match self.lock().ports.get(&(Proto::Tcp, peer_port)) {
             Some(PortEntry {
                 kind: PortKind::Listening(q),
                 ..
@@ -288,38 +352,32 @@ impl PodNetwork {
         }
     }
 
-    fn release(&self, port: u16, id: u64) {
+    fn release(&self, proto: Proto, port: u16, id: u64) {
         let removed = {
             let mut st = self.lock();
-            match st.ports.get(&port) {
-                Some(e) if e.lease == id => st.ports.remove(&port),
+            match st.ports.get(&(proto, port)) {
+                Some(e) if e.lease == id => st.ports.remove(&(proto, port)),
                 _ => None,
             }
         };
-        if let Some(PortEntry {
-            kind: PortKind::Listening(q),
-            ..
-        }) = removed
-        {
-            q.close();
+        if let Some(e) = removed {
+            e.kind.close();
         }
     }
 
     fn release_owner(&self, owner: Owner) {
         let removed: Vec<PortEntry> = {
             let mut st = self.lock();
-            let ports: Vec<u16> = st
+            let keys: Vec<(Proto, u16)> = st
                 .ports
                 .iter()
                 .filter(|(_, e)| e.owner == owner)
-                .map(|(p, _)| *p)
+                .map(|(k, _)| *k)
                 .collect();
-            ports.iter().filter_map(|p| st.ports.remove(p)).collect()
+            keys.iter().filter_map(|k| st.ports.remove(k)).collect()
         };
         for e in removed {
-            if let PortKind::Listening(q) = e.kind {
-                q.close();
-            }
+            e.kind.close();
         }
     }
 
@@ -348,6 +406,7 @@ impl PodNetwork {
 /// A reserved port; dropping it frees the port (and resets connections still queued on it).
 pub(crate) struct PortLease {
     net: Arc<PodNetwork>,
+    proto: Proto,
     port: u16,
     id: u64,
 }
@@ -366,7 +425,7 @@ impl std::fmt::Debug for PortLease {
 
 impl Drop for PortLease {
     fn drop(&mut self) {
-        self.net.release(self.port, self.id);
+        self.net.release(self.proto, self.port, self.id);
     }
 }
 

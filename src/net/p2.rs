@@ -1,5 +1,5 @@
 //! WASI 0.2 glue: implements wasmtime-wasi's generated `wasi:sockets` host traits
-//! (`tcp`, `tcp-create-socket`, `ip-name-lookup`) on top of the pod network core, and
+//! (`tcp`, `tcp-create-socket`, `udp`, `udp-create-socket`, `ip-name-lookup`) on top of the pod network core, and
 //! registers them over wasmtime-wasi's own OS-socket implementation (linker shadowing).
 //!
 //! Why shadowing works: the generated traits name the resource types wasmtime-wasi chose
@@ -12,16 +12,22 @@
 //! This file holds no socket semantics; those live in `tcp.rs`, `lookup.rs` and `mod.rs`.
 
 use super::tcp::{Family, VTcpSocket};
+use super::udp::{UdpIncoming, UdpOutgoing, VUdpSocket};
 use super::{ContainerNet, NetError, lookup};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime_wasi::p2::UdpSocket;
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{self, ResolveAddressStream};
 use wasmtime_wasi::p2::bindings::sockets::network::{
     self, ErrorCode, IpAddress, IpAddressFamily, IpSocketAddress, Network,
 };
 use wasmtime_wasi::p2::bindings::sockets::tcp::{self, ShutdownType};
 use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket;
+use wasmtime_wasi::p2::bindings::sockets::udp::{
+    self, IncomingDatagramStream, OutgoingDatagramStream,
+};
+use wasmtime_wasi::p2::bindings::sockets::udp_create_socket;
 use wasmtime_wasi::p2::{SocketError, SocketResult, TcpSocket};
 use wasmtime_wasi_io::poll::{DynPollable, Pollable, subscribe};
 use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream};
@@ -61,6 +67,8 @@ fn add_all<T: NetView + 'static>(l: &mut Linker<T>) -> wasmtime::Result<()> {
     tcp::add_to_linker::<T, VNet>(l, T::net_view)?;
     tcp_create_socket::add_to_linker::<T, VNet>(l, T::net_view)?;
     ip_name_lookup::add_to_linker::<T, VNet>(l, T::net_view)?;
+    udp::add_to_linker::<T, VNet>(l, T::net_view)?;
+    udp_create_socket::add_to_linker::<T, VNet>(l, T::net_view)?;
     Ok(())
 }
 
@@ -75,6 +83,16 @@ fn as_vsock(r: &Resource<TcpSocket>) -> Resource<VTcpSocket> {
 
 /// The reverse of [`as_vsock`], for handles we create.
 fn as_wasi_sock(r: Resource<VTcpSocket>) -> Resource<TcpSocket> {
+    if r.owned() {
+        Resource::new_own(r.rep())
+    } else {
+        Resource::new_borrow(r.rep())
+    }
+}
+
+/// Reinterprets a handle of wasmtime-wasi's type `W` as ours, `V` (see module doc); used for
+/// the UDP resources, which come in three kinds.
+fn retype<W: 'static, V: 'static>(r: &Resource<W>) -> Resource<V> {
     if r.owned() {
         Resource::new_own(r.rep())
     } else {
@@ -117,6 +135,7 @@ impl From<NetError> for ErrorCode {
             NetError::ConnectionReset => ErrorCode::ConnectionReset,
             NetError::ConnectionAborted => ErrorCode::ConnectionAborted,
             NetError::NameUnresolvable => ErrorCode::NameUnresolvable,
+            NetError::DatagramTooLarge => ErrorCode::DatagramTooLarge,
         }
     }
 }
@@ -421,6 +440,202 @@ impl ip_name_lookup::HostResolveAddressStream for NetCtxView<'_> {
 
     fn drop(&mut self, this: Resource<ResolveAddressStream>) -> wasmtime::Result<()> {
         self.table.delete(as_vresolve(&this))?;
+        Ok(())
+    }
+}
+
+impl udp_create_socket::Host for NetCtxView<'_> {
+    async fn create_udp_socket(
+        &mut self,
+        address_family: IpAddressFamily,
+    ) -> SocketResult<Resource<UdpSocket>> {
+        let v6 = matches!(address_family, IpAddressFamily::Ipv6);
+        let sock = VUdpSocket::new(self.net, v6).map_err(err)?;
+        let r = self.table.push(sock)?;
+        Ok(retype(&r))
+    }
+}
+
+impl udp::Host for NetCtxView<'_> {}
+
+impl NetCtxView<'_> {
+    fn udp(&mut self, r: &Resource<UdpSocket>) -> SocketResult<&mut VUdpSocket> {
+        Ok(self.table.get_mut(&retype::<_, VUdpSocket>(r))?)
+    }
+}
+
+impl udp::HostUdpSocket for NetCtxView<'_> {
+    async fn start_bind(
+        &mut self,
+        this: Resource<UdpSocket>,
+        network: Resource<Network>,
+        local_address: IpSocketAddress,
+    ) -> SocketResult<()> {
+        self.check_network(&network)?;
+        let net = self.net;
+        self.udp(&this)?
+            .start_bind(net, SocketAddr::from(local_address))
+            .map_err(err)
+    }
+
+    fn finish_bind(&mut self, this: Resource<UdpSocket>) -> SocketResult<()> {
+        self.udp(&this)?.finish_bind().map_err(err)
+    }
+
+    async fn stream(
+        &mut self,
+        this: Resource<UdpSocket>,
+        remote_address: Option<IpSocketAddress>,
+    ) -> SocketResult<(
+        Resource<IncomingDatagramStream>,
+        Resource<OutgoingDatagramStream>,
+    )> {
+        let parent = retype::<_, VUdpSocket>(&this);
+        // As in wasmtime: the previous streams must be gone before new ones are made.
+        let busy = self
+            .table
+            .iter_children(&parent)?
+            .any(|c| c.is::<UdpIncoming>() || c.is::<UdpOutgoing>());
+        if busy {
+            return Err(SocketError::trap(wasmtime::format_err!(
+                "UDP streams not dropped yet"
+            )));
+        }
+        let net = self.net;
+        let (incoming, outgoing) = self
+            .udp(&this)?
+            .stream(net, remote_address.map(SocketAddr::from))
+            .map_err(err)?;
+        let incoming = self.table.push_child(incoming, &parent)?;
+        let outgoing = self.table.push_child(outgoing, &parent)?;
+        Ok((retype(&incoming), retype(&outgoing)))
+    }
+
+    fn local_address(&mut self, this: Resource<UdpSocket>) -> SocketResult<IpSocketAddress> {
+        Ok(self.udp(&this)?.local_address().map_err(err)?.into())
+    }
+
+    fn remote_address(&mut self, this: Resource<UdpSocket>) -> SocketResult<IpSocketAddress> {
+        Ok(self.udp(&this)?.remote_address().map_err(err)?.into())
+    }
+
+    fn address_family(&mut self, this: Resource<UdpSocket>) -> wasmtime::Result<IpAddressFamily> {
+        let s = self.table.get(&retype::<_, VUdpSocket>(&this))?;
+        Ok(if s.is_v6() {
+            IpAddressFamily::Ipv6
+        } else {
+            IpAddressFamily::Ipv4
+        })
+    }
+
+    fn unicast_hop_limit(&mut self, this: Resource<UdpSocket>) -> SocketResult<u8> {
+        Ok(self.udp(&this)?.unicast_hop_limit())
+    }
+
+    fn set_unicast_hop_limit(&mut self, this: Resource<UdpSocket>, value: u8) -> SocketResult<()> {
+        self.udp(&this)?.set_unicast_hop_limit(value).map_err(err)
+    }
+
+    fn receive_buffer_size(&mut self, this: Resource<UdpSocket>) -> SocketResult<u64> {
+        Ok(self.udp(&this)?.receive_buffer_size())
+    }
+
+    fn set_receive_buffer_size(
+        &mut self,
+        this: Resource<UdpSocket>,
+        value: u64,
+    ) -> SocketResult<()> {
+        self.udp(&this)?.set_receive_buffer_size(value).map_err(err)
+    }
+
+    fn send_buffer_size(&mut self, this: Resource<UdpSocket>) -> SocketResult<u64> {
+        Ok(self.udp(&this)?.send_buffer_size())
+    }
+
+    fn set_send_buffer_size(&mut self, this: Resource<UdpSocket>, value: u64) -> SocketResult<()> {
+        self.udp(&this)?.set_send_buffer_size(value).map_err(err)
+    }
+
+    fn subscribe(&mut self, this: Resource<UdpSocket>) -> wasmtime::Result<Resource<DynPollable>> {
+        subscribe(self.table, retype::<_, VUdpSocket>(&this))
+    }
+
+    fn drop(&mut self, this: Resource<UdpSocket>) -> wasmtime::Result<()> {
+        self.table.delete(retype::<_, VUdpSocket>(&this))?;
+        Ok(())
+    }
+}
+
+impl udp::HostIncomingDatagramStream for NetCtxView<'_> {
+    fn receive(
+        &mut self,
+        this: Resource<IncomingDatagramStream>,
+        max_results: u64,
+    ) -> SocketResult<Vec<udp::IncomingDatagram>> {
+        let s = self.table.get_mut(&retype::<_, UdpIncoming>(&this))?;
+        let got = s.receive(max_results).map_err(err)?;
+        Ok(got
+            .into_iter()
+            .map(|(data, from)| udp::IncomingDatagram {
+                data,
+                remote_address: from.into(),
+            })
+            .collect())
+    }
+
+    fn subscribe(
+        &mut self,
+        this: Resource<IncomingDatagramStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        subscribe(self.table, retype::<_, UdpIncoming>(&this))
+    }
+
+    fn drop(&mut self, this: Resource<IncomingDatagramStream>) -> wasmtime::Result<()> {
+        self.table.delete(retype::<_, UdpIncoming>(&this))?;
+        Ok(())
+    }
+}
+
+impl udp::HostOutgoingDatagramStream for NetCtxView<'_> {
+    fn check_send(&mut self, this: Resource<OutgoingDatagramStream>) -> SocketResult<u64> {
+        Ok(self
+            .table
+            .get_mut(&retype::<_, UdpOutgoing>(&this))?
+            .check_send())
+    }
+
+    fn send(
+        &mut self,
+        this: Resource<OutgoingDatagramStream>,
+        datagrams: Vec<udp::OutgoingDatagram>,
+    ) -> SocketResult<u64> {
+        let net = self.net;
+        let s = self.table.get_mut(&retype::<_, UdpOutgoing>(&this))?;
+        if datagrams.is_empty() {
+            return Ok(0);
+        }
+        if datagrams.len() > s.permit() {
+            return Err(SocketError::trap(wasmtime::format_err!(
+                "unpermitted: argument exceeds permitted size"
+            )));
+        }
+        let datagrams = datagrams
+            .into_iter()
+            .map(|d| (d.data, d.remote_address.map(SocketAddr::from)))
+            .collect();
+        s.send(net, datagrams).map_err(err)
+    }
+
+    fn subscribe(
+        &mut self,
+        this: Resource<OutgoingDatagramStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        subscribe(self.table, retype::<_, UdpOutgoing>(&this))
+    }
+
+    async fn drop(&mut self, this: Resource<OutgoingDatagramStream>) -> wasmtime::Result<()> {
+        // Sends complete synchronously, so there is nothing to wait for.
+        self.table.delete(retype::<_, UdpOutgoing>(&this))?;
         Ok(())
     }
 }

@@ -20,9 +20,13 @@
 //! - `try-connect ADDR`         print `connect ok` or `connect failed: KIND`
 //! - `lookup NAME`              print `addr: IP` per address or `lookup failed: KIND`
 //! - `addrs ADDR`               connect; print `local: ADDR` and `peer: ADDR`
+//! - `udp-bind ADDR`            bind a UDP socket kept for later steps; print `udp bound PORT`
+//! - `udp-echo N`               receive N datagrams on it, send each back; print `udp echoed TEXT`
+//! - `udp-send ADDR TEXT`       from a fresh socket, send TEXT and wait for the reply; print
+//!                              `udp reply: TEXT`
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -30,11 +34,16 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut listener: Option<TcpListener> = None;
     let mut held: Vec<TcpStream> = Vec::new();
+    let mut udp: Option<UdpSocket> = None;
     for step in args.split(|a| a == "&&") {
         if step.is_empty() {
             continue;
         }
-        if let Err(e) = run_step(step, &mut listener, &mut held) {
+        let result = match step[0].as_str() {
+            s if s.starts_with("udp-") => udp_step(step, &mut udp),
+            _ => run_step(step, &mut listener, &mut held),
+        };
+        if let Err(e) = result {
             eprintln!("netcheck: {}: {e}", step.join(" "));
             let _ = std::io::stderr().flush();
             std::process::exit(1);
@@ -191,5 +200,47 @@ fn send(addr: &str, bytes: u64) -> Result<(), String> {
         return Err(format!("{} unexpected bytes after the echo", rest.len()));
     }
     println!("sent {sent} echoed {echoed} fnv {fnv:016x}");
+    Ok(())
+}
+
+fn udp_step(step: &[String], udp: &mut Option<UdpSocket>) -> Result<(), String> {
+    let arg = |i: usize| -> Result<&str, String> {
+        step.get(i + 1)
+            .map(String::as_str)
+            .ok_or_else(|| format!("missing argument {}", i + 1))
+    };
+    match step[0].as_str() {
+        "udp-bind" => {
+            let s = UdpSocket::bind(arg(0)?).map_err(|e| format!("bind: {e}"))?;
+            println!(
+                "udp bound {}",
+                s.local_addr().map_err(|e| e.to_string())?.port()
+            );
+            *udp = Some(s);
+        }
+        "udp-echo" => {
+            let s = udp.as_ref().ok_or("no udp socket")?;
+            let n: u64 = arg(0)?.parse().map_err(|e| format!("count: {e}"))?;
+            let mut buf = [0u8; 2048];
+            for _ in 0..n {
+                let (len, from) = s.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
+                s.send_to(&buf[..len], from)
+                    .map_err(|e| format!("send: {e}"))?;
+                println!("udp echoed {}", String::from_utf8_lossy(&buf[..len]));
+            }
+        }
+        "udp-send" => {
+            // Bind in the target's family: a v4 socket cannot send to a v6 address.
+            let any = if arg(0)?.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" };
+            let s = UdpSocket::bind(any).map_err(|e| format!("bind: {e}"))?;
+            let text = step[2..].join(" ");
+            s.send_to(text.as_bytes(), arg(0)?)
+                .map_err(|e| format!("send: {e}"))?;
+            let mut buf = [0u8; 2048];
+            let (len, _) = s.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
+            println!("udp reply: {}", String::from_utf8_lossy(&buf[..len]));
+        }
+        other => return Err(format!("unknown step {other:?}")),
+    }
     Ok(())
 }
