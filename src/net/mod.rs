@@ -5,8 +5,8 @@
 //! bounded backlogs, port leases released on `Drop`), a container's attachment to it
 //! ([`ContainerNet`]: owner identity, connection bookkeeping, teardown on exit/restart) and the
 //! host-side endpoints ([`PodStream`], [`PodListener`]). It does not own the byte transport
-//! ([`pipe`]), the socket state machine ([`tcp`]), name lookup ([`lookup`]) or the WASI glue
-//! ([`p2`]).
+//! ([`pipe`]), the socket state machines ([`tcp`], [`udp`]), name lookup ([`lookup`]) or the
+//! WASI glue ([`p2`]). TCP and UDP ports are separate namespaces.
 //!
 //! No OS socket is ever opened here: `127.0.0.0/8`, `::1`, `0.0.0.0` and `::` all mean "the
 //! pod", IPv4 and IPv6 share one port space, and two `PodNetwork`s are fully independent, so two
