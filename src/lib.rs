@@ -18,6 +18,7 @@
 pub mod container;
 pub mod engine;
 pub mod logs;
+pub mod net;
 pub mod pod;
 pub mod spec;
 pub mod status;
