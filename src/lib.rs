@@ -20,6 +20,7 @@ pub mod engine;
 pub mod logs;
 pub mod net;
 pub mod pod;
+pub mod proxy;
 pub mod spec;
 pub mod status;
 pub mod volume;
