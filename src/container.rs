@@ -17,6 +17,7 @@ use crate::engine::Engine;
 use crate::logs::{Logs, Stream};
 use crate::net::p2::{NetCtxView, NetView};
 use crate::net::{ContainerNet, PodNetwork};
+use crate::resources::{CpuShare, MemoryBudget};
 use crate::spec::ContainerSpec;
 use crate::volume::Mount;
 
@@ -52,6 +53,8 @@ pub enum Exit {
     Code(i32),
     /// The guest trapped (a panic, `unreachable`, an out-of-bounds access, ...).
     Trapped(String),
+    /// It trapped after its memory limit refused to grow its memory (Kubernetes' `OOMKilled`).
+    OutOfMemory { limit: u64, trap: String },
     /// The host could not start it (instantiation or a mount failed).
     Failed(String),
     /// The pod stopped it.
@@ -72,6 +75,9 @@ impl fmt::Display for Exit {
         match self {
             Exit::Code(code) => write!(f, "exited with code {code}"),
             Exit::Trapped(message) => write!(f, "trapped: {message}"),
+            Exit::OutOfMemory { limit, trap } => {
+                write!(f, "OOMKilled: memory limit of {} reached ({trap})", crate::resources::format_bytes(*limit))
+            }
             Exit::Failed(message) => write!(f, "failed to start: {message}"),
             Exit::Stopped => write!(f, "stopped"),
             Exit::Restarted => write!(f, "restarted on request"),
@@ -93,6 +99,7 @@ pub struct ContainerData {
     wasi: WasiCtx,
     table: ResourceTable,
     net: Arc<ContainerNet>,
+    memory: MemoryBudget,
 }
 
 impl NetView for ContainerData {
@@ -169,18 +176,22 @@ impl PreparedContainer {
             Ok(wasi) => wasi,
             Err(message) => return Exit::Failed(message),
         };
-        let data = ContainerData { wasi, table: ResourceTable::new(), net };
+        let memory = MemoryBudget::new(self.spec.resources.memory);
+        let data = ContainerData { wasi, table: ResourceTable::new(), net, memory };
         let mut store = Store::new(self.engine.wasmtime(), data);
-        store.epoch_deadline_async_yield_and_update(1);
-        let command = match self.command.instantiate_async(&mut store).await {
-            Ok(command) => command,
-            Err(e) => return classify(e),
-        };
-        match command.wasi_cli_run().call_run(&mut store).await {
-            Ok(Ok(())) => Exit::Code(0),
-            Ok(Err(())) => Exit::Code(1),
+        store.limiter(|data| &mut data.memory);
+        let cpu = CpuShare::new(self.spec.resources.cpu);
+        store.epoch_deadline_callback(move |_| Ok(cpu.on_deadline()));
+        store.set_epoch_deadline(1);
+        let exit = match self.command.instantiate_async(&mut store).await {
+            Ok(command) => match command.wasi_cli_run().call_run(&mut store).await {
+                Ok(Ok(())) => Exit::Code(0),
+                Ok(Err(())) => Exit::Code(1),
+                Err(e) => classify(e),
+            },
             Err(e) => classify(e),
-        }
+        };
+        out_of_memory(exit, &store.data().memory)
     }
 }
 
@@ -224,6 +235,15 @@ pub fn wasi_context(spec: &ContainerSpec, mounts: &[Mount], logs: &Logs) -> Resu
             .map_err(|e| format!("cannot mount {} at {}: {e:#}", mount.host_dir.display(), mount.guest_path))?;
     }
     Ok(builder.build())
+}
+
+/// A trap after the memory budget refused growth is an out-of-memory kill (Kubernetes'
+/// `OOMKilled`): say so, with the limit, instead of only the trap that followed.
+fn out_of_memory(exit: Exit, memory: &MemoryBudget) -> Exit {
+    match (exit, memory.limit()) {
+        (Exit::Trapped(trap), Some(limit)) if memory.exceeded() => Exit::OutOfMemory { limit, trap },
+        (exit, _) => exit,
+    }
 }
 
 /// Turns a wasmtime error from a run into an [`Exit`]: the guest's exit code, or a trap with a

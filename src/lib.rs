@@ -21,6 +21,7 @@ pub mod logs;
 pub mod net;
 pub mod pod;
 pub mod proxy;
+pub mod resources;
 pub mod spec;
 pub mod status;
 pub mod volume;

@@ -114,6 +114,17 @@ pub struct ContainerSpec {
     /// Pod ports this container listens on.
     pub ports: Vec<u16>,
     pub volume_mounts: Vec<MountSpec>,
+    /// Memory and CPU limits.
+    pub resources: Resources,
+}
+
+/// What one container may use. `None` means unlimited (bounded only by the engine).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Resources {
+    /// Bytes of linear memory and table space, all of the component's instances together.
+    pub memory: Option<u64>,
+    /// A share of one core (0.5 = half a core), enforced by throttling, never by killing.
+    pub cpu: Option<f64>,
 }
 
 impl ContainerSpec {
@@ -126,6 +137,7 @@ impl ContainerSpec {
             env: BTreeMap::new(),
             ports: Vec::new(),
             volume_mounts: Vec::new(),
+            resources: Resources::default(),
         }
     }
 }

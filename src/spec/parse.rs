@@ -533,6 +533,7 @@ fn lower_container(
         env,
         ports,
         volume_mounts,
+        resources: Default::default(),
     }
 }
 
