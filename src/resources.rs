@@ -95,7 +95,11 @@ impl CpuShare {
     /// The epoch-deadline decision: yield (and pause when throttled), then run one more tick.
     pub fn on_deadline(&self) -> UpdateDeadline {
         if self.pause.is_zero() {
-            UpdateDeadline::Yield(1)
+            // tokio's own yield, not wasmtime's wake-and-return-Pending: tokio defers the wake
+            // until it has polled its I/O and timer driver, so a guest that spins on every
+            // tick cannot delay its siblings' socket and timer wake-ups (on a current-thread
+            // runtime those are otherwise only looked at every 61 task polls, ~0.6 s here).
+            UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
         } else {
             UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(self.pause)))
         }

@@ -59,7 +59,8 @@ async fn deep_recursion_traps_at_the_stack_limit() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// A current-thread runtime, as `#[tokio::test]` users get: the hardest case for fairness.
+#[tokio::test]
 async fn a_throttled_busy_loop_never_starves_a_tcp_sibling() {
     let mut spec = pod_spec("cpu", RestartPolicy::Never);
     let mut spinner = toolbox("spinner", &["spin"]);
