@@ -218,6 +218,39 @@ async fn a_trapping_request_answers_500_and_the_next_one_works() {
     assert_eq!(text(&body), "hello from wasmpod\n");
 }
 
+/// Reads a response whose head arrived but whose body must end with an error, not cleanly.
+async fn body_is_aborted(sender: &mut SendRequest<RequestBody>, path: &str) -> Bytes {
+    tokio::time::timeout(DEADLINE, async {
+        let response = sender.send_request(request("GET", path, full(Bytes::new()))).await.expect("response head");
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let mut received = Vec::new();
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => received.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..])),
+                Some(Err(_)) => return Bytes::from(received),
+                None => panic!("{path}: the body ended cleanly after {:?}", String::from_utf8_lossy(&received)),
+            }
+        }
+    })
+    .await
+    .expect("body ended in time")
+}
+
+#[tokio::test]
+async fn a_body_cut_by_a_trap_or_timeout_is_aborted_not_short() {
+    let limits = HttpLimits { request_timeout: Duration::from_millis(300), ..HttpLimits::default() };
+    let web = web("web", limits, &[], None).await;
+    let addr = serve(&web.container).await;
+    let received = body_is_aborted(&mut connect(addr).await, "/trap-midway").await;
+    assert_eq!(&received[..], b"partial");
+    let received = body_is_aborted(&mut connect(addr).await, "/loop-midway").await;
+    assert_eq!(&received[..], b"partial");
+    let kinds: Vec<EventKind> = web.events.all().into_iter().map(|e| e.kind).collect();
+    assert!(kinds.iter().any(|k| matches!(k, EventKind::RequestTrapped { .. })), "{kinds:?}");
+    assert!(kinds.iter().any(|k| matches!(k, EventKind::RequestTimedOut { .. })), "{kinds:?}");
+}
+
 #[tokio::test]
 async fn a_looping_request_is_cut_at_the_timeout_while_others_are_served() {
     let limits = HttpLimits { request_timeout: Duration::from_millis(300), ..HttpLimits::default() };

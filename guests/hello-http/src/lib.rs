@@ -12,6 +12,8 @@
 //!                  `env requested` on stdout
 //! - `/trap`        panics (a trap) before answering
 //! - `/loop`        spins forever without answering (only the host's timeout ends it)
+//! - `/trap-midway` answers 200, sends `partial` and flushes, then panics
+//! - `/loop-midway` answers 200, sends `partial` and flushes, then spins forever
 //! - `/fetch?url=U` GETs `U` with `wasi:http/outgoing-handler` and answers its status and body,
 //!                  with header `x-upstream-status`; 502 with `error: CODE` when the request fails
 //! - anything else  404
@@ -56,6 +58,17 @@ impl wasip2::exports::http::incoming_handler::Guest for HelloHttp {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
             }
+            "/trap-midway" => {
+                partial(out);
+                panic!("the /trap-midway route traps after sending part of its body");
+            }
+            "/loop-midway" => {
+                partial(out);
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
             "/fetch" => fetch(&query, out),
             _ => respond(out, 404, &[("content-type", "text/plain")], b"not found\n"),
         }
@@ -71,6 +84,18 @@ fn respond(out: ResponseOutparam, status: u16, headers: &[(&str, &str)], body: &
         let _ = stream.write_all(body).and_then(|()| std::io::Write::flush(&mut stream));
     }
     let _ = OutgoingBody::finish(outgoing, None);
+}
+
+/// Sends the head and the start of a body, and leaves the body open (never finished).
+fn partial(out: ResponseOutparam) {
+    let (response, outgoing) = start_response(200, &[("content-type", "text/plain")]);
+    ResponseOutparam::set(out, Ok(response));
+    if let Ok(mut stream) = outgoing.write() {
+        let _ = stream.write_all(b"partial").and_then(|()| std::io::Write::flush(&mut stream));
+        // Keep the stream and body alive: the handler is about to trap or spin.
+        std::mem::forget(stream);
+    }
+    std::mem::forget(outgoing);
 }
 
 fn start_response(status: u16, headers: &[(&str, &str)]) -> (OutgoingResponse, OutgoingBody) {
