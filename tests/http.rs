@@ -402,3 +402,67 @@ async fn outgoing_requests_outside_the_pod_are_denied_and_unserved_ports_refused
     let body = response.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(text(&body), "error: ErrorCode::ConnectionRefused\n");
 }
+
+/// Not a test: request rates for the report. Run it optimised, alone:
+/// `cargo test --release --test http -- --ignored --nocapture throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput() {
+    let limits = HttpLimits::default();
+    let web = web("web", limits, &[], None).await;
+    // Warm up (first instantiation maps the pool slots).
+    for _ in 0..200 {
+        let response = web.container.handle(request("GET", "/", full(Bytes::new()))).await;
+        let _ = response.into_body().collect().await;
+    }
+    let rounds = 5000;
+    let mut latencies = Vec::with_capacity(rounds);
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let response = web.container.handle(request("GET", "/", full(Bytes::new()))).await;
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body.len(), 19);
+        latencies.push(t.elapsed());
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    println!(
+        "in-process handle(), sequential: {:.0} req/s, p50 {:?}, p99 {:?}",
+        rounds as f64 / elapsed.as_secs_f64(),
+        latencies[rounds / 2],
+        latencies[rounds * 99 / 100]
+    );
+
+    let addr = serve(&web.container).await;
+    let connections = 32;
+    let per_connection = 500;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        tasks.push(tokio::spawn(async move {
+            let mut client = connect(addr).await;
+            let mut latencies = Vec::with_capacity(per_connection);
+            for _ in 0..per_connection {
+                let t = Instant::now();
+                let (status, _, _) = get(&mut client, "/").await;
+                assert_eq!(status, StatusCode::OK);
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("client task"));
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let total = latencies.len();
+    println!(
+        "TCP keep-alive, {connections} connections, client in the same process: {:.0} req/s, p50 {:?}, p99 {:?}",
+        total as f64 / elapsed.as_secs_f64(),
+        latencies[total / 2],
+        latencies[total * 99 / 100]
+    );
+}
