@@ -197,6 +197,16 @@ impl HttpContainer {
         &self.limits
     }
 
+    /// Instances alive now (requests being served, response bodies still streaming).
+    pub fn in_flight(&self) -> usize {
+        self.limits.max_concurrent_instances.max(1).saturating_sub(self.permits.available_permits())
+    }
+
+    /// Requests waiting for an instance slot now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
     /// Serves one request in a fresh instance. Never fails: problems become 4xx/5xx answers
     /// (and events for traps, timeouts and host failures). The response body streams from the
     /// guest while it runs; the instance lives until its handler returns or the timeout.
@@ -237,9 +247,9 @@ impl HttpContainer {
             }
         };
         let mut store = Store::new(self.pre.engine(), state);
-        // Yield to tokio at every epoch tick: a guest that never returns still lets other
-        // requests run on this thread and lets the timeout drop it.
-        store.epoch_deadline_async_yield_and_update(1);
+        // A guest that never returns still lets other requests run on this thread, and the
+        // timeout can drop it.
+        crate::engine::yield_every_tick(&mut store);
         let (response_tx, response_rx) = oneshot::channel();
         let resources = store.data_mut().http().new_incoming_request(Scheme::Http, request).and_then(|incoming| {
             let outparam = store.data_mut().http().new_response_outparam(response_tx)?;
@@ -766,7 +776,7 @@ impl OutgoingRoute for LocalRoutes {
             };
         }
         let allowed = self.allowed_hosts.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if allowed.iter().any(|host| *host == destination.host) { Route::External } else { Route::Denied }
+        if allowed.contains(&destination.host) { Route::External } else { Route::Denied }
     }
 }
 

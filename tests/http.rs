@@ -284,6 +284,25 @@ async fn a_looping_request_is_cut_at_the_timeout_while_others_are_served() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// On a one-thread runtime (as `#[tokio::test]` is), a spinning guest must still let the
+/// thread's sockets be served between its time slices. Were it to stay runnable at every tick,
+/// tokio would poll its I/O driver only every 61 task polls (~0.6 s), and these twenty requests
+/// would take longer than the looping request's whole 10 s life.
+#[tokio::test]
+async fn a_spinning_guest_does_not_hold_up_io_on_its_thread() {
+    let limits = HttpLimits { request_timeout: Duration::from_secs(10), ..HttpLimits::default() };
+    let web = web("web", limits, &[], None).await;
+    let addr = serve(&web.container).await;
+    let looping = occupy_a_slot(&web.container).await;
+    let mut client = connect(addr).await;
+    for _ in 0..20 {
+        let (status, _, _) = get(&mut client, "/").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert!(!looping.is_finished(), "the looping request ended before twenty requests were served");
+    looping.abort();
+}
+
 #[tokio::test]
 async fn request_bodies_over_the_limit_get_413() {
     let limits = HttpLimits { max_request_body_bytes: 1024, ..HttpLimits::default() };
@@ -312,34 +331,92 @@ async fn request_bodies_over_the_limit_get_413() {
     assert_eq!(text(&body), "1024\n");
 }
 
+/// Starts a `/loop` request and waits until it holds an instance slot.
+async fn occupy_a_slot(container: &Arc<HttpContainer>) -> tokio::task::JoinHandle<StatusCode> {
+    let before = container.in_flight();
+    let looping = tokio::spawn({
+        let container = container.clone();
+        async move { container.handle(request("GET", "/loop", full(Bytes::new()))).await.status() }
+    });
+    wait_for(|| container.in_flight() > before, "the /loop request to take a slot").await;
+    looping
+}
+
+/// Waits (yielding, never sleeping) until `condition` holds, failing after [`DEADLINE`].
+async fn wait_for(condition: impl Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test]
 async fn beyond_the_concurrency_limit_requests_get_503() {
     let limits = HttpLimits {
-        request_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(1),
         max_concurrent_instances: 1,
         max_queued_requests: 0,
         ..HttpLimits::default()
     };
     let web = web("web", limits, &[], None).await;
     let addr = serve(&web.container).await;
-    let mut looping_client = connect(addr).await;
-    let looping = tokio::spawn(async move { get(&mut looping_client, "/loop").await });
+    let looping = occupy_a_slot(&web.container).await;
     let mut client = connect(addr).await;
-    let deadline = Instant::now() + DEADLINE;
-    // Until the looping request holds the only slot, hello requests may still get through.
-    loop {
-        let (status, _, _) = get(&mut client, "/").await;
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            break;
-        }
-        assert_eq!(status, StatusCode::OK);
-        assert!(Instant::now() < deadline, "never saw a 503");
-        tokio::task::yield_now().await;
-    }
-    let (status, _, _) = looping.await.expect("looping request task");
-    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    let (status, _, _) = get(&mut client, "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(looping.await.expect("looping request task"), StatusCode::GATEWAY_TIMEOUT);
     let (status, _, _) = get(&mut client, "/").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn requests_wait_for_a_slot_within_the_queue_bounds() {
+    let limits = HttpLimits {
+        request_timeout: Duration::from_millis(500),
+        max_concurrent_instances: 1,
+        max_queued_requests: 1,
+        queue_timeout: DEADLINE,
+        ..HttpLimits::default()
+    };
+    let web = web("web", limits, &[], None).await;
+    let looping = occupy_a_slot(&web.container).await;
+    let waiting = tokio::spawn({
+        let container = web.container.clone();
+        async move { container.handle(request("GET", "/", full(Bytes::new()))).await.status() }
+    });
+    wait_for(|| web.container.queued() == 1, "a request to queue").await;
+    // The queue is full: the next request is turned away at once.
+    let status = web.container.handle(request("GET", "/", full(Bytes::new()))).await.status();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The looping request is cut at its timeout, and the queued one is then served.
+    assert_eq!(looping.await.expect("looping task"), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(waiting.await.expect("waiting task"), StatusCode::OK);
+    assert_eq!(web.container.queued(), 0);
+}
+
+#[tokio::test]
+async fn dropping_a_request_before_its_answer_stops_the_guest() {
+    // The timeout is far beyond the test's deadline: only cancellation can free the one slot.
+    let limits = HttpLimits {
+        request_timeout: Duration::from_secs(600),
+        max_concurrent_instances: 1,
+        max_queued_requests: 0,
+        ..HttpLimits::default()
+    };
+    let web = web("web", limits, &[], None).await;
+    let looping = occupy_a_slot(&web.container).await;
+    looping.abort();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let status = web.container.handle(request("GET", "/", full(Bytes::new()))).await.status();
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "the slot was never freed");
+        tokio::task::yield_now().await;
+    }
 }
 
 #[tokio::test]
@@ -466,3 +543,4 @@ async fn throughput() {
         latencies[total * 99 / 100]
     );
 }
+
