@@ -15,6 +15,8 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::engine::Engine;
 use crate::logs::{Logs, Stream};
+use crate::net::p2::{NetCtxView, NetView};
+use crate::net::{ContainerNet, PodNetwork};
 use crate::spec::ContainerSpec;
 use crate::volume::Mount;
 
@@ -54,12 +56,14 @@ pub enum Exit {
     Failed(String),
     /// The pod stopped it.
     Stopped,
+    /// Restarted on request ([`crate::Pod::restart`]).
+    Restarted,
 }
 
 impl Exit {
     /// Whether the run counts as a success for restart policies and the pod's outcome.
     pub fn is_success(&self) -> bool {
-        matches!(self, Exit::Code(0) | Exit::Stopped)
+        matches!(self, Exit::Code(0) | Exit::Stopped | Exit::Restarted)
     }
 }
 
@@ -70,6 +74,7 @@ impl fmt::Display for Exit {
             Exit::Trapped(message) => write!(f, "trapped: {message}"),
             Exit::Failed(message) => write!(f, "failed to start: {message}"),
             Exit::Stopped => write!(f, "stopped"),
+            Exit::Restarted => write!(f, "restarted on request"),
         }
     }
 }
@@ -87,6 +92,13 @@ pub enum ContainerError {
 pub struct ContainerData {
     wasi: WasiCtx,
     table: ResourceTable,
+    net: Arc<ContainerNet>,
+}
+
+impl NetView for ContainerData {
+    fn net_view(&mut self) -> NetCtxView<'_> {
+        NetCtxView { table: &mut self.table, net: &self.net }
+    }
 }
 
 impl WasiView for ContainerData {
@@ -95,10 +107,12 @@ impl WasiView for ContainerData {
     }
 }
 
-/// The imports every container gets: WASI 0.2 with the host's sockets turned off.
+/// The imports every container gets: WASI 0.2, with wasi:sockets served by the pod's virtual
+/// network instead of the host's.
 pub fn linker(engine: &Engine) -> Result<Linker<ContainerData>, String> {
     let mut linker = Linker::new(engine.wasmtime());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
+    crate::net::p2::add_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
     Ok(linker)
 }
 
@@ -138,13 +152,24 @@ impl PreparedContainer {
         Ok(PreparedContainer { spec, kind, mounts, command, engine: engine.clone() })
     }
 
-    /// Runs the container once, to its end, in a fresh Store. Dropping the future stops the
-    /// guest at its next epoch tick (it yields every tick, so cancellation is prompt).
-    pub async fn run(&self, logs: &Logs) -> Exit {
-        let data = match self.context(logs) {
-            Ok(data) => data,
+    /// Runs the container once, to its end, in a fresh Store attached to the pod's network.
+    /// Dropping the future stops the guest at its next epoch tick (it yields every tick, so
+    /// cancellation is prompt). When the run ends its ports are released; after a clean exit
+    /// its connections close (peers read end-of-stream), after a trap or a stop they are reset.
+    pub async fn run(&self, logs: &Logs, network: &Arc<PodNetwork>) -> Exit {
+        let net = Arc::new(network.attach(&self.spec.name));
+        let mut teardown = NetTeardown { net: net.clone(), clean: false };
+        let exit = self.run_attached(logs, net).await;
+        teardown.clean = matches!(exit, Exit::Code(_));
+        exit
+    }
+
+    async fn run_attached(&self, logs: &Logs, net: Arc<ContainerNet>) -> Exit {
+        let wasi = match wasi_context(&self.spec, &self.mounts, logs) {
+            Ok(wasi) => wasi,
             Err(message) => return Exit::Failed(message),
         };
+        let data = ContainerData { wasi, table: ResourceTable::new(), net };
         let mut store = Store::new(self.engine.wasmtime(), data);
         store.epoch_deadline_async_yield_and_update(1);
         let command = match self.command.instantiate_async(&mut store).await {
@@ -157,10 +182,22 @@ impl PreparedContainer {
             Err(e) => classify(e),
         }
     }
+}
 
-    fn context(&self, logs: &Logs) -> Result<ContainerData, String> {
-        let wasi = wasi_context(&self.spec, &self.mounts, logs)?;
-        Ok(ContainerData { wasi, table: ResourceTable::new() })
+/// Detaches a run from the pod network when it ends, however it ends (also when the run's
+/// future is dropped by a stop): a clean exit closes connections, anything else resets them.
+struct NetTeardown {
+    net: Arc<ContainerNet>,
+    clean: bool,
+}
+
+impl Drop for NetTeardown {
+    fn drop(&mut self) {
+        if self.clean {
+            self.net.shutdown();
+        } else {
+            self.net.abort();
+        }
     }
 }
 

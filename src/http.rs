@@ -482,7 +482,7 @@ impl GuestRun {
                     Exit::Trapped(message) => Outcome::Trapped(message),
                     Exit::Code(code) => Outcome::Trapped(format!("the handler exited with code {code}")),
                     Exit::Failed(message) => Outcome::Failed(message),
-                    Exit::Stopped => Outcome::Lost,
+                    Exit::Stopped | Exit::Restarted => Outcome::Lost,
                 },
             }
         };

@@ -131,6 +131,8 @@ pub enum EventKind {
     Compiling,
     Compiled { cached: bool, took: Duration },
     VolumeReady { volume: String, host_dir: String },
+    /// The front proxy forwards `host_addr` to the pod port.
+    Exposed { pod_port: u16, host_addr: std::net::SocketAddr },
     Started,
     Exited { exit: Exit },
     BackOff { delay: Duration },
@@ -161,6 +163,7 @@ impl fmt::Display for Event {
             EventKind::Compiled { cached: true, took } => write!(f, "loaded compiled component from cache in {took:.0?}"),
             EventKind::Compiled { cached: false, took } => write!(f, "compiled in {took:.1?}"),
             EventKind::VolumeReady { volume, host_dir } => write!(f, "volume {volume} at {host_dir}"),
+            EventKind::Exposed { pod_port, host_addr } => write!(f, "port {pod_port} exposed at {host_addr}"),
             EventKind::Started => f.write_str("started"),
             EventKind::Exited { exit } => write!(f, "{exit}"),
             EventKind::BackOff { delay } => write!(f, "restarting in {}", humantime::format_duration(*delay)),

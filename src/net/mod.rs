@@ -1,0 +1,922 @@
+//! The pod's virtual loopback network: one port namespace per pod, shared by every container
+//! of the pod and by the host-side users of the pod network (front proxy, tests).
+//!
+//! This module owns the namespace ([`PodNetwork`]: ports, ephemeral allocation, listeners with
+//! bounded backlogs, port leases released on `Drop`), a container's attachment to it
+//! ([`ContainerNet`]: owner identity, connection bookkeeping, teardown on exit/restart) and the
+//! host-side endpoints ([`PodStream`], [`PodListener`]). It does not own the byte transport
+//! ([`pipe`]), the socket state machines ([`tcp`], [`udp`]), name lookup ([`lookup`]) or the
+//! WASI glue ([`p2`]). TCP and UDP ports are separate namespaces.
+//!
+//! No OS socket is ever opened here: `127.0.0.0/8`, `::1`, `0.0.0.0` and `::` all mean "the
+//! pod", IPv4 and IPv6 share one port space, and two `PodNetwork`s are fully independent, so two
+//! pods in one process can both listen on port 80.
+//!
+//! Deviations from Linux, on purpose: a full backlog refuses the connection at once (no SYN
+//! retry); a connect completes when the connection is queued on the listener, before `accept`
+//! (as with a kernel backlog); there is no TIME_WAIT, a released port is immediately reusable;
+//! ports are not per-IP (binding `127.0.0.2:80` and `127.0.0.1:80` conflicts).
+
+pub mod lookup;
+pub mod p2;
+pub mod pipe;
+pub mod tcp;
+pub mod udp;
+
+use pipe::{Pipe, PipeReader, PipeWriter};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// First port handed out for port 0 (IANA dynamic range, like most kernels).
+pub const EPHEMERAL_FIRST: u16 = 49152;
+/// Last ephemeral port.
+pub const EPHEMERAL_LAST: u16 = 65535;
+/// Backlog used when a guest never sets one (Rust std's value, as wasmtime uses).
+pub const DEFAULT_BACKLOG: u32 = 128;
+/// Upper bound on any backlog, so a guest cannot make a listener queue unbounded.
+pub const MAX_BACKLOG: u32 = 4096;
+
+/// Errors of the pod network, named after the WASI `error-code`s a guest sees for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    #[error("access denied (destination outside the pod)")]
+    AccessDenied,
+    #[error("operation not supported")]
+    NotSupported,
+    #[error("invalid argument")]
+    InvalidArgument,
+    #[error("invalid state")]
+    InvalidState,
+    #[error("another operation is in progress")]
+    ConcurrencyConflict,
+    #[error("no operation in progress")]
+    NotInProgress,
+    #[error("operation would block")]
+    WouldBlock,
+    #[error("address not bindable in the pod")]
+    AddressNotBindable,
+    #[error("address in use")]
+    AddressInUse,
+    #[error("remote unreachable")]
+    RemoteUnreachable,
+    #[error("connection refused")]
+    ConnectionRefused,
+    #[error("connection reset")]
+    ConnectionReset,
+    #[error("connection aborted")]
+    ConnectionAborted,
+    #[error("datagram too large")]
+    DatagramTooLarge,
+    #[error("name unresolvable")]
+    NameUnresolvable,
+    #[error("the container's network attachment was shut down")]
+    Detached,
+}
+
+/// Who holds a port, so a container's ports can be released together when it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Owner {
+    Host,
+    Container(u64),
+}
+
+/// TCP and UDP ports are separate namespaces, as on any host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Proto {
+    Tcp,
+    Udp,
+}
+
+enum PortKind {
+    Bound,
+    Listening(Arc<ListenQueue>),
+    Datagram(Arc<udp::UdpInbox>),
+}
+
+impl PortKind {
+    /// Called once the entry has left the namespace, outside the net lock.
+    fn close(self) {
+        match self {
+            PortKind::Bound => {}
+            PortKind::Listening(q) => q.close(),
+            PortKind::Datagram(q) => q.close(),
+        }
+    }
+}
+
+struct PortEntry {
+    lease: u64,
+    owner: Owner,
+    kind: PortKind,
+}
+
+struct NetState {
+    ports: HashMap<(Proto, u16), PortEntry>,
+    next_ephemeral: u16,
+    next_id: u64,
+    names: HashSet<String>,
+}
+
+/// One pod's network namespace; `Arc`-shared by its containers and host-side users.
+pub struct PodNetwork {
+    st: Mutex<NetState>,
+    /// Signalled whenever a listener appears, so waiters (probes, tests) need no polling loop.
+    listeners_changed: tokio::sync::Notify,
+    pipe_capacity: usize,
+}
+
+impl std::fmt::Debug for PodNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodNetwork").finish_non_exhaustive()
+    }
+}
+
+impl PodNetwork {
+    /// A fresh, empty namespace: nothing listens, every port is free.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            st: Mutex::new(NetState {
+                ports: HashMap::new(),
+                next_ephemeral: EPHEMERAL_FIRST,
+                next_id: 1,
+                names: HashSet::new(),
+            }),
+            listeners_changed: tokio::sync::Notify::new(),
+            pipe_capacity: pipe::DEFAULT_PIPE_CAPACITY,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, NetState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attaches a container: its sockets, ports and connections are owned by the returned
+    /// handle and torn down with it. Also makes `container_name` resolve to the pod.
+    pub fn attach(self: &Arc<Self>, container_name: &str) -> ContainerNet {
+        let id = {
+            let mut st = self.lock();
+            st.names.insert(container_name.to_ascii_lowercase());
+            let id = st.next_id;
+            st.next_id += 1;
+            id
+        };
+        ContainerNet {
+            net: self.clone(),
+            name: container_name.to_string(),
+            owner: Owner::Container(id),
+            conns: Mutex::new(ConnRegistry {
+                conns: Vec::new(),
+                high_water: 64,
+            }),
+            detached: AtomicBool::new(false),
+        }
+    }
+
+    /// Makes `name` resolve to the pod before its container has started (e.g. all spec names
+    /// at pod start), so start order does not decide whether a lookup succeeds.
+    pub fn register_name(&self, name: &str) {
+        self.lock().names.insert(name.to_ascii_lowercase());
+    }
+
+    /// True if `name` (case-insensitive) is a container name of this pod.
+    pub fn has_name(&self, name: &str) -> bool {
+        self.lock().names.contains(&name.to_ascii_lowercase())
+    }
+
+    /// True if something listens on `port` right now (front proxy, readiness checks).
+    pub fn is_listening(&self, port: u16) -> bool {
+        matches!(
+            self.lock().ports.get(&(Proto::Tcp, port)),
+            Some(PortEntry {
+                kind: PortKind::Listening(_),
+                ..
+            })
+        )
+    }
+
+    /// Waits until something listens on `port`; combine with a timeout for a deadline.
+    pub async fn wait_listening(&self, port: u16) {
+        loop {
+            let notified = self.listeners_changed.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a listen between check and await is not missed.
+            notified.as_mut().enable();
+            if self.is_listening(port) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Reserves TCP `port` (0 = an ephemeral port) for `owner`; the lease frees it on drop.
+    pub(crate) fn lease(self: &Arc<Self>, port: u16, owner: Owner) -> Result<PortLease, NetError> {
+        self.lease_proto(Proto::Tcp, port, owner)
+    }
+
+    /// Reserves `port` of `proto` (0 = an ephemeral port) for `owner`.
+    pub(crate) fn lease_proto(
+        self: &Arc<Self>,
+        proto: Proto,
+        port: u16,
+        owner: Owner,
+    ) -> Result<PortLease, NetError> {
+        let mut st = self.lock();
+        let port = if port == 0 {
+            Self::pick_ephemeral(&mut st, proto)?
+        } else if st.ports.contains_key(&(proto, port)) {
+            return Err(NetError::AddressInUse);
+        } else {
+            port
+        };
+        let id = st.next_id;
+        st.next_id += 1;
+        let kind = match proto {
+            Proto::Tcp => PortKind::Bound,
+            // A UDP port receives from the moment it is bound, as a kernel socket does.
+            Proto::Udp => PortKind::Datagram(Arc::new(udp::UdpInbox::new())),
+        };
+        st.ports.insert(
+            (proto, port),
+            PortEntry {
+                lease: id,
+                owner,
+                kind,
+            },
+        );
+        Ok(PortLease {
+            net: self.clone(),
+            proto,
+            port,
+            id,
+        })
+    }
+
+    fn pick_ephemeral(st: &mut NetState, proto: Proto) -> Result<u16, NetError> {
+        let span = u32::from(EPHEMERAL_LAST - EPHEMERAL_FIRST) + 1;
+        for _ in 0..span {
+            let p = st.next_ephemeral;
+            st.next_ephemeral = if p == EPHEMERAL_LAST {
+                EPHEMERAL_FIRST
+            } else {
+                p + 1
+            };
+            if !st.ports.contains_key(&(proto, p)) {
+                return Ok(p);
+            }
+        }
+        // WASI: "address-in-use: no ephemeral ports available".
+        Err(NetError::AddressInUse)
+    }
+
+    /// The receive queue of a UDP lease (created with the lease).
+    pub(crate) fn udp_inbox(&self, lease: &PortLease) -> Result<Arc<udp::UdpInbox>, NetError> {
+        match self.lock().ports.get(&(Proto::Udp, lease.port)) {
+            Some(PortEntry {
+                lease: id,
+                kind: PortKind::Datagram(q),
+                ..
+            }) if *id == lease.id => Ok(q.clone()),
+            _ => Err(NetError::Detached),
+        }
+    }
+
+    /// Delivers a datagram to whatever is bound on UDP `to_port`; silently dropped when
+    /// nothing is or its queue is full, as UDP does.
+    pub(crate) fn send_datagram(&self, from_port: u16, to_port: u16, data: Vec<u8>) {
+        let inbox = match self.lock().ports.get(&(Proto::Udp, to_port)) {
+            Some(PortEntry {
+                kind: PortKind::Datagram(q),
+                ..
+            }) => q.clone(),
+            _ => return,
+        };
+        inbox.push(from_port, data);
+    }
+
+    /// Turns a bound port into a listener with a backlog of `backlog` connections.
+    pub(crate) fn listen(
+        &self,
+        lease: &PortLease,
+        backlog: u32,
+    ) -> Result<Arc<ListenQueue>, NetError> {
+        let q = {
+            let mut st = self.lock();
+            let entry = match st.ports.get_mut(&(Proto::Tcp, lease.port)) {
+                Some(e) if e.lease == lease.id => e,
+                // Released underneath us by a container shutdown.
+                _ => return Err(NetError::Detached),
+            };
+            match &entry.kind {
+                PortKind::Listening(q) => q.clone(),
+                PortKind::Datagram(_) => return Err(NetError::InvalidState),
+                PortKind::Bound => {
+                    let q = Arc::new(ListenQueue::new(backlog));
+                    entry.kind = PortKind::Listening(q.clone());
+                    q
+                }
+            }
+        };
+        self.listeners_changed.notify_waiters();
+        Ok(q)
+    }
+
+    /// Creates a connection to `peer_port` from `local_port` and queues the server half on the
+    /// listener; returns the client half.
+    pub(crate) fn open_connection(
+        &self,
+        local_port: u16,
+        peer_port: u16,
+    ) -> Result<Endpoint, NetError> {
+        let q = match self.lock().ports.get(&(Proto::Tcp, peer_port)) {
+            Some(PortEntry {
+                kind: PortKind::Listening(q),
+                ..
+            }) => q.clone(),
+            _ => return Err(NetError::ConnectionRefused),
+        };
+        let (client, server) = Endpoint::pair(self.pipe_capacity, local_port, peer_port);
+        // The net lock is released before the queue lock is taken: no lock-order question.
+        match q.push(server) {
+            Ok(()) => Ok(client),
+            Err(server) => {
+                // Never reached the peer: nobody observes these pipes, dropping is enough.
+                drop(server);
+                Err(NetError::ConnectionRefused)
+            }
+        }
+    }
+
+    fn release(&self, proto: Proto, port: u16, id: u64) {
+        let removed = {
+            let mut st = self.lock();
+            match st.ports.get(&(proto, port)) {
+                Some(e) if e.lease == id => st.ports.remove(&(proto, port)),
+                _ => None,
+            }
+        };
+        if let Some(e) = removed {
+            e.kind.close();
+        }
+    }
+
+    fn release_owner(&self, owner: Owner) {
+        let removed: Vec<PortEntry> = {
+            let mut st = self.lock();
+            let keys: Vec<(Proto, u16)> = st
+                .ports
+                .iter()
+                .filter(|(_, e)| e.owner == owner)
+                .map(|(k, _)| *k)
+                .collect();
+            keys.iter().filter_map(|k| st.ports.remove(k)).collect()
+        };
+        for e in removed {
+            e.kind.close();
+        }
+    }
+
+    /// Host-side connect (front proxy, tests) to whatever listens on `port` in the pod.
+    pub fn connect(self: &Arc<Self>, port: u16) -> Result<PodStream, NetError> {
+        if port == 0 {
+            return Err(NetError::InvalidArgument);
+        }
+        let lease = self.lease(0, Owner::Host)?;
+        let ep = self.open_connection(lease.port, port)?;
+        Ok(PodStream {
+            ep,
+            _lease: Some(lease),
+        })
+    }
+
+    /// Host-side listener on `port` (0 = ephemeral): a way to serve a pod port from host code,
+    /// e.g. an in-process HTTP handler or a test double.
+    pub fn listen_host(self: &Arc<Self>, port: u16, backlog: u32) -> Result<PodListener, NetError> {
+        let lease = self.lease(port, Owner::Host)?;
+        let queue = self.listen(&lease, backlog)?;
+        Ok(PodListener { queue, lease })
+    }
+}
+
+/// A reserved port; dropping it frees the port (and resets connections still queued on it).
+pub(crate) struct PortLease {
+    net: Arc<PodNetwork>,
+    proto: Proto,
+    port: u16,
+    id: u64,
+}
+
+impl PortLease {
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl std::fmt::Debug for PortLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PortLease({})", self.port)
+    }
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        self.net.release(self.proto, self.port, self.id);
+    }
+}
+
+/// One side of a connection: what it reads, what it writes, and the ports involved.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub(crate) rx: PipeReader,
+    pub(crate) tx: PipeWriter,
+    pub(crate) local_port: u16,
+    pub(crate) peer_port: u16,
+}
+
+impl Endpoint {
+    /// Two cross-wired endpoints: (client at `client_port`, server at `server_port`).
+    fn pair(capacity: usize, client_port: u16, server_port: u16) -> (Endpoint, Endpoint) {
+        let (c2s_w, c2s_r) = pipe::pipe(capacity);
+        let (s2c_w, s2c_r) = pipe::pipe(capacity);
+        (
+            Endpoint {
+                rx: s2c_r,
+                tx: c2s_w,
+                local_port: client_port,
+                peer_port: server_port,
+            },
+            Endpoint {
+                rx: c2s_r,
+                tx: s2c_w,
+                local_port: server_port,
+                peer_port: client_port,
+            },
+        )
+    }
+
+    /// Resets both directions, so the peer sees `connection-reset`, not a clean close.
+    pub(crate) fn reset(&self) {
+        self.rx.pipe().reset();
+        self.tx.pipe().reset();
+    }
+}
+
+struct ListenState {
+    backlog: VecDeque<Endpoint>,
+    cap: usize,
+    closed: bool,
+    waker: Option<Waker>,
+}
+
+/// The bounded queue of connections a listener has not accepted yet.
+pub(crate) struct ListenQueue {
+    st: Mutex<ListenState>,
+}
+
+impl ListenQueue {
+    fn new(backlog: u32) -> Self {
+        Self {
+            st: Mutex::new(ListenState {
+                backlog: VecDeque::new(),
+                cap: backlog.clamp(1, MAX_BACKLOG) as usize,
+                closed: false,
+                waker: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ListenState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a server half; gives it back when the backlog is full or the listener closed.
+    fn push(&self, ep: Endpoint) -> Result<(), Endpoint> {
+        let waker = {
+            let mut st = self.lock();
+            if st.closed || st.backlog.len() >= st.cap {
+                return Err(ep);
+            }
+            st.backlog.push_back(ep);
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Next queued connection, if any.
+    pub(crate) fn pop(&self) -> Option<Endpoint> {
+        self.lock().backlog.pop_front()
+    }
+
+    /// Ready when a connection is queued or the listener is closed (exact: `pop` then
+    /// returns a connection, or the accept fails for good).
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.lock();
+        if !st.backlog.is_empty() || st.closed {
+            Poll::Ready(())
+        } else {
+            if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                st.waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    pub(crate) fn set_capacity(&self, backlog: u32) {
+        self.lock().cap = backlog.clamp(1, MAX_BACKLOG) as usize;
+    }
+
+    /// Closes the listener: queued, never-accepted connections are reset (their clients
+    /// already saw the connect succeed, as with a kernel backlog).
+    fn close(&self) {
+        let (queued, waker) = {
+            let mut st = self.lock();
+            st.closed = true;
+            (std::mem::take(&mut st.backlog), st.waker.take())
+        };
+        for ep in &queued {
+            ep.reset();
+        }
+        drop(queued);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// Weak references to one connection's pipes, so a container's teardown can close them.
+struct ConnRef {
+    inbound: Weak<Pipe>,
+    outbound: Weak<Pipe>,
+}
+
+struct ConnRegistry {
+    conns: Vec<ConnRef>,
+    /// Prune dead entries when the list reaches this size; keeps the list O(live connections).
+    high_water: usize,
+}
+
+/// One container's attachment to the pod network. Dropping it (with the container's Store)
+/// releases the container's ports and closes its connections so that peers notice.
+pub struct ContainerNet {
+    net: Arc<PodNetwork>,
+    name: String,
+    owner: Owner,
+    conns: Mutex<ConnRegistry>,
+    detached: AtomicBool,
+}
+
+impl std::fmt::Debug for ContainerNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerNet")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ContainerNet {
+    /// The pod network this container is attached to.
+    pub fn pod(&self) -> &Arc<PodNetwork> {
+        &self.net
+    }
+
+    /// The container name this attachment was made for (used in events/logs).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn owner(&self) -> Owner {
+        self.owner
+    }
+
+    /// Fails once the container has been shut down, so a zombie Store cannot take ports.
+    pub(crate) fn check_attached(&self) -> Result<(), NetError> {
+        if self.detached.load(Ordering::Acquire) {
+            Err(NetError::Detached)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Remembers a connection end owned by this container, for [`ContainerNet::shutdown`].
+    pub(crate) fn track(&self, ep: &Endpoint) {
+        let mut reg = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if reg.conns.len() >= reg.high_water {
+            reg.conns
+                .retain(|c| c.inbound.strong_count() > 0 || c.outbound.strong_count() > 0);
+            reg.high_water = (reg.conns.len() * 2).max(64);
+        }
+        reg.conns.push(ConnRef {
+            inbound: Arc::downgrade(ep.rx.pipe()),
+            outbound: Arc::downgrade(ep.tx.pipe()),
+        });
+    }
+
+    /// Detaches the container as a process exit would: frees all its ports (listeners reset
+    /// their queued connections) and closes its connections — the peer reads end-of-stream
+    /// after the bytes already sent, and its further writes fail. Idempotent; also run on Drop.
+    pub fn shutdown(&self) {
+        if self.detached.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.net.release_owner(self.owner);
+        let conns = {
+            let mut reg = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut reg.conns)
+        };
+        for c in conns {
+            if let Some(p) = c.outbound.upgrade() {
+                p.finish();
+            }
+            if let Some(p) = c.inbound.upgrade() {
+                p.close_reader();
+            }
+        }
+    }
+
+    /// Hard teardown: like [`ContainerNet::shutdown`] but resets every open connection, so
+    /// peers see `connection-reset` (used for a kill, not a clean exit).
+    pub fn abort(&self) {
+        let conns = {
+            let mut reg = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut reg.conns)
+        };
+        for c in conns {
+            if let Some(p) = c.outbound.upgrade() {
+                p.reset();
+            }
+            if let Some(p) = c.inbound.upgrade() {
+                p.reset();
+            }
+        }
+        self.shutdown();
+    }
+}
+
+impl Drop for ContainerNet {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The loopback address of a family: what "the pod" looks like to that family.
+pub(crate) fn loopback(v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::LOCALHOST)
+    } else {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    }
+}
+
+/// True for every address that means "this pod": 127.0.0.0/8, ::1, 0.0.0.0, ::.
+pub fn is_pod_address(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified(),
+    }
+}
+
+/// A host-side connection into the pod (tokio `AsyncRead + AsyncWrite`; shutdown = FIN).
+#[derive(Debug)]
+pub struct PodStream {
+    ep: Endpoint,
+    /// The ephemeral port of a host-initiated connection (None for accepted ones).
+    _lease: Option<PortLease>,
+}
+
+impl PodStream {
+    /// Local address as seen inside the pod.
+    pub fn local_addr(&self) -> SocketAddr {
+        SocketAddr::new(loopback(false), self.ep.local_port)
+    }
+
+    /// Peer address as seen inside the pod.
+    pub fn peer_addr(&self) -> SocketAddr {
+        SocketAddr::new(loopback(false), self.ep.peer_port)
+    }
+
+    /// Resets the connection (the peer sees `connection-reset`), e.g. on proxy idle timeout.
+    pub fn reset(self) {
+        self.ep.reset();
+    }
+}
+
+impl AsyncRead for PodStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.ep.rx).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PodStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.ep.tx).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.ep.tx).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.ep.tx).poll_shutdown(cx)
+    }
+}
+
+/// A host-side listener on a pod port; dropping it frees the port.
+pub struct PodListener {
+    queue: Arc<ListenQueue>,
+    lease: PortLease,
+}
+
+impl PodListener {
+    /// The pod port this listener holds.
+    pub fn port(&self) -> u16 {
+        self.lease.port()
+    }
+
+    /// Waits for the next connection (cancel-safe: nothing is lost if the future is dropped).
+    pub async fn accept(&self) -> Result<PodStream, NetError> {
+        loop {
+            if let Some(ep) = self.queue.pop() {
+                return Ok(PodStream { ep, _lease: None });
+            }
+            if self.queue.is_closed() {
+                return Err(NetError::ConnectionAborted);
+            }
+            std::future::poll_fn(|cx| self.queue.poll_ready(cx)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn address_in_use_and_release() {
+        let net = PodNetwork::new();
+        let a = net.lease(80, Owner::Host).unwrap();
+        assert_eq!(
+            net.lease(80, Owner::Host).unwrap_err(),
+            NetError::AddressInUse
+        );
+        drop(a);
+        let _b = net.lease(80, Owner::Host).unwrap();
+    }
+
+    #[test]
+    fn ephemeral_ports_are_distinct_and_in_range() {
+        let net = PodNetwork::new();
+        let leases: Vec<_> = (0..100)
+            .map(|_| net.lease(0, Owner::Host).unwrap())
+            .collect();
+        let ports: HashSet<u16> = leases.iter().map(|l| l.port()).collect();
+        assert_eq!(ports.len(), 100);
+        assert!(ports.iter().all(|p| *p >= EPHEMERAL_FIRST));
+    }
+
+    #[test]
+    fn ephemeral_exhaustion_is_address_in_use() {
+        let net = PodNetwork::new();
+        let n = usize::from(EPHEMERAL_LAST - EPHEMERAL_FIRST) + 1;
+        let leases: Vec<_> = (0..n).map(|_| net.lease(0, Owner::Host).unwrap()).collect();
+        assert_eq!(
+            net.lease(0, Owner::Host).unwrap_err(),
+            NetError::AddressInUse
+        );
+        drop(leases);
+        assert!(net.lease(0, Owner::Host).is_ok());
+    }
+
+    #[test]
+    fn connection_refused_without_listener() {
+        let net = PodNetwork::new();
+        assert_eq!(net.connect(5000).unwrap_err(), NetError::ConnectionRefused);
+        // A bound but not listening port refuses too.
+        let _l = net.lease(5000, Owner::Host).unwrap();
+        assert_eq!(net.connect(5000).unwrap_err(), NetError::ConnectionRefused);
+    }
+
+    #[test]
+    fn full_backlog_refuses() {
+        let net = PodNetwork::new();
+        let _l = net.listen_host(7000, 2).unwrap();
+        let _a = net.connect(7000).unwrap();
+        let _b = net.connect(7000).unwrap();
+        assert_eq!(net.connect(7000).unwrap_err(), NetError::ConnectionRefused);
+    }
+
+    #[test]
+    fn two_pods_are_independent() {
+        let a = PodNetwork::new();
+        let b = PodNetwork::new();
+        let _la = a.listen_host(80, 8).unwrap();
+        let _lb = b.listen_host(80, 8).unwrap();
+        assert!(a.connect(80).is_ok());
+        assert!(b.connect(80).is_ok());
+        let c = PodNetwork::new();
+        assert_eq!(c.connect(80).unwrap_err(), NetError::ConnectionRefused);
+    }
+
+    #[tokio::test]
+    async fn dropping_listener_resets_queued_and_frees_port() {
+        let net = PodNetwork::new();
+        let l = net.listen_host(81, 8).unwrap();
+        let mut c = net.connect(81).unwrap();
+        drop(l);
+        let mut buf = [0u8; 4];
+        let err = c.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert!(!net.is_listening(81));
+        let _again = net.listen_host(81, 8).unwrap();
+    }
+
+    #[tokio::test]
+    async fn container_shutdown_releases_ports_and_closes_connections() {
+        let net = PodNetwork::new();
+        let cn = net.attach("web");
+        let lease = net.lease(8080, cn.owner()).unwrap();
+        let q = net.listen(&lease, 8).unwrap();
+        let mut client = net.connect(8080).unwrap();
+        let server = q.pop().unwrap();
+        cn.track(&server);
+        server.tx.write(bytes::Bytes::from_static(b"bye")).unwrap();
+        cn.shutdown();
+        // Port is free again even though the lease object still exists (zombie store).
+        assert!(!net.is_listening(8080));
+        let _other = net.listen_host(8080, 8).unwrap();
+        drop(lease); // must not free the new owner's port
+        assert!(net.is_listening(8080));
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+        let err = client.write_all(b"x").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(net.lease(1, cn.owner()).map(|_| ()), Ok(()));
+        assert_eq!(cn.check_attached(), Err(NetError::Detached));
+        assert!(net.has_name("WEB"));
+    }
+
+    #[tokio::test]
+    async fn host_stream_16_mib_intact() {
+        let net = PodNetwork::new();
+        let listener = net.listen_host(9000, 8).unwrap();
+        let data: Arc<Vec<u8>> = Arc::new(
+            (0..16 * 1024 * 1024u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+        );
+        let echo = tokio::spawn(async move {
+            let s = listener.accept().await.unwrap();
+            let (mut r, mut w) = tokio::io::split(s);
+            tokio::io::copy(&mut r, &mut w).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let client = net.connect(9000).unwrap();
+        let (mut r, mut w) = tokio::io::split(client);
+        let d2 = data.clone();
+        let writer = tokio::spawn(async move {
+            w.write_all(&d2).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let mut got = Vec::with_capacity(data.len());
+        tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut got))
+            .await
+            .expect("deadline")
+            .unwrap();
+        writer.await.unwrap();
+        echo.await.unwrap();
+        assert!(got == *data, "16 MiB echo differs");
+    }
+
+    #[tokio::test]
+    async fn wait_listening_wakes() {
+        let net = PodNetwork::new();
+        let n2 = net.clone();
+        let waiter = tokio::spawn(async move { n2.wait_listening(4242).await });
+        tokio::task::yield_now().await;
+        let _l = net.listen_host(4242, 1).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("deadline")
+            .unwrap();
+    }
+}

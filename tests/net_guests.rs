@@ -1,0 +1,280 @@
+//! The pod network under real guests: `guests/netcheck` (plain Rust `std::net`, built for
+//! wasm32-wasip2) runs as several containers of one or two pods, each in its own Store, linked
+//! with wasmtime-wasi plus `wasmpod::net::p2::add_to_linker`.
+//!
+//! Parallel-safe: every test makes its own `PodNetwork`s (pod ports never touch the host), the
+//! only host socket is an ephemeral one, and waits are conditions with deadlines, not sleeps.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use wasmpod::net::p2::{NetCtxView, NetView};
+use wasmpod::net::{ContainerNet, PodNetwork};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store};
+use wasmtime_wasi::p2::bindings::Command;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+struct Ctx {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    net: ContainerNet,
+}
+
+impl WasiView for Ctx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl NetView for Ctx {
+    fn net_view(&mut self) -> NetCtxView<'_> {
+        NetCtxView {
+            table: &mut self.table,
+            net: &self.net,
+        }
+    }
+}
+
+/// The netcheck guest, built by the build script.
+fn guest_wasm() -> PathBuf {
+    PathBuf::from(env!("WASMPOD_GUESTS_DIR")).join("netcheck.wasm")
+}
+
+struct Guest {
+    engine: Engine,
+    component: Component,
+    linker: Linker<Ctx>,
+}
+
+fn guest() -> &'static Guest {
+    static G: OnceLock<Guest> = OnceLock::new();
+    G.get_or_init(|| {
+        let engine = Engine::new(&Config::new()).expect("engine");
+        let component = Component::from_file(&engine, guest_wasm()).expect("compile netcheck");
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
+        wasmpod::net::p2::add_to_linker(&mut linker).expect("pod network");
+        Guest {
+            engine,
+            component,
+            linker,
+        }
+    })
+}
+
+/// Runs `netcheck` with `args` as container `name` of `pod`; returns (exit code, stdout).
+async fn run(pod: &Arc<PodNetwork>, name: &str, args: &str) -> (i32, String) {
+    let g = guest();
+    let stdout = MemoryOutputPipe::new(1 << 20);
+    let stderr = MemoryOutputPipe::new(1 << 20);
+    let mut argv = vec!["netcheck".to_string()];
+    argv.extend(args.split_whitespace().map(String::from));
+    // Defense in depth, as the container runtime does: wasmtime-wasi's own sockets deny all.
+    let wasi = WasiCtx::builder()
+        .args(&argv)
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let ctx = Ctx {
+        wasi,
+        table: ResourceTable::new(),
+        net: pod.attach(name),
+    };
+    let mut store = Store::new(&g.engine, ctx);
+    let fut = async {
+        let cmd = Command::instantiate_async(&mut store, &g.component, &g.linker).await?;
+        cmd.wasi_cli_run().call_run(&mut store).await
+    };
+    let code = match tokio::time::timeout(DEADLINE, fut)
+        .await
+        .expect("guest deadline")
+    {
+        Ok(Ok(())) => 0,
+        Ok(Err(())) => 1,
+        Err(e) => match e.downcast_ref::<I32Exit>() {
+            Some(I32Exit(c)) => *c,
+            None => panic!(
+                "{name} trapped: {e:?}\nstderr: {}",
+                String::from_utf8_lossy(&stderr.contents())
+            ),
+        },
+    };
+    drop(store); // the container exits: its ports and connections go with the Store
+    let err = String::from_utf8_lossy(&stderr.contents()).to_string();
+    if !err.is_empty() {
+        eprintln!("[{name} stderr] {err}");
+    }
+    (
+        code,
+        String::from_utf8_lossy(&stdout.contents()).to_string(),
+    )
+}
+
+async fn listening(pod: &PodNetwork, port: u16) {
+    tokio::time::timeout(DEADLINE, pod.wait_listening(port))
+        .await
+        .expect("server listening in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_16_mib_between_containers() {
+    let pod = PodNetwork::new();
+    let p2 = pod.clone();
+    let server =
+        tokio::spawn(async move { run(&p2, "server", "listen 0.0.0.0:5000 && echo 1").await });
+    listening(&pod, 5000).await;
+    let (code, out) = run(&pod, "client", "send server:5000 16777216").await;
+    assert_eq!(code, 0, "client: {out}");
+    assert!(
+        out.contains("sent 16777216 echoed 16777216"),
+        "client: {out}"
+    );
+    let (code, out) = server.await.unwrap();
+    assert_eq!(code, 0, "server: {out}");
+    assert_eq!(out, "listening 5000\nechoed 16777216\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_lookup_as_std_sees_them() {
+    let pod = PodNetwork::new();
+    pod.register_name("web");
+    let script = "listen 127.0.0.1:6000 && try-bind [::1]:6000 && try-bind 0.0.0.0:6000 \
+                  && try-connect 127.0.0.1:6001 && try-connect 10.1.2.3:80 && try-bind 10.1.2.3:80 \
+                  && lookup localhost && lookup web && lookup example.com && try-bind 127.0.0.1:0";
+    let (code, out) = run(&pod, "solo", script).await;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "listening 6000");
+    assert_eq!(lines[1], "bind failed: AddrInUse");
+    assert_eq!(lines[2], "bind failed: AddrInUse");
+    assert_eq!(lines[3], "connect failed: ConnectionRefused");
+    assert_eq!(lines[4], "connect failed: PermissionDenied");
+    assert_eq!(lines[5], "bind failed: AddrNotAvailable");
+    assert_eq!(&lines[6..8], ["addr: 127.0.0.1", "addr: ::1"]);
+    assert_eq!(lines[8], "addr: 127.0.0.1");
+    assert!(lines[9].starts_with("lookup failed"), "{out}");
+    let eph: u16 = lines[10]
+        .strip_prefix("bind ok ")
+        .expect(&out)
+        .parse()
+        .unwrap();
+    assert!(eph >= wasmpod::net::EPHEMERAL_FIRST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_and_addresses() {
+    let pod = PodNetwork::new();
+    let p2 = pod.clone();
+    let server =
+        tokio::spawn(async move { run(&p2, "server", "listen [::]:7000 && echo 2").await });
+    listening(&pod, 7000).await;
+    let (code, out) = run(&pod, "client", "half-close localhost:7000 hello pod").await;
+    assert_eq!((code, out.as_str()), (0, "got: hello pod\n"));
+    let (code, out) = run(&pod, "client", "addrs [::1]:7000").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("peer: [::1]:7000"), "{out}");
+    assert!(out.contains("local: [::1]:"), "{out}");
+    let (code, out) = server.await.unwrap();
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Two pods in one process both listen on the same port, which is also taken on the host:
+/// no OS socket is opened, and each pod's client reaches only its own server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pods_same_port_no_os_socket() {
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let (a, b) = (PodNetwork::new(), PodNetwork::new());
+    let (a2, b2) = (a.clone(), b.clone());
+    let listen = format!("listen 127.0.0.1:{port} && echo 1");
+    let (l1, l2) = (listen.clone(), listen);
+    let sa = tokio::spawn(async move { run(&a2, "server", &l1).await });
+    let sb = tokio::spawn(async move { run(&b2, "server", &l2).await });
+    listening(&a, port).await;
+    listening(&b, port).await;
+    let (arg_a, arg_b) = (
+        format!("half-close localhost:{port} from-a"),
+        format!("half-close localhost:{port} from-b"),
+    );
+    let (ca, cb) = tokio::join!(run(&a, "client", &arg_a), run(&b, "client", &arg_b));
+    assert_eq!(ca, (0, "got: from-a\n".to_string()));
+    assert_eq!(cb, (0, "got: from-b\n".to_string()));
+    assert_eq!(sa.await.unwrap().0, 0);
+    assert_eq!(sb.await.unwrap().0, 0);
+    drop(host);
+}
+
+/// The server container exits while a client waits on a read: the client notices, and the
+/// restarted server can bind the same port again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_exit_closes_clients_and_port_is_reusable() {
+    let pod = PodNetwork::new();
+    // The server accepts one connection and exits once a host-side "go" connection arrives
+    // on a second port, so the client is connected and blocked on its read by then.
+    let p2 = pod.clone();
+    let server = tokio::spawn(async move {
+        run(
+            &p2,
+            "server",
+            "listen 127.0.0.1:7100 && accept-hold && listen 127.0.0.1:7101 && echo 1",
+        )
+        .await
+    });
+    listening(&pod, 7100).await;
+    let p3 = pod.clone();
+    let client =
+        tokio::spawn(async move { run(&p3, "client", "read-until-closed 127.0.0.1:7100").await });
+    listening(&pod, 7101).await; // the server has accepted the client by now
+    let go = pod.connect(7101).unwrap();
+    drop(go); // FIN: the server's echo loop ends and it exits
+    let (code, out) = server.await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = client.await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "connected\nclosed: eof\n");
+    let (code, out) = run(&pod, "server", "listen 127.0.0.1:7100").await;
+    assert_eq!((code, out.as_str()), (0, "listening 7100\n"));
+}
+
+/// UDP between two containers; the server also holds TCP 5300 (separate namespaces) and signals
+/// readiness by listening on TCP 5301.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_between_containers() {
+    let pod = PodNetwork::new();
+    let p2 = pod.clone();
+    let server = tokio::spawn(async move {
+        run(
+            &p2,
+            "server",
+            "udp-bind 127.0.0.1:5300 && listen 127.0.0.1:5300 && listen 127.0.0.1:5301 && udp-echo 2",
+        )
+        .await
+    });
+    listening(&pod, 5301).await;
+    let (code, out) = run(
+        &pod,
+        "client",
+        "udp-send server:5300 hello udp && udp-send [::1]:5300 v6",
+    )
+    .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "udp reply: hello udp\nudp reply: v6\n")
+    );
+    let (code, out) = server.await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.ends_with("udp echoed hello udp\nudp echoed v6\n"),
+        "{out}"
+    );
+}
