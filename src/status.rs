@@ -143,6 +143,14 @@ pub enum EventKind {
     Stopping,
     PodStopped,
     Warning { message: String },
+    /// An http container's request trapped; the client got a 500.
+    RequestTrapped { message: String },
+    /// An http container's request ran past the request timeout and was cut.
+    RequestTimedOut { after: Duration },
+    /// An http container's request failed in the host (instantiation, no response, ...).
+    RequestFailed { message: String },
+    /// A container's outgoing HTTP request was refused by the pod's egress policy.
+    OutgoingDenied { url: String },
 }
 
 impl fmt::Display for Event {
@@ -166,6 +174,12 @@ impl fmt::Display for Event {
             EventKind::Stopping => f.write_str("stopping"),
             EventKind::PodStopped => f.write_str("pod stopped"),
             EventKind::Warning { message } => write!(f, "warning: {message}"),
+            EventKind::RequestTrapped { message } => write!(f, "request trapped: {message}"),
+            EventKind::RequestTimedOut { after } => {
+                write!(f, "request cut after {} (request timeout)", humantime::format_duration(*after))
+            }
+            EventKind::RequestFailed { message } => write!(f, "request failed: {message}"),
+            EventKind::OutgoingDenied { url } => write!(f, "outgoing request to {url} denied (not an allowed outbound host)"),
         }
     }
 }
