@@ -180,9 +180,7 @@ impl PreparedContainer {
         let data = ContainerData { wasi, table: ResourceTable::new(), net, memory };
         let mut store = Store::new(self.engine.wasmtime(), data);
         store.limiter(|data| &mut data.memory);
-        let cpu = CpuShare::new(self.spec.resources.cpu);
-        store.epoch_deadline_callback(move |_| Ok(cpu.on_deadline()));
-        store.set_epoch_deadline(1);
+        CpuShare::new(self.spec.resources.cpu).install(&mut store);
         let exit = match self.command.instantiate_async(&mut store).await {
             Ok(command) => match command.wasi_cli_run().call_run(&mut store).await {
                 Ok(Ok(())) => Exit::Code(0),

@@ -237,22 +237,6 @@ fn pooling_config() -> wasmtime::PoolingAllocationConfig {
     pool
 }
 
-/// Makes a Store's guest yield to tokio at every epoch tick, so a guest that never returns
-/// neither blocks its thread nor holds off other tasks, and dropping its future (a timeout, a
-/// stop) cancels it within a tick.
-///
-/// The yield is `tokio::task::yield_now` (as wasmtime's docs recommend), not wasmtime's
-/// built-in yield: the built-in one wakes the task at once, so a spinning guest stays runnable
-/// and tokio polls its I/O driver only every 61 task polls (61 ticks, ~0.6 s) — requests on
-/// the same worker then wait that long for their sockets. `yield_now` defers the guest until
-/// the driver has been polled.
-pub fn yield_every_tick<T: 'static>(store: &mut wasmtime::Store<T>) {
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| {
-        Ok(wasmtime::UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
-    });
-}
-
 /// One thread per engine advances its epoch; it ends when the engine is dropped.
 fn spawn_epoch_ticker(engine: &wasmtime::Engine) {
     let weak = engine.weak();

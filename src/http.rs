@@ -248,8 +248,8 @@ impl HttpContainer {
         };
         let mut store = Store::new(self.pre.engine(), state);
         // A guest that never returns still lets other requests run on this thread, and the
-        // timeout can drop it.
-        crate::engine::yield_every_tick(&mut store);
+        // timeout can drop it; the container's CPU share applies per request too.
+        crate::resources::CpuShare::new(self.spec.resources.cpu).install(&mut store);
         let (response_tx, response_rx) = oneshot::channel();
         let resources = store.data_mut().http().new_incoming_request(Scheme::Http, request).and_then(|incoming| {
             let outparam = store.data_mut().http().new_response_outparam(response_tx)?;
@@ -480,6 +480,7 @@ impl GuestRun {
                 Ok(()) => Outcome::Finished,
                 Err(e) => match container::classify(e) {
                     Exit::Trapped(message) => Outcome::Trapped(message),
+                    exit @ Exit::OutOfMemory { .. } => Outcome::Trapped(exit.to_string()),
                     Exit::Code(code) => Outcome::Trapped(format!("the handler exited with code {code}")),
                     Exit::Failed(message) => Outcome::Failed(message),
                     Exit::Stopped | Exit::Restarted => Outcome::Lost,

@@ -92,6 +92,13 @@ impl CpuShare {
         CpuShare { pause }
     }
 
+    /// Makes `store` yield at every epoch tick, pausing as this share requires. Every Store
+    /// that runs guest code gets this, command runs and http requests alike.
+    pub fn install<T: 'static>(self, store: &mut wasmtime::Store<T>) {
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| Ok(self.on_deadline()));
+    }
+
     /// The epoch-deadline decision: yield (and pause when throttled), then run one more tick.
     pub fn on_deadline(&self) -> UpdateDeadline {
         if self.pause.is_zero() {
