@@ -14,6 +14,9 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::engine::Engine;
+use crate::http::{OutgoingHooks, OutgoingRoute};
+use crate::status::Events;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::logs::{Logs, Stream};
 use crate::net::p2::{NetCtxView, NetView};
 use crate::net::{ContainerNet, PodNetwork};
@@ -31,6 +34,16 @@ pub enum ContainerKind {
 }
 
 impl ContainerKind {
+    /// Like [`ContainerKind::of`], with an error naming the container when it is neither.
+    pub fn require(engine: &wasmtime::Engine, component: &Component, container: &str) -> Result<ContainerKind, ContainerError> {
+        ContainerKind::of(engine, component).ok_or_else(|| ContainerError::Unsupported {
+            container: container.to_string(),
+            message: "the component exports neither `wasi:cli/run` (a command) nor \
+                      `wasi:http/incoming-handler` (an http handler)"
+                .into(),
+        })
+    }
+
     /// Reads the kind from a compiled component's exports (`incoming-handler` first: `wstd`
     /// http guests export `wasi:cli/run` too).
     pub fn of(engine: &wasmtime::Engine, component: &Component) -> Option<ContainerKind> {
@@ -100,6 +113,15 @@ pub struct ContainerData {
     table: ResourceTable,
     net: Arc<ContainerNet>,
     memory: MemoryBudget,
+    http: WasiHttpCtx,
+    /// Routes outgoing wasi:http requests inside the pod, or out where egress allows.
+    hooks: OutgoingHooks,
+}
+
+impl WasiHttpView for ContainerData {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
 }
 
 impl NetView for ContainerData {
@@ -114,49 +136,42 @@ impl WasiView for ContainerData {
     }
 }
 
-/// The imports every container gets: WASI 0.2, with wasi:sockets served by the pod's virtual
-/// network instead of the host's.
+/// The imports every command container gets: WASI 0.2, with wasi:sockets served by the pod's
+/// virtual network instead of the host's, plus outgoing wasi:http routed by the pod.
 pub fn linker(engine: &Engine) -> Result<Linker<ContainerData>, String> {
     let mut linker = Linker::new(engine.wasmtime());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
     crate::net::p2::add_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
     Ok(linker)
 }
 
 /// A container ready to run any number of times.
 pub struct PreparedContainer {
     pub spec: ContainerSpec,
-    pub kind: ContainerKind,
     mounts: Vec<Mount>,
     command: CommandPre<ContainerData>,
     engine: Engine,
+    events: Events,
+    route: Arc<dyn OutgoingRoute>,
 }
 
 impl PreparedContainer {
-    /// Links a compiled component for one container.
+    /// Links a compiled command component for one container; `route` decides where its
+    /// outgoing wasi:http requests go, `events` records what it denies.
     pub fn new(
         engine: &Engine,
         linker: &Linker<ContainerData>,
         spec: ContainerSpec,
         component: &Component,
         mounts: Vec<Mount>,
+        events: Events,
+        route: Arc<dyn OutgoingRoute>,
     ) -> Result<PreparedContainer, ContainerError> {
-        let kind = ContainerKind::of(engine.wasmtime(), component).ok_or_else(|| ContainerError::Unsupported {
-            container: spec.name.clone(),
-            message: "the component exports neither `wasi:cli/run` (a command) nor \
-                      `wasi:http/incoming-handler` (an http handler)"
-                .into(),
-        })?;
-        if kind == ContainerKind::Http {
-            return Err(ContainerError::Unsupported {
-                container: spec.name.clone(),
-                message: "http containers (`wasi:http/incoming-handler`) are not served yet".into(),
-            });
-        }
         let link_error = |e: wasmtime::Error| ContainerError::Link { container: spec.name.clone(), message: format!("{e:#}") };
         let pre = linker.instantiate_pre(component).map_err(link_error)?;
         let command = CommandPre::new(pre).map_err(link_error)?;
-        Ok(PreparedContainer { spec, kind, mounts, command, engine: engine.clone() })
+        Ok(PreparedContainer { spec, mounts, command, engine: engine.clone(), events, route })
     }
 
     /// Runs the container once, to its end, in a fresh Store attached to the pod's network.
@@ -177,7 +192,8 @@ impl PreparedContainer {
             Err(message) => return Exit::Failed(message),
         };
         let memory = MemoryBudget::new(self.spec.resources.memory);
-        let data = ContainerData { wasi, table: ResourceTable::new(), net, memory };
+        let hooks = OutgoingHooks::new(&self.spec.name, self.events.clone(), self.route.clone());
+        let data = ContainerData { wasi, table: ResourceTable::new(), net, memory, http: WasiHttpCtx::new(), hooks };
         let mut store = Store::new(self.engine.wasmtime(), data);
         store.limiter(|data| &mut data.memory);
         CpuShare::new(self.spec.resources.cpu).install(&mut store);

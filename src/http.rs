@@ -47,6 +47,7 @@ use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView,
 use crate::container::{self, Exit};
 use crate::engine::Engine;
 use crate::logs::Logs;
+use crate::net::PodNetwork;
 use crate::spec::ContainerSpec;
 use crate::status::{EventKind, Events};
 use crate::volume::Mount;
@@ -701,9 +702,8 @@ impl Destination {
 pub enum Route {
     /// Into an http container of the same pod, in-process (no HTTP serialisation).
     Container(Arc<HttpContainer>),
-    /// To a pod port served by a command container (over the pod network). Not implemented
-    /// here yet: answered as connection refused.
-    PodPort(u16),
+    /// To a pod port served by a command container: HTTP/1.1 over the pod network.
+    PodPort { network: Arc<PodNetwork>, port: u16 },
     /// Out through the host's sockets (the egress policy allows this host).
     External,
     /// Nothing listens there: the guest gets `connection-refused`.
@@ -717,7 +717,7 @@ impl fmt::Debug for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Route::Container(container) => f.debug_tuple("Container").field(&container.name()).finish(),
-            Route::PodPort(port) => f.debug_tuple("PodPort").field(port).finish(),
+            Route::PodPort { port, .. } => f.debug_tuple("PodPort").field(port).finish(),
             Route::External => f.write_str("External"),
             Route::Refused => f.write_str("Refused"),
             Route::Denied => f.write_str("Denied"),
@@ -828,7 +828,9 @@ impl WasiHttpHooks for OutgoingHooks {
                 let response = target.handle(request).await.map(|body| body.boxed_unsync());
                 Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
             }),
-            Route::PodPort(_) | Route::Refused => failed(BodyError::ConnectionRefused),
+            Route::PodPort { .. } if destination.scheme != "http" => failed(BodyError::TlsProtocolError),
+            Route::PodPort { network, port } => Box::new(send_over_pod_network(network, port, request)),
+            Route::Refused => failed(BodyError::ConnectionRefused),
             Route::Denied => {
                 self.events.emit(Some(&self.container), EventKind::OutgoingDenied { url: destination.url });
                 failed(BodyError::HttpRequestDenied)
@@ -841,6 +843,98 @@ impl WasiHttpHooks for OutgoingHooks {
                 ))
             }),
         }
+    }
+}
+
+/// Sends one request as HTTP/1.1 to whatever listens on a pod port (a command container's own
+/// server), over the pod's network: nothing leaves the process.
+async fn send_over_pod_network(
+    network: Arc<PodNetwork>,
+    port: u16,
+    mut request: hyper::Request<WasiBody>,
+) -> Result<(hyper::Response<WasiBody>, Box<dyn Future<Output = Result<(), BodyError>> + Send>), BodyError> {
+    let stream = network.connect(port).map_err(|_| BodyError::ConnectionRefused)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(BodyError::from)?;
+    // The connection is driven by its own task from the start (the response cannot arrive
+    // otherwise); the future handed back to wasmtime owns it, so it ends with the exchange.
+    let driver = AbortOnDrop(tokio::spawn(connection));
+    // An origin-form request line, as a server behind a port expects.
+    let path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    *request.uri_mut() = path.parse().map_err(|_| BodyError::HttpRequestUriInvalid)?;
+    let response = sender.send_request(request).await.map_err(BodyError::from)?;
+    let response = response.map(|body| body.map_err(BodyError::from).boxed_unsync());
+    let finished: Box<dyn Future<Output = Result<(), BodyError>> + Send> = Box::new(async move {
+        let mut driver = driver;
+        match (&mut driver.0).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BodyError::from(e)),
+            Err(_) => Err(BodyError::ConnectionTerminated),
+        }
+    });
+    Ok((response, finished))
+}
+
+/// A spawned task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The routes of one container of a pod: `localhost`, loopback addresses and container names
+/// mean the pod; a port served by an http container is called in-process, a port a command
+/// container listens on is reached over the pod network; anything else leaves the pod only
+/// where the container's egress policy allows it.
+pub struct PodRoutes {
+    network: Arc<PodNetwork>,
+    http: Arc<HttpPorts>,
+    egress: Arc<dyn Fn(&str, u16) -> bool + Send + Sync>,
+}
+
+/// The pod's http containers by port, shared by every container's routes. Weak, so containers
+/// that call each other do not keep each other alive.
+#[derive(Default)]
+pub struct HttpPorts(RwLock<HashMap<u16, Weak<HttpContainer>>>);
+
+impl HttpPorts {
+    pub fn insert(&self, port: u16, container: &Arc<HttpContainer>) {
+        write(&self.0).insert(port, Arc::downgrade(container));
+    }
+
+    fn get(&self, port: u16) -> Option<Arc<HttpContainer>> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&port).and_then(Weak::upgrade)
+    }
+}
+
+impl PodRoutes {
+    /// `egress(host, port)` says whether a destination outside the pod is allowed.
+    pub fn new(
+        network: Arc<PodNetwork>,
+        http: Arc<HttpPorts>,
+        egress: Arc<dyn Fn(&str, u16) -> bool + Send + Sync>,
+    ) -> PodRoutes {
+        PodRoutes { network, http, egress }
+    }
+}
+
+impl OutgoingRoute for PodRoutes {
+    fn route(&self, destination: &Destination) -> Route {
+        let in_pod = destination.is_loopback()
+            || destination.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified())
+            || self.network.has_name(&destination.host);
+        if !in_pod {
+            return if (self.egress)(&destination.host, destination.port) { Route::External } else { Route::Denied };
+        }
+        if let Some(container) = self.http.get(destination.port) {
+            return Route::Container(container);
+        }
+        if self.network.is_listening(destination.port) {
+            return Route::PodPort { network: self.network.clone(), port: destination.port };
+        }
+        Route::Refused
     }
 }
 

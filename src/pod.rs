@@ -18,7 +18,9 @@ use crate::container::{self, ContainerError, Exit, PreparedContainer};
 use crate::engine::{CompileError, CompileSource, Engine};
 use crate::logs::{DEFAULT_LINES_PER_CONTAINER, LogLine, Logs};
 use crate::net::PodNetwork;
-use crate::proxy::{FrontProxy, ProxyError, ProxyLimits};
+use crate::proxy::{FrontProxy, ProxyError, ProxyLimits, ProxyTarget};
+use crate::http::{HttpContainer, HttpLimits, HttpPorts, PodRoutes};
+use crate::container::ContainerKind;
 use crate::spec::{ComponentSource, ContainerSpec, PodSpec, RestartPolicy, SpecError};
 use crate::status::{
     ContainerState, ContainerStatus, DEFAULT_EVENT_CAPACITY, EventKind, Events, PodPhase, PodStatus, WaitingReason,
@@ -62,6 +64,8 @@ pub struct PodOptions {
     pub listen: Option<std::net::SocketAddr>,
     /// Connection limits of the front proxy.
     pub proxy_limits: ProxyLimits,
+    /// Per-request limits of http containers.
+    pub http_limits: HttpLimits,
 }
 
 impl Default for PodOptions {
@@ -72,6 +76,7 @@ impl Default for PodOptions {
             event_capacity: DEFAULT_EVENT_CAPACITY,
             listen: None,
             proxy_limits: ProxyLimits::default(),
+            http_limits: HttpLimits::default(),
         }
     }
 }
@@ -83,6 +88,7 @@ pub struct Pod {
     supervisor: Mutex<Supervisor>,
     listen: Option<std::net::SocketAddr>,
     proxy_limits: ProxyLimits,
+    http_limits: HttpLimits,
 }
 
 enum Supervisor {
@@ -164,6 +170,7 @@ impl Pod {
             supervisor: Mutex::new(Supervisor::NotStarted),
             listen: options.listen,
             proxy_limits: options.proxy_limits,
+            http_limits: options.http_limits,
         })
     }
 
@@ -194,20 +201,77 @@ impl Pod {
                 shared.events.emit(None, EventKind::VolumeReady { volume: volume.name.clone(), host_dir });
             }
         }
+        let http_ports = Arc::new(HttpPorts::default());
         let mut prepared = Vec::new();
-        for container_spec in shared.spec.all_containers() {
+        for (index, container_spec) in shared.spec.all_containers().enumerate() {
+            let init = index < shared.spec.init_containers.len();
             let compiled = self.compile(container_spec).await?;
             let mounts = volumes.mounts_for(container_spec)?;
-            let container =
-                PreparedContainer::new(&shared.engine, &linker, container_spec.clone(), &compiled, mounts)?;
-            prepared.push(Arc::new(container));
+            let name = container_spec.name.clone();
+            // Outside destinations stay closed until the egress policy lands in the spec.
+            let route = Arc::new(PodRoutes::new(shared.network.clone(), http_ports.clone(), Arc::new(|_: &str, _: u16| false)));
+            let runnable = match ContainerKind::require(shared.engine.wasmtime(), &compiled, &name)? {
+                ContainerKind::Command => Runnable::Command(Arc::new(PreparedContainer::new(
+                    &shared.engine,
+                    &linker,
+                    container_spec.clone(),
+                    &compiled,
+                    mounts,
+                    shared.events.clone(),
+                    route,
+                )?)),
+                ContainerKind::Http => {
+                    let port = match (init, container_spec.ports.as_slice()) {
+                        (false, [port]) => *port,
+                        (true, _) => {
+                            return Err(ContainerError::Unsupported {
+                                container: name,
+                                message: "an init container must be a command (`wasi:cli/run`), not an http handler".into(),
+                            }
+                            .into());
+                        }
+                        (false, ports) => {
+                            return Err(ContainerError::Unsupported {
+                                container: name,
+                                message: format!(
+                                    "an http container serves exactly one port; list it in `ports` (it lists {})",
+                                    ports.len()
+                                ),
+                            }
+                            .into());
+                        }
+                    };
+                    let http = HttpContainer::new(
+                        &shared.engine,
+                        &compiled,
+                        container_spec.clone(),
+                        mounts,
+                        shared.logs.clone(),
+                        shared.events.clone(),
+                    )
+                    .map_err(|e| ContainerError::Link { container: name.clone(), message: e.to_string() })?
+                    .with_limits(self.http_limits.clone())
+                    .with_outgoing(route);
+                    let http = Arc::new(http);
+                    http_ports.insert(port, &http);
+                    Runnable::Http { container: http, port }
+                }
+            };
+            prepared.push(runnable);
         }
         *lock(&shared.volumes) = Some(volumes);
         if let Some(expose) = shared.spec.expose {
             let addr = self.listen.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], expose.port)));
-            let proxy =
-                FrontProxy::start(addr, shared.network.clone(), expose.port, self.proxy_limits, shared.events.clone())
-                    .await?;
+            let target = prepared
+                .iter()
+                .find_map(|runnable| match runnable {
+                    Runnable::Http { container, port } if *port == expose.port => {
+                        Some(ProxyTarget::Http(container.clone()))
+                    }
+                    _ => None,
+                })
+                .unwrap_or(ProxyTarget::PodPort { network: shared.network.clone(), port: expose.port });
+            let proxy = FrontProxy::start(addr, target, self.proxy_limits, shared.events.clone()).await?;
             shared.events.emit(None, EventKind::Exposed { pod_port: expose.port, host_addr: proxy.local_addr() });
             *lock(&shared.proxy) = Some(proxy);
         }
@@ -372,9 +436,26 @@ impl Shared {
 }
 
 /// The pod's lifecycle, from init containers to the end.
-async fn supervise(shared: Arc<Shared>, inits: Vec<Arc<PreparedContainer>>, apps: Vec<Arc<PreparedContainer>>) {
+/// A container ready to run: a command run to its end, or an http handler served per request.
+enum Runnable {
+    Command(Arc<PreparedContainer>),
+    Http { container: Arc<HttpContainer>, port: u16 },
+}
+
+impl Runnable {
+    fn name(&self) -> &str {
+        match self {
+            Runnable::Command(command) => &command.spec.name,
+            Runnable::Http { container, .. } => container.name(),
+        }
+    }
+}
+
+async fn supervise(shared: Arc<Shared>, inits: Vec<Runnable>, apps: Vec<Runnable>) {
     shared.set_phase(PodPhase::Initializing);
     for init in &inits {
+        // `start` accepts only commands as init containers.
+        let Runnable::Command(init) = init else { continue };
         let exit = run_with_restarts(&shared, init, true).await;
         if shared.stopping() {
             return finish(&shared, PodPhase::Stopped).await;
@@ -383,7 +464,7 @@ async fn supervise(shared: Arc<Shared>, inits: Vec<Arc<PreparedContainer>>, apps
             let reason = format!("init container {:?} {exit}", init.spec.name);
             for app in &apps {
                 let init_container = init.spec.name.clone();
-                shared.update(&app.spec.name, |c| {
+                shared.update(app.name(), |c| {
                     c.state = ContainerState::Waiting { reason: WaitingReason::InitFailed { init_container } }
                 });
             }
@@ -396,8 +477,11 @@ async fn supervise(shared: Arc<Shared>, inits: Vec<Arc<PreparedContainer>>, apps
     for app in apps {
         let shared = shared.clone();
         running.spawn(async move {
-            let exit = run_with_restarts(&shared, &app, false).await;
-            (app.spec.name.clone(), exit)
+            let exit = match &app {
+                Runnable::Command(command) => run_with_restarts(&shared, command, false).await,
+                Runnable::Http { container, port } => serve_http(&shared, container, *port).await,
+            };
+            (app.name().to_string(), exit)
         });
     }
     let mut failures = Vec::new();
@@ -428,6 +512,51 @@ async fn finish(shared: &Shared, phase: PodPhase) {
     shared.remove_volumes().await;
     shared.events.emit(None, event);
     shared.set_phase(phase);
+}
+
+/// Serves an http container on its pod port until the pod stops: every connection from a
+/// container of the pod (or the host side) gets HTTP/1.1, each request a fresh instance. Restart
+/// policies do not apply: a request that traps fails alone, the container keeps serving.
+async fn serve_http(shared: &Shared, container: &Arc<HttpContainer>, port: u16) -> Exit {
+    let name = container.name();
+    let listener = match shared.network.listen_host(port, crate::net::MAX_BACKLOG) {
+        Ok(listener) => listener,
+        Err(e) => {
+            let exit = Exit::Failed(format!("cannot serve pod port {port}: {e}"));
+            shared.update(name, |c| {
+                c.state = ContainerState::Terminated { exit: exit.clone(), finished_at: SystemTime::now() };
+                c.last_exit = Some(exit.clone());
+            });
+            shared.events.emit(Some(name), EventKind::Exited { exit: exit.clone() });
+            return exit;
+        }
+    };
+    shared.update(name, |c| c.state = ContainerState::Running { started_at: SystemTime::now() });
+    shared.events.emit(Some(name), EventKind::Started);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shared.stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(stream) => {
+                    let stop = shared.stop.clone().cancelled_owned();
+                    connections.spawn(container.clone().serve_connection_until(stream, stop));
+                }
+                Err(_) => break,
+            },
+            // Reap finished connections so the set stays as small as the live ones.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    let exit = Exit::Stopped;
+    shared.update(name, |c| {
+        c.state = ContainerState::Terminated { exit: exit.clone(), finished_at: SystemTime::now() };
+        c.last_exit = Some(exit.clone());
+    });
+    shared.events.emit(Some(name), EventKind::Exited { exit: exit.clone() });
+    exit
 }
 
 /// Runs one container until the restart policy says it is done, or the pod stops; returns its

@@ -3,8 +3,9 @@
 //! exposed pod port, copying both directions with half-close and backpressure.
 //!
 //! This module owns the host listener, the connection limit and the idle timeout; it knows the
-//! pod only through its [`PodNetwork`] and [`Events`]. A connection that arrives while nothing
-//! listens on the pod port is closed at once, and an event says why.
+//! pod only through its target and [`Events`]. A connection that arrives while nothing
+//! listens on the pod port is closed at once, and an event says why. When the exposed port is
+//! an http container's, the proxy serves HTTP itself, with no hop through the pod network.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::HttpContainer;
 use crate::net::{NetError, PodNetwork};
 use crate::status::{EventKind, Events};
 
@@ -37,13 +39,31 @@ impl Default for ProxyLimits {
 /// Why the front proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("cannot listen on {addr} for the exposed port {port}: {source}")]
+    #[error("cannot listen on {addr} for {target}: {source}")]
     Bind {
         addr: SocketAddr,
-        port: u16,
+        target: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What the front proxy forwards to.
+#[derive(Clone)]
+pub enum ProxyTarget {
+    /// Bytes, both ways, to whatever listens on a pod port (any TCP protocol).
+    PodPort { network: Arc<PodNetwork>, port: u16 },
+    /// HTTP served by an http container directly, with no extra hop through the pod network.
+    Http(Arc<HttpContainer>),
+}
+
+impl ProxyTarget {
+    fn describe(&self) -> String {
+        match self {
+            ProxyTarget::PodPort { port, .. } => format!("pod port {port}"),
+            ProxyTarget::Http(container) => format!("http container {}", container.name()),
+        }
+    }
 }
 
 /// A running front proxy; dropping it closes the host listener and every forwarded connection.
@@ -56,18 +76,18 @@ pub struct FrontProxy {
 const COPY_BUFFER: usize = 64 * 1024;
 
 impl FrontProxy {
-    /// Binds `addr` (port 0 picks a free port) and forwards connections to `pod_port`.
+    /// Binds `addr` (port 0 picks a free port) and forwards connections to `target`.
     pub async fn start(
         addr: SocketAddr,
-        network: Arc<PodNetwork>,
-        pod_port: u16,
+        target: ProxyTarget,
         limits: ProxyLimits,
         events: Events,
     ) -> Result<FrontProxy, ProxyError> {
-        let listener = TcpListener::bind(addr).await.map_err(|source| ProxyError::Bind { addr, port: pod_port, source })?;
-        let local_addr = listener.local_addr().map_err(|source| ProxyError::Bind { addr, port: pod_port, source })?;
+        let bind_error = |source| ProxyError::Bind { addr, target: target.describe(), source };
+        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
         let stop = CancellationToken::new();
-        let forwarder = Forwarder { network, pod_port, limits, events, stop: stop.clone() };
+        let forwarder = Forwarder { target, limits, events, stop: stop.clone() };
         tokio::spawn(forwarder.accept_loop(listener));
         Ok(FrontProxy { local_addr, stop })
     }
@@ -85,8 +105,7 @@ impl Drop for FrontProxy {
 }
 
 struct Forwarder {
-    network: Arc<PodNetwork>,
-    pod_port: u16,
+    target: ProxyTarget,
     limits: ProxyLimits,
     events: Events,
     stop: CancellationToken,
@@ -133,11 +152,20 @@ impl Forwarder {
 
     async fn forward(&self, client: TcpStream, peer: SocketAddr) {
         let _ = client.set_nodelay(true);
-        let inside = match self.network.connect(self.pod_port) {
+        let (network, port) = match &self.target {
+            ProxyTarget::Http(container) => {
+                let stop = self.stop.clone().cancelled_owned();
+                // Errors are per connection (a client that hung up): nothing to report.
+                let _ = container.clone().serve_connection_until(client, stop).await;
+                return;
+            }
+            ProxyTarget::PodPort { network, port } => (network, *port),
+        };
+        let inside = match network.connect(port) {
             Ok(stream) => stream,
             Err(e) => {
                 let why = match e {
-                    NetError::ConnectionRefused => format!("nothing listens on pod port {}", self.pod_port),
+                    NetError::ConnectionRefused => format!("nothing listens on pod port {port}"),
                     other => other.to_string(),
                 };
                 self.events.emit(None, EventKind::Warning { message: format!("front proxy closed {peer}: {why}") });

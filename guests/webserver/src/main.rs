@@ -2,7 +2,10 @@
 //! write one without any WebAssembly-specific crate. It shows that ordinary socket code runs
 //! unchanged on the pod network.
 //!
-//! Usage: `webserver PORT [ROOT]`. It listens on `0.0.0.0:PORT` and answers, one connection at
+//! Usage: `webserver PORT [ROOT]`, or `webserver --get HOST:PORT PATH` to make one GET request
+//! and print `status: CODE` and the body (a client written with `std::net` too).
+//!
+//! As a server, `webserver PORT [ROOT]` It listens on `0.0.0.0:PORT` and answers, one connection at
 //! a time (WASI 0.2 has no threads), each with `Connection: close`:
 //! - `GET /hello`            `hello from NAME` (NAME = argv[0], the container name)
 //! - `POST /echo`            the request body back
@@ -18,6 +21,19 @@ const MAX_BODY: usize = 32 * 1024 * 1024;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let name = args.first().cloned().unwrap_or_else(|| "webserver".into());
+    if args.get(1).map(String::as_str) == Some("--get") {
+        let (Some(authority), Some(path)) = (args.get(2), args.get(3)) else {
+            eprintln!("usage: webserver --get HOST:PORT PATH");
+            std::process::exit(2);
+        };
+        match get(authority, path) {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("GET http://{authority}{path} failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let Some(port) = args.get(1) else {
         eprintln!("usage: webserver PORT [ROOT]");
         std::process::exit(2);
@@ -41,6 +57,23 @@ fn main() {
             Err(e) => eprintln!("accept failed: {e}"),
         }
     }
+}
+
+/// One HTTP/1.1 GET with `Connection: close`; prints the status code and the body.
+fn get(authority: &str, path: &str) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(authority)?;
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n")?;
+    stream.flush()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    println!("status: {status}");
+    for line in body.lines() {
+        println!("body: {line}");
+    }
+    Ok(())
 }
 
 fn serve(stream: TcpStream, name: &str, root: Option<&str>) -> std::io::Result<()> {
