@@ -107,7 +107,9 @@ async fn ping<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
     s.read_exact(&mut b).await.expect("client read");
 }
 
-async fn kernel_pair(listener: &tokio::net::TcpListener) -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+async fn kernel_pair(
+    listener: &tokio::net::TcpListener,
+) -> (tokio::net::TcpStream, tokio::net::TcpStream) {
     let addr = listener.local_addr().unwrap();
     let (c, s) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
     (c.expect("connect"), s.expect("accept").0)
@@ -138,7 +140,9 @@ fn host_benches(c: &mut Criterion) {
     });
     g.bench_function("kernel", |b| {
         b.to_async(&rt).iter_custom(|iters| async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let (client, server) = kernel_pair(&listener).await;
@@ -174,7 +178,9 @@ fn host_benches(c: &mut Criterion) {
     });
     g.bench_function("kernel", |b| {
         b.to_async(&rt).iter_custom(|iters| async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let addr = listener.local_addr().unwrap();
             let server = tokio::spawn(async move {
                 for _ in 0..iters {
@@ -465,7 +471,10 @@ fn guest_benches(c: &mut Criterion) {
                     repeat(&format!("send {addr} {STREAM_BYTES}"), iters),
                 )
                 .await;
-                assert_eq!(out.matches("sent 16777216 echoed 16777216").count() as u64, iters);
+                assert_eq!(
+                    out.matches("sent 16777216 echoed 16777216").count() as u64,
+                    iters
+                );
                 wall
             }
         })
@@ -492,8 +501,11 @@ fn guest_benches(c: &mut Criterion) {
         b.to_async(&rt).iter_custom(|iters| {
             let addr = addr.clone();
             async move {
-                let (out, _) =
-                    guest_pair(format!("listen {addr} && echo {iters}"), format!("ping {addr} {iters}")).await;
+                let (out, _) = guest_pair(
+                    format!("listen {addr} && echo {iters}"),
+                    format!("ping {addr} {iters}"),
+                )
+                .await;
                 reported(&out, 1)
             }
         })

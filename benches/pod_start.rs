@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use wasmpod::spec::{Backoff, ContainerSpec, PodSpec};
+use wasmpod::spec::{ContainerSpec, PodSpec};
 use wasmpod::{Engine, Pod, PodOptions, PodPhase, RestartPolicy};
 
 fn toolbox() -> PathBuf {
@@ -25,17 +25,7 @@ fn three_container_spec() -> PodSpec {
             c
         })
         .collect();
-    PodSpec {
-        name: "bench".into(),
-        restart_policy: RestartPolicy::Never,
-        restart_backoff: Backoff::default(),
-        expose: None,
-        volumes: Vec::new(),
-        init_containers: Vec::new(),
-        containers,
-        base_dir: std::env::temp_dir(),
-        source_file: None,
-    }
+    PodSpec { restart_policy: RestartPolicy::Never, containers, ..PodSpec::new("bench") }
 }
 
 fn pod_start(c: &mut Criterion) {

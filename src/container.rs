@@ -14,6 +14,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::engine::Engine;
+use tokio_util::sync::CancellationToken;
 use crate::http::{OutgoingHooks, OutgoingRoute};
 use crate::status::Events;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -74,6 +75,8 @@ pub enum Exit {
     Stopped,
     /// Restarted on request ([`crate::Pod::restart`]).
     Restarted,
+    /// Cancelled by the pod because a startup or liveness probe failed.
+    Killed(String),
 }
 
 impl Exit {
@@ -94,6 +97,7 @@ impl fmt::Display for Exit {
             Exit::Failed(message) => write!(f, "failed to start: {message}"),
             Exit::Stopped => write!(f, "stopped"),
             Exit::Restarted => write!(f, "restarted on request"),
+            Exit::Killed(reason) => write!(f, "killed: {reason}"),
         }
     }
 }
@@ -178,16 +182,21 @@ impl PreparedContainer {
     /// Dropping the future stops the guest at its next epoch tick (it yields every tick, so
     /// cancellation is prompt). When the run ends its ports are released; after a clean exit
     /// its connections close (peers read end-of-stream), after a trap or a stop they are reset.
-    pub async fn run(&self, logs: &Logs, network: &Arc<PodNetwork>) -> Exit {
+    ///
+    /// The guest's stdin stays open, with nothing to read, until `terminating` fires: then it
+    /// reads end-of-file. That is how a container learns it is asked to stop (Kubernetes sends
+    /// SIGTERM; WASI 0.2 has no signals), and it has the pod's grace period to exit on its own.
+    pub async fn run(&self, logs: &Logs, network: &Arc<PodNetwork>, terminating: &CancellationToken) -> Exit {
         let net = Arc::new(network.attach(&self.spec.name));
         let mut teardown = NetTeardown { net: net.clone(), clean: false };
-        let exit = self.run_attached(logs, net).await;
+        let exit = self.run_attached(logs, net, terminating).await;
         teardown.clean = matches!(exit, Exit::Code(_));
         exit
     }
 
-    async fn run_attached(&self, logs: &Logs, net: Arc<ContainerNet>) -> Exit {
-        let wasi = match wasi_context(&self.spec, &self.mounts, logs) {
+    async fn run_attached(&self, logs: &Logs, net: Arc<ContainerNet>, terminating: &CancellationToken) -> Exit {
+        let (stdin_writer, stdin_reader) = tokio::io::duplex(64);
+        let wasi = match wasi_context(&self.spec, &self.mounts, logs, Some(stdin_reader)) {
             Ok(wasi) => wasi,
             Err(message) => return Exit::Failed(message),
         };
@@ -198,14 +207,73 @@ impl PreparedContainer {
         store.limiter(|data| &mut data.memory);
         CpuShare::new(self.spec.resources.cpu).install(&mut store);
         let exit = match self.command.instantiate_async(&mut store).await {
-            Ok(command) => match command.wasi_cli_run().call_run(&mut store).await {
-                Ok(Ok(())) => Exit::Code(0),
-                Ok(Err(())) => Exit::Code(1),
-                Err(e) => classify(e),
-            },
+            Ok(command) => {
+                let call = command.wasi_cli_run().call_run(&mut store);
+                tokio::pin!(call);
+                let mut stdin_writer = Some(stdin_writer);
+                let result = loop {
+                    tokio::select! {
+                        result = &mut call => break result,
+                        () = terminating.cancelled(), if stdin_writer.is_some() => stdin_writer = None,
+                    }
+                };
+                match result {
+                    Ok(Ok(())) => Exit::Code(0),
+                    Ok(Err(())) => Exit::Code(1),
+                    Err(e) => classify(e),
+                }
+            }
             Err(e) => classify(e),
         };
         out_of_memory(exit, &store.data().memory)
+    }
+}
+
+/// The interface a component exports to answer `health = {}` probes (see `wit/health.wit`).
+pub const HEALTH_INTERFACE: &str = "wasmpod:health/check@0.1.0";
+
+impl PreparedContainer {
+    /// The container's in-process health check: a fresh instance of its component (with the
+    /// container's env, mounts and network) whose `wasmpod:health/check#check` export is called.
+    /// A component without the export fails the check with a message saying so.
+    pub fn health_check(self: &Arc<Self>, logs: &Logs, network: &Arc<PodNetwork>) -> crate::probe::HealthCheck {
+        let this = self.clone();
+        let logs = logs.clone();
+        let network = network.clone();
+        Arc::new(move || {
+            let this = this.clone();
+            let logs = logs.clone();
+            let network = network.clone();
+            Box::pin(async move { this.call_health(&logs, &network).await })
+        })
+    }
+
+    async fn call_health(&self, logs: &Logs, network: &Arc<PodNetwork>) -> Result<(), String> {
+        let wasi = wasi_context(&self.spec, &self.mounts, logs, None)?;
+        let net = Arc::new(network.attach(&self.spec.name));
+        let hooks = OutgoingHooks::new(&self.spec.name, self.events.clone(), self.route.clone());
+        let memory = MemoryBudget::new(self.spec.resources.memory);
+        let data = ContainerData { wasi, table: ResourceTable::new(), net, memory, http: WasiHttpCtx::new(), hooks };
+        let mut store = Store::new(self.engine.wasmtime(), data);
+        store.limiter(|data| &mut data.memory);
+        CpuShare::new(self.spec.resources.cpu).install(&mut store);
+        let instance = self
+            .command
+            .instance_pre()
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| format!("cannot instantiate for the health check: {e:#}"))?;
+        let missing = || format!("the component does not export `{HEALTH_INTERFACE}`");
+        let interface = instance.get_export_index(&mut store, None, HEALTH_INTERFACE).ok_or_else(missing)?;
+        let check = instance.get_export_index(&mut store, Some(&interface), "check").ok_or_else(missing)?;
+        let check = instance
+            .get_typed_func::<(), (Result<(), String>,)>(&mut store, &check)
+            .map_err(|e| format!("`{HEALTH_INTERFACE}#check` has the wrong type: {e:#}"))?;
+        match check.call_async(&mut store, ()).await {
+            Ok((Ok(()),)) => Ok(()),
+            Ok((Err(reason),)) => Err(reason),
+            Err(e) => Err(format!("the health check {}", classify(e))),
+        }
     }
 }
 
@@ -229,8 +297,17 @@ impl Drop for NetTeardown {
 /// Builds a container's WASI context: only its own args, env, stdio and mounts; no host
 /// environment, no host directory beyond its mounts, no host sockets. Shared by command runs
 /// and http requests, so both kinds see exactly the same things.
-pub fn wasi_context(spec: &ContainerSpec, mounts: &[Mount], logs: &Logs) -> Result<WasiCtx, String> {
+/// `stdin`: what the guest reads on standard input; `None` is an empty stdin.
+pub fn wasi_context(
+    spec: &ContainerSpec,
+    mounts: &[Mount],
+    logs: &Logs,
+    stdin: Option<tokio::io::DuplexStream>,
+) -> Result<WasiCtx, String> {
     let mut builder = WasiCtxBuilder::new();
+    if let Some(stdin) = stdin {
+        builder.stdin(wasmtime_wasi::cli::AsyncStdinStream::new(stdin));
+    }
     let mut argv = Vec::with_capacity(spec.args.len() + 1);
     argv.push(spec.name.clone());
     argv.extend(spec.args.iter().cloned());

@@ -189,6 +189,11 @@ impl HttpContainer {
     }
 
     /// The container's name.
+    pub fn spec(&self) -> &ContainerSpec {
+        &self.spec
+    }
+
+    /// The container's name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -378,7 +383,7 @@ impl HttpContainer {
 
     fn request_state(&self) -> Result<RequestState, String> {
         Ok(RequestState {
-            wasi: container::wasi_context(&self.spec, &self.mounts, &self.logs)?,
+            wasi: container::wasi_context(&self.spec, &self.mounts, &self.logs, None)?,
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks: OutgoingHooks::new(&self.name, self.events.clone(), self.outgoing.clone()),
@@ -484,7 +489,7 @@ impl GuestRun {
                     exit @ Exit::OutOfMemory { .. } => Outcome::Trapped(exit.to_string()),
                     Exit::Code(code) => Outcome::Trapped(format!("the handler exited with code {code}")),
                     Exit::Failed(message) => Outcome::Failed(message),
-                    Exit::Stopped | Exit::Restarted => Outcome::Lost,
+                    Exit::Stopped | Exit::Restarted | Exit::Killed(_) => Outcome::Lost,
                 },
             }
         };
@@ -904,7 +909,7 @@ impl HttpPorts {
         write(&self.0).insert(port, Arc::downgrade(container));
     }
 
-    fn get(&self, port: u16) -> Option<Arc<HttpContainer>> {
+    pub fn get(&self, port: u16) -> Option<Arc<HttpContainer>> {
         self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&port).and_then(Weak::upgrade)
     }
 }

@@ -16,15 +16,19 @@
 //! ```
 
 pub mod container;
+#[cfg(unix)]
+pub mod control;
 pub mod engine;
 pub mod http;
 pub mod logs;
 pub mod net;
 pub mod pod;
+pub mod probe;
 pub mod proxy;
 pub mod resources;
 pub mod spec;
 pub mod status;
+mod supervisor;
 pub mod volume;
 
 pub use container::{ContainerKind, Exit};

@@ -4,6 +4,11 @@
 //! This module owns the line splitting and the buffers; it does not print. The CLI follows the
 //! pod and prints `NAME | line`; tests read [`Logs::lines`]. A follower that reads slowly slows
 //! the writing guest down (a bounded channel, like a pipe), it never grows memory.
+//!
+//! There is one such follower (the process that runs the pod prints everything). Any number of
+//! other readers (`wasmpod logs --follow` through [`crate::control`]) use a [`LogTail`] instead:
+//! a cursor into one container's buffer that is woken when lines arrive. A tail never slows a
+//! guest down: a reader that falls a whole buffer behind is told how many lines it missed.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -12,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use tokio::io::AsyncWrite;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::PollSender;
 
 /// Lines kept per container by default.
@@ -47,8 +52,26 @@ pub struct Logs {
 
 struct LogsInner {
     lines_per_container: usize,
-    buffers: Mutex<HashMap<Arc<str>, VecDeque<LogLine>>>,
+    buffers: Mutex<HashMap<Arc<str>, Buffer>>,
     follower: Mutex<Option<mpsc::Sender<LogLine>>>,
+    /// Bumped after every recorded line, to wake [`LogTail`]s. A `watch` holds no lines, so
+    /// however many tails there are and however slow, the writer never waits and nothing queues.
+    recorded: watch::Sender<()>,
+}
+
+/// One container's kept lines.
+#[derive(Default)]
+struct Buffer {
+    lines: VecDeque<LogLine>,
+    /// How many lines were ever recorded: the sequence number the next line gets. The first
+    /// kept line has number `recorded - lines.len()`, which lets a tail find its place.
+    recorded: u64,
+}
+
+impl Buffer {
+    fn first_seq(&self) -> u64 {
+        self.recorded - self.lines.len() as u64
+    }
 }
 
 impl Logs {
@@ -59,13 +82,14 @@ impl Logs {
                 lines_per_container: lines_per_container.max(1),
                 buffers: Mutex::new(HashMap::new()),
                 follower: Mutex::new(None),
+                recorded: watch::Sender::new(()),
             }),
         }
     }
 
     /// The buffered lines of one container, oldest first (stdout and stderr interleaved).
     pub fn lines(&self, container: &str) -> Vec<LogLine> {
-        lock(&self.inner.buffers).get(container).map(|lines| lines.iter().cloned().collect()).unwrap_or_default()
+        lock(&self.inner.buffers).get(container).map(|buffer| buffer.lines.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// The buffered lines of one container, as text, oldest first.
@@ -80,18 +104,38 @@ impl Logs {
         receiver
     }
 
+    /// A reader of one container's output that any number of callers may hold at once: it
+    /// first yields the last `last` kept lines (`None`: all kept lines), then every new line.
+    pub fn tail(&self, container: &str, last: Option<usize>) -> LogTail {
+        // Subscribe before reading the position, so a line recorded in between still wakes us.
+        let recorded = self.inner.recorded.subscribe();
+        let next = match lock(&self.inner.buffers).get(container) {
+            Some(buffer) => {
+                let kept = buffer.lines.len() as u64;
+                buffer.recorded - last.map_or(kept, |last| (last as u64).min(kept))
+            }
+            None => 0,
+        };
+        LogTail { logs: self.clone(), container: container.into(), next, recorded }
+    }
+
     /// The stdout or stderr stream to give a container's WASI context.
     pub fn output(&self, container: &str, stream: Stream) -> ContainerOutput {
         ContainerOutput { logs: self.clone(), container: container.into(), stream }
     }
 
     fn record(&self, line: LogLine) {
-        let mut buffers = lock(&self.inner.buffers);
-        let lines = buffers.entry(line.container.clone()).or_default();
-        if lines.len() == self.inner.lines_per_container {
-            lines.pop_front();
+        {
+            let mut buffers = lock(&self.inner.buffers);
+            let buffer = buffers.entry(line.container.clone()).or_default();
+            if buffer.lines.len() == self.inner.lines_per_container {
+                buffer.lines.pop_front();
+            }
+            buffer.lines.push_back(line);
+            buffer.recorded += 1;
         }
-        lines.push_back(line);
+        // After the buffer lock is released: a woken tail reads the buffer at once.
+        self.inner.recorded.send_replace(());
     }
 
     fn follower(&self) -> Option<mpsc::Sender<LogLine>> {
@@ -102,6 +146,56 @@ impl Logs {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section here is a plain push or clone; a poisoned lock still holds valid data.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A cursor into one container's output, from [`Logs::tail`].
+pub struct LogTail {
+    logs: Logs,
+    container: Arc<str>,
+    /// The sequence number of the next line to hand out.
+    next: u64,
+    recorded: watch::Receiver<()>,
+}
+
+/// What a [`LogTail`] read.
+#[derive(Debug, Default)]
+pub struct TailRead {
+    /// New lines, oldest first.
+    pub lines: Vec<LogLine>,
+    /// Lines that left the buffer before this reader got to them.
+    pub missed: u64,
+}
+
+impl LogTail {
+    /// The lines recorded since the last read, without waiting (maybe none).
+    pub fn read(&mut self) -> TailRead {
+        let buffers = lock(&self.logs.inner.buffers);
+        let Some(buffer) = buffers.get(&self.container) else {
+            return TailRead::default();
+        };
+        let first = buffer.first_seq();
+        let missed = first.saturating_sub(self.next);
+        let skip = self.next.saturating_sub(first) as usize;
+        let lines = buffer.lines.iter().skip(skip).cloned().collect();
+        self.next = buffer.recorded;
+        TailRead { lines, missed }
+    }
+
+    /// Waits for at least one new (or missed) line; forever if the container writes no more,
+    /// so callers race it against their own end (the pod's end, the client hanging up).
+    pub async fn next(&mut self) -> TailRead {
+        loop {
+            let read = self.read();
+            if !read.lines.is_empty() || read.missed > 0 {
+                return read;
+            }
+            // Wakes on any container's line; the re-read above is cheap and filters. It cannot
+            // fail: `self.logs` keeps the sender alive.
+            if self.recorded.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
 }
 
 /// A container's stdout or stderr as wasmtime-wasi sees it.
@@ -258,6 +352,31 @@ mod tests {
         }
         assert_eq!(followed, vec!["one", "two", "three", "four", "five"]);
         assert!(logs.lines("other").is_empty());
+    }
+
+    #[tokio::test]
+    async fn tails_start_at_the_last_lines_wake_on_new_ones_and_count_what_they_missed() {
+        let logs = Logs::new(3);
+        let mut writer = Box::into_pin(logs.output("app", Stream::Stdout).async_stream());
+        writer.write_all(b"one\ntwo\n").await.unwrap();
+        let mut last_one = logs.tail("app", Some(1));
+        let mut everything = logs.tail("app", None);
+        let mut other = logs.tail("other", None);
+        assert_eq!(texts(last_one.read()), (vec!["two".to_string()], 0));
+        assert_eq!(texts(everything.read()), (vec!["one".to_string(), "two".to_string()], 0));
+
+        let waiting = tokio::spawn(async move { texts(last_one.next().await) });
+        writer.write_all(b"three\n").await.unwrap();
+        assert_eq!(waiting.await.unwrap(), (vec!["three".to_string()], 0));
+
+        // Four more lines into a buffer of three: the slow reader missed one, and says so.
+        writer.write_all(b"4\n5\n6\n7\n").await.unwrap();
+        assert_eq!(texts(everything.next().await), (vec!["5".to_string(), "6".to_string(), "7".to_string()], 1));
+        assert_eq!(texts(other.read()), (vec![], 0));
+    }
+
+    fn texts(read: TailRead) -> (Vec<String>, u64) {
+        (read.lines.into_iter().map(|line| line.text).collect(), read.missed)
     }
 
     #[tokio::test]

@@ -1,12 +1,15 @@
 //! The `wasmpod` command line: a thin layer over the library that parses arguments, prints a
-//! pod's output and events, and turns its outcome into an exit code.
+//! pod's output and events, and turns its outcome into an exit code. `run` also serves the pod's
+//! control socket; `ps`, `logs` and `events` are its clients ([`wasmpod::control`]).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tokio::io::AsyncWriteExt;
+use wasmpod::control::{self, Client, ControlError, PodClaim, Request, Response};
 use wasmpod::{Event, EventKind, LogLine, Pod, PodError, PodOptions, PodPhase, PodSpec, Stream};
 
 #[derive(Parser)]
@@ -35,12 +38,51 @@ enum Command {
         #[arg(default_value = "wasmpod.toml")]
         spec: PathBuf,
     },
+    /// Show a running pod's phase and containers (the pod may be left out when only one runs;
+    /// with several running and none named, list the pods).
+    Ps {
+        /// The pod's name (the spec's `name`).
+        pod: Option<String>,
+        /// Print the pod's status as JSON (one line).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a container's kept output lines, and with --follow every new one.
+    #[command(override_usage = "wasmpod logs [OPTIONS] [POD] <CONTAINER>")]
+    Logs {
+        /// [POD] CONTAINER: the pod may be left out when only one runs.
+        #[arg(value_name = "POD", num_args = 1..=2, required = true)]
+        names: Vec<String>,
+        /// Only the last N kept lines.
+        #[arg(long, short = 'n', value_name = "N")]
+        tail: Option<usize>,
+        /// Keep printing new lines until the pod ends (or Ctrl-C).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Print each line as a JSON object (stream, text, time).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a running pod's events, and with --follow every new one.
+    Events {
+        /// The pod's name; may be left out when only one runs.
+        pod: Option<String>,
+        /// Keep printing new events until the pod ends (or Ctrl-C).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Print each event as a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { spec } => validate(&spec),
+        Command::Ps { pod, json } => ps(pod.as_deref(), json),
+        Command::Logs { names, tail, follow, json } => logs(&names, tail, follow, json),
+        Command::Events { pod, follow, json } => events(pod.as_deref(), follow, json),
         Command::Run { spec, no_color, listen } => {
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(runtime) => runtime,
@@ -71,10 +113,25 @@ fn validate(spec: &Path) -> ExitCode {
 async fn run(spec: &Path, color: bool, listen: Option<std::net::SocketAddr>) -> ExitCode {
     let options = PodOptions { listen, ..PodOptions::default() };
     let pod = match PodSpec::from_file(spec).map_err(PodError::from).and_then(|spec| Pod::with_options(spec, options)) {
-        Ok(pod) => pod,
+        // Shared with the control server's connections; `shutdown` below hands it back.
+        Ok(pod) => Arc::new(pod),
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
+        }
+    };
+    // Claim the pod's name before anything compiles or runs: a second `wasmpod run` of the same
+    // pod must fail before its containers write to shared volumes or ports. A runtime directory
+    // we cannot use only costs the control socket, not the pod.
+    let claim = match PodClaim::acquire(&pod.spec().name) {
+        Ok(claim) => Some(claim),
+        Err(e @ ControlError::AlreadyRunning { .. }) => {
+            eprintln!("wasmpod: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("wasmpod: warning: no control socket (`wasmpod ps/logs/events` will not see this pod): {e}");
+            None
         }
     };
     let names: Vec<String> = pod.spec().all_containers().map(|c| c.name.clone()).collect();
@@ -105,6 +162,16 @@ async fn run(spec: &Path, color: bool, listen: Option<std::net::SocketAddr>) -> 
             return ExitCode::FAILURE;
         }
     };
+    // After the signal handler, so Ctrl-C/SIGTERM always reach the clean-up below that removes
+    // the socket.
+    let control = match claim.map(|claim| claim.serve(pod.clone())) {
+        Some(Ok(server)) => Some(server),
+        Some(Err(e)) => {
+            printer.note(&format!("warning: no control socket (`wasmpod ps/logs/events` will not see this pod): {e}")).await;
+            None
+        }
+        None => None,
+    };
     let status = {
         let wait = pod.wait();
         tokio::pin!(wait);
@@ -130,9 +197,158 @@ async fn run(spec: &Path, color: bool, listen: Option<std::net::SocketAddr>) -> 
         PodPhase::Succeeded | PodPhase::Stopped => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
     };
+    // Followers get the last lines, then the socket goes; the server lets go of the pod.
+    if let Some(control) = control {
+        control.shutdown().await;
+    }
     // Dropping the pod removes its volumes before the process exits.
     drop(pod);
     code
+}
+
+/// Prints `message` as an error and fails.
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("wasmpod: {message}");
+    ExitCode::FAILURE
+}
+
+/// Writes a line to stdout; false once stdout is closed (`wasmpod logs -f | head`), which ends
+/// the command quietly instead of panicking like `println!`.
+fn out(line: &str) -> bool {
+    use std::io::Write;
+    writeln!(std::io::stdout(), "{line}").is_ok()
+}
+
+fn ps(pod: Option<&str>, json: bool) -> ExitCode {
+    let dir = control::runtime_dir();
+    if pod.is_none() {
+        let running = control::running_pods(&dir);
+        if running.len() > 1 {
+            return list_pods(&dir, &running, json);
+        }
+    }
+    let client = match Client::find(&dir, pod) {
+        Ok(client) => client,
+        Err(e) => return fail(e),
+    };
+    let mut replies = match client.request(&Request::Status) {
+        Ok(replies) => replies,
+        Err(e) => return fail(e),
+    };
+    while let Some(reply) = replies.next_raw() {
+        match reply {
+            Ok((raw, Response::Status(status))) => {
+                let text = if json { raw } else { status_table(&status) };
+                out(&text);
+                return ExitCode::SUCCESS;
+            }
+            Ok((_, Response::Error { message })) => return fail(message),
+            Ok(_) => {}
+            Err(e) => return fail(e),
+        }
+    }
+    fail(format!("pod {} closed the connection without a status", client.pod()))
+}
+
+/// `wasmpod ps` with several pods running and none named: one line per pod.
+fn list_pods(dir: &Path, running: &[String], json: bool) -> ExitCode {
+    let mut rows = vec![["POD", "PHASE", "CONTAINERS"].map(String::from).to_vec()];
+    for name in running {
+        // A pod that ended since it was listed is left out, as if it had not been running.
+        let Ok(status) = Client::find(dir, Some(name)).and_then(|client| client.status()) else {
+            continue;
+        };
+        if json {
+            match serde_json::to_string(&Response::Status(status)) {
+                Ok(line) if out(&line) => continue,
+                _ => return ExitCode::SUCCESS,
+            }
+        }
+        let apps: Vec<_> = status.containers.iter().filter(|c| c.kind == "app").collect();
+        let running = apps.iter().filter(|c| c.state == "running").count();
+        rows.push(vec![status.name, status.phase, format!("{running}/{} running", apps.len())]);
+    }
+    if !json {
+        out(&table(&rows));
+    }
+    ExitCode::SUCCESS
+}
+
+fn status_table(status: &control::StatusView) -> String {
+    let mut rows = vec![["NAME", "KIND", "STATE", "RESTARTS", "LAST EXIT"].map(String::from).to_vec()];
+    for c in &status.containers {
+        // A trap's message can span lines; the table shows its first.
+        let last_exit = c.last_exit.as_deref().and_then(|exit| exit.lines().next()).unwrap_or("-");
+        rows.push(vec![c.name.clone(), c.kind.clone(), c.state_text.clone(), c.restart_count.to_string(), last_exit.into()]);
+    }
+    format!("pod {}: {}\n{}", status.name, status.phase, table(&rows))
+}
+
+/// Left-aligned columns two spaces apart, like `docker ps`.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..columns).map(|i| rows.iter().filter_map(|row| row.get(i)).map(|cell| cell.chars().count()).max().unwrap_or(0)).collect();
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect();
+    lines.join("\n")
+}
+
+fn logs(names: &[String], tail: Option<usize>, follow: bool, json: bool) -> ExitCode {
+    let (pod, container) = match names {
+        [container] => (None, container),
+        [pod, container] => (Some(pod.as_str()), container),
+        _ => return fail("usage: wasmpod logs [POD] CONTAINER"),
+    };
+    let request = Request::Logs { container: container.clone(), tail, follow };
+    print_replies(pod, &request, json, |reply| match reply {
+        Response::Line(line) if line.stream == "stderr" => {
+            eprintln!("{}", line.text);
+            true
+        }
+        Response::Line(line) => out(&line.text),
+        _ => true,
+    })
+}
+
+fn events(pod: Option<&str>, follow: bool, json: bool) -> ExitCode {
+    print_replies(pod, &Request::Events { tail: None, follow }, json, |reply| match reply {
+        Response::Event(event) => match &event.container {
+            Some(container) => out(&format!("{}  {container}: {}", event.at, event.message)),
+            None => out(&format!("{}  {}", event.at, event.message)),
+        },
+        _ => true,
+    })
+}
+
+/// Sends `request` to the pod and prints every reply with `print` (or as JSON) until the pod
+/// closes the connection; `print` returns false when stdout is gone.
+fn print_replies(pod: Option<&str>, request: &Request, json: bool, mut print: impl FnMut(&Response) -> bool) -> ExitCode {
+    let mut replies = match Client::find(&control::runtime_dir(), pod).and_then(|client| client.request(request)) {
+        Ok(replies) => replies,
+        Err(e) => return fail(e),
+    };
+    while let Some(reply) = replies.next_raw() {
+        let printed = match reply {
+            Ok((_, Response::Error { message })) => return fail(message),
+            Ok((raw, _)) if json => out(&raw),
+            Ok((_, Response::Missed { count })) => {
+                eprintln!("wasmpod: {count} more were dropped from the pod's buffer before they could be read");
+                true
+            }
+            Ok((_, reply)) => print(&reply),
+            Err(e) => return fail(e),
+        };
+        if !printed {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Ctrl-C or SIGTERM, whichever comes first.

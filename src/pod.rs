@@ -8,24 +8,24 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::container::{self, ContainerError, Exit, PreparedContainer};
+use crate::container::{self, ContainerError, PreparedContainer};
 use crate::engine::{CompileError, CompileSource, Engine};
 use crate::logs::{DEFAULT_LINES_PER_CONTAINER, LogLine, Logs};
 use crate::net::PodNetwork;
 use crate::proxy::{FrontProxy, ProxyError, ProxyLimits, ProxyTarget};
 use crate::http::{HttpContainer, HttpLimits, HttpPorts, PodRoutes};
 use crate::container::ContainerKind;
-use crate::spec::{ComponentSource, ContainerSpec, PodSpec, RestartPolicy, SpecError};
+use crate::spec::{ComponentSource, ContainerSpec, PodSpec, SpecError};
 use crate::status::{
     ContainerState, ContainerStatus, DEFAULT_EVENT_CAPACITY, EventKind, Events, PodPhase, PodStatus, WaitingReason,
 };
+use crate::supervisor::{self, Runnable};
 use crate::volume::{VolumeError, Volumes};
+use std::collections::HashMap;
 
 /// Why a pod could not be created or started.
 #[derive(Debug, thiserror::Error)]
@@ -98,21 +98,41 @@ enum Supervisor {
 }
 
 /// What the supervisor task and the handle share.
-struct Shared {
-    spec: PodSpec,
-    engine: Engine,
-    logs: Logs,
-    events: Events,
+pub(crate) struct Shared {
+    pub(crate) spec: PodSpec,
+    pub(crate) engine: Engine,
+    pub(crate) logs: Logs,
+    pub(crate) events: Events,
     status: Mutex<PodStatus>,
     phase: watch::Sender<PodPhase>,
-    stop: CancellationToken,
+    /// Bumped on every status change, for whoever waits on a condition (`depends_on`).
+    status_changed: watch::Sender<()>,
+    /// Whether every app container is ready: gates the front proxy.
+    pub(crate) ready: watch::Sender<bool>,
+    /// Cancelled when the pod is asked to stop.
+    pub(crate) stop: CancellationToken,
     volumes: Mutex<Option<Volumes>>,
     /// Forwards the exposed port while the pod runs.
-    proxy: Mutex<Option<FrontProxy>>,
+    pub(crate) proxy: Mutex<Option<FrontProxy>>,
     /// The pod's one network namespace, shared by all its containers.
-    network: Arc<PodNetwork>,
-    /// Per container: a signal that asks for an immediate restart.
-    restart_requests: std::collections::HashMap<String, Arc<tokio::sync::Notify>>,
+    pub(crate) network: Arc<PodNetwork>,
+    /// The pod's http containers by port (outgoing routes and probes call them in-process).
+    pub(crate) http_ports: Arc<HttpPorts>,
+    /// Per container: how the supervisor tells it to restart, to stop, or kills it.
+    pub(crate) controls: HashMap<String, Arc<ContainerControl>>,
+}
+
+/// The supervisor's handles on one container.
+#[derive(Default)]
+pub(crate) struct ContainerControl {
+    /// Asks for an immediate restart of the current run.
+    pub(crate) restart: tokio::sync::Notify,
+    /// The pod is stopping: no more restarts, and the current run's stdin closes.
+    pub(crate) terminating: CancellationToken,
+    /// The grace period is over (or the pod is dropped): cancel the run now.
+    pub(crate) kill: CancellationToken,
+    /// The container will not run again.
+    pub(crate) finished: CancellationToken,
 }
 
 impl Pod {
@@ -143,12 +163,13 @@ impl Pod {
                 init,
                 state: ContainerState::Waiting { reason: WaitingReason::PodInitializing },
                 restart_count: 0,
+                ready: false,
                 last_exit: None,
             })
             .collect();
         let status = PodStatus { name: spec.name.clone(), phase: PodPhase::Pending, containers };
         let (phase, _) = watch::channel(PodPhase::Pending);
-        let restart_requests = spec_names(&spec).map(|name| (name, Arc::new(tokio::sync::Notify::new()))).collect();
+        let controls = spec_names(&spec).map(|name| (name, Arc::new(ContainerControl::default()))).collect();
         let network = PodNetwork::new();
         for container in spec.all_containers() {
             network.register_name(&container.name);
@@ -164,8 +185,11 @@ impl Pod {
                 stop: CancellationToken::new(),
                 volumes: Mutex::new(None),
                 proxy: Mutex::new(None),
-                restart_requests,
+                controls,
                 network,
+                http_ports: Arc::new(HttpPorts::default()),
+                status_changed: watch::channel(()).0,
+                ready: watch::channel(false).0,
             }),
             supervisor: Mutex::new(Supervisor::NotStarted),
             listen: options.listen,
@@ -201,7 +225,7 @@ impl Pod {
                 shared.events.emit(None, EventKind::VolumeReady { volume: volume.name.clone(), host_dir });
             }
         }
-        let http_ports = Arc::new(HttpPorts::default());
+        let http_ports = shared.http_ports.clone();
         let mut prepared = Vec::new();
         for (index, container_spec) in shared.spec.all_containers().enumerate() {
             let init = index < shared.spec.init_containers.len();
@@ -271,7 +295,8 @@ impl Pod {
                     _ => None,
                 })
                 .unwrap_or(ProxyTarget::PodPort { network: shared.network.clone(), port: expose.port });
-            let proxy = FrontProxy::start(addr, target, self.proxy_limits, shared.events.clone()).await?;
+            let limits = ProxyLimits { readiness_wait: shared.spec.readiness_wait, ..self.proxy_limits };
+            let proxy = FrontProxy::start(addr, target, limits, shared.ready.subscribe(), shared.events.clone()).await?;
             shared.events.emit(None, EventKind::Exposed { pod_port: expose.port, host_addr: proxy.local_addr() });
             *lock(&shared.proxy) = Some(proxy);
         }
@@ -281,7 +306,7 @@ impl Pod {
         if !matches!(*supervisor, Supervisor::NotStarted) {
             return Err(PodError::AlreadyStarted);
         }
-        *supervisor = Supervisor::Started(tokio::spawn(supervise(shared.clone(), prepared, apps)));
+        *supervisor = Supervisor::Started(tokio::spawn(supervisor::supervise(shared.clone(), prepared, apps)));
         Ok(())
     }
 
@@ -356,9 +381,9 @@ impl Pod {
     /// released) and it starts again at once, whatever the restart policy. Returns false when
     /// no such container exists.
     pub fn restart(&self, container: &str) -> bool {
-        match self.shared.restart_requests.get(container) {
-            Some(request) => {
-                request.notify_waiters();
+        match self.shared.controls.get(container) {
+            Some(control) => {
+                control.restart.notify_waiters();
                 true
             }
             None => false,
@@ -393,7 +418,12 @@ impl Pod {
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        // The supervisor finishes on its own once cancelled, and removes the volumes.
+        // Nobody can wait for a grace period any more: kill at once. The supervisor finishes
+        // on its own, and removes the volumes.
+        for control in self.shared.controls.values() {
+            control.terminating.cancel();
+            control.kill.cancel();
+        }
         self.shared.stop.cancel();
     }
 }
@@ -408,23 +438,49 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn set_phase(&self, phase: PodPhase) {
+    pub(crate) fn set_phase(&self, phase: PodPhase) {
         lock(&self.status).phase = phase.clone();
         self.phase.send_replace(phase);
+        self.status_changed.send_replace(());
     }
 
-    fn update(&self, container: &str, change: impl FnOnce(&mut ContainerStatus)) {
-        let mut status = lock(&self.status);
-        if let Some(entry) = status.containers.iter_mut().find(|c| c.name == container) {
-            change(entry);
+    /// Changes one container's status, and recomputes whether the pod is ready.
+    pub(crate) fn update(&self, container: &str, change: impl FnOnce(&mut ContainerStatus)) {
+        let ready = {
+            let mut status = lock(&self.status);
+            if let Some(entry) = status.containers.iter_mut().find(|c| c.name == container) {
+                change(entry);
+            }
+            status.phase == PodPhase::Running && status.containers.iter().filter(|c| !c.init).all(|c| c.ready)
+        };
+        self.ready.send_if_modified(|was| std::mem::replace(was, ready) != ready);
+        self.status_changed.send_replace(());
+    }
+
+    /// A snapshot of one container's status.
+    pub(crate) fn container_status(&self, container: &str) -> Option<ContainerStatus> {
+        lock(&self.status).containers.iter().find(|c| c.name == container).cloned()
+    }
+
+    /// Waits until `condition` holds for the pod's status (checked after every change).
+    pub(crate) async fn wait_for_status(&self, mut condition: impl FnMut(&PodStatus) -> bool) {
+        let mut changes = self.status_changed.subscribe();
+        loop {
+            if condition(&lock(&self.status)) {
+                return;
+            }
+            // The sender lives in `self`, so this only fails if the pod is gone.
+            if changes.changed().await.is_err() {
+                return;
+            }
         }
     }
 
-    fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.stop.is_cancelled()
     }
 
-    async fn remove_volumes(&self) {
+    pub(crate) async fn remove_volumes(&self) {
         let volumes = lock(&self.volumes).take();
         if let Some(volumes) = volumes {
             let removed = tokio::task::spawn_blocking(move || volumes.remove()).await;
@@ -435,192 +491,3 @@ impl Shared {
     }
 }
 
-/// The pod's lifecycle, from init containers to the end.
-/// A container ready to run: a command run to its end, or an http handler served per request.
-enum Runnable {
-    Command(Arc<PreparedContainer>),
-    Http { container: Arc<HttpContainer>, port: u16 },
-}
-
-impl Runnable {
-    fn name(&self) -> &str {
-        match self {
-            Runnable::Command(command) => &command.spec.name,
-            Runnable::Http { container, .. } => container.name(),
-        }
-    }
-}
-
-async fn supervise(shared: Arc<Shared>, inits: Vec<Runnable>, apps: Vec<Runnable>) {
-    shared.set_phase(PodPhase::Initializing);
-    for init in &inits {
-        // `start` accepts only commands as init containers.
-        let Runnable::Command(init) = init else { continue };
-        let exit = run_with_restarts(&shared, init, true).await;
-        if shared.stopping() {
-            return finish(&shared, PodPhase::Stopped).await;
-        }
-        if !exit.is_success() {
-            let reason = format!("init container {:?} {exit}", init.spec.name);
-            for app in &apps {
-                let init_container = init.spec.name.clone();
-                shared.update(app.name(), |c| {
-                    c.state = ContainerState::Waiting { reason: WaitingReason::InitFailed { init_container } }
-                });
-            }
-            return finish(&shared, PodPhase::Failed { reason }).await;
-        }
-    }
-    shared.set_phase(PodPhase::Running);
-    shared.events.emit(None, EventKind::PodRunning);
-    let mut running = JoinSet::new();
-    for app in apps {
-        let shared = shared.clone();
-        running.spawn(async move {
-            let exit = match &app {
-                Runnable::Command(command) => run_with_restarts(&shared, command, false).await,
-                Runnable::Http { container, port } => serve_http(&shared, container, *port).await,
-            };
-            (app.name().to_string(), exit)
-        });
-    }
-    let mut failures = Vec::new();
-    while let Some(joined) = running.join_next().await {
-        match joined {
-            Ok((_, exit)) if exit.is_success() => {}
-            Ok((name, exit)) => failures.push(format!("container {name:?} {exit}")),
-            Err(e) => failures.push(format!("a container task ended abnormally: {e}")),
-        }
-    }
-    let phase = if shared.stopping() {
-        PodPhase::Stopped
-    } else if failures.is_empty() {
-        PodPhase::Succeeded
-    } else {
-        PodPhase::Failed { reason: failures.join("; ") }
-    };
-    finish(&shared, phase).await
-}
-
-async fn finish(shared: &Shared, phase: PodPhase) {
-    let event = match &phase {
-        PodPhase::Succeeded => EventKind::PodSucceeded,
-        PodPhase::Failed { reason } => EventKind::PodFailed { reason: reason.clone() },
-        _ => EventKind::PodStopped,
-    };
-    lock(&shared.proxy).take();
-    shared.remove_volumes().await;
-    shared.events.emit(None, event);
-    shared.set_phase(phase);
-}
-
-/// Serves an http container on its pod port until the pod stops: every connection from a
-/// container of the pod (or the host side) gets HTTP/1.1, each request a fresh instance. Restart
-/// policies do not apply: a request that traps fails alone, the container keeps serving.
-async fn serve_http(shared: &Shared, container: &Arc<HttpContainer>, port: u16) -> Exit {
-    let name = container.name();
-    let listener = match shared.network.listen_host(port, crate::net::MAX_BACKLOG) {
-        Ok(listener) => listener,
-        Err(e) => {
-            let exit = Exit::Failed(format!("cannot serve pod port {port}: {e}"));
-            shared.update(name, |c| {
-                c.state = ContainerState::Terminated { exit: exit.clone(), finished_at: SystemTime::now() };
-                c.last_exit = Some(exit.clone());
-            });
-            shared.events.emit(Some(name), EventKind::Exited { exit: exit.clone() });
-            return exit;
-        }
-    };
-    shared.update(name, |c| c.state = ContainerState::Running { started_at: SystemTime::now() });
-    shared.events.emit(Some(name), EventKind::Started);
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            () = shared.stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(stream) => {
-                    let stop = shared.stop.clone().cancelled_owned();
-                    connections.spawn(container.clone().serve_connection_until(stream, stop));
-                }
-                Err(_) => break,
-            },
-            // Reap finished connections so the set stays as small as the live ones.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
-    let exit = Exit::Stopped;
-    shared.update(name, |c| {
-        c.state = ContainerState::Terminated { exit: exit.clone(), finished_at: SystemTime::now() };
-        c.last_exit = Some(exit.clone());
-    });
-    shared.events.emit(Some(name), EventKind::Exited { exit: exit.clone() });
-    exit
-}
-
-/// Runs one container until the restart policy says it is done, or the pod stops; returns its
-/// last exit. Init containers restart only on failure (as in Kubernetes and ACI), and not at all
-/// under `never`.
-async fn run_with_restarts(shared: &Shared, container: &PreparedContainer, init: bool) -> Exit {
-    let name = container.spec.name.as_str();
-    let backoff = shared.spec.restart_backoff;
-    let mut restarts_in_a_row = 0u32;
-    let restart_request = shared.restart_requests.get(name).cloned().unwrap_or_default();
-    loop {
-        let started_at = Instant::now();
-        shared.update(name, |c| c.state = ContainerState::Running { started_at: SystemTime::now() });
-        shared.events.emit(Some(name), EventKind::Started);
-        let exit = tokio::select! {
-            exit = container.run(&shared.logs, &shared.network) => exit,
-            () = shared.stop.cancelled() => Exit::Stopped,
-            () = restart_request.notified() => Exit::Restarted,
-        };
-        shared.update(name, |c| {
-            c.state = ContainerState::Terminated { exit: exit.clone(), finished_at: SystemTime::now() };
-            c.last_exit = Some(exit.clone());
-        });
-        shared.events.emit(Some(name), EventKind::Exited { exit: exit.clone() });
-        if matches!(exit, Exit::Stopped) {
-            return exit;
-        }
-        if matches!(exit, Exit::Restarted) {
-            let mut restart_count = 0;
-            shared.update(name, |c| {
-                c.restart_count += 1;
-                restart_count = c.restart_count;
-            });
-            shared.events.emit(Some(name), EventKind::Restarting { restart_count });
-            continue;
-        }
-        let restart = match shared.spec.restart_policy {
-            RestartPolicy::Always if init => !exit.is_success(),
-            RestartPolicy::Always => true,
-            RestartPolicy::OnFailure => !exit.is_success(),
-            RestartPolicy::Never => false,
-        };
-        if !restart {
-            return exit;
-        }
-        if started_at.elapsed() >= backoff.reset_after {
-            restarts_in_a_row = 0;
-        }
-        restarts_in_a_row = restarts_in_a_row.saturating_add(1);
-        let delay = backoff.delay(restarts_in_a_row);
-        shared.update(name, |c| c.state = ContainerState::Waiting { reason: WaitingReason::BackOff { delay } });
-        shared.events.emit(Some(name), EventKind::BackOff { delay });
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shared.stop.cancelled() => {
-                shared.update(name, |c| c.state = ContainerState::Terminated { exit: exit.clone(), finished_at: SystemTime::now() });
-                return exit;
-            }
-        }
-        let mut restart_count = 0;
-        shared.update(name, |c| {
-            c.restart_count += 1;
-            restart_count = c.restart_count;
-        });
-        shared.events.emit(Some(name), EventKind::Restarting { restart_count });
-    }
-}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::http::HttpContainer;
@@ -28,11 +28,17 @@ pub struct ProxyLimits {
     pub max_connections: usize,
     /// A connection with no bytes moving in either direction for this long is closed.
     pub idle_timeout: Duration,
+    /// How long a new connection waits for an unready pod before it is refused.
+    pub readiness_wait: Duration,
 }
 
 impl Default for ProxyLimits {
     fn default() -> Self {
-        ProxyLimits { max_connections: 1024, idle_timeout: Duration::from_secs(300) }
+        ProxyLimits {
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(300),
+            readiness_wait: crate::spec::DEFAULT_READINESS_WAIT,
+        }
     }
 }
 
@@ -76,18 +82,21 @@ pub struct FrontProxy {
 const COPY_BUFFER: usize = 64 * 1024;
 
 impl FrontProxy {
-    /// Binds `addr` (port 0 picks a free port) and forwards connections to `target`.
+    /// Binds `addr` (port 0 picks a free port) and forwards connections to `target` while
+    /// `ready` says the pod is ready; while it is not, a new connection waits up to
+    /// `limits.readiness_wait` and is then refused.
     pub async fn start(
         addr: SocketAddr,
         target: ProxyTarget,
         limits: ProxyLimits,
+        ready: watch::Receiver<bool>,
         events: Events,
     ) -> Result<FrontProxy, ProxyError> {
         let bind_error = |source| ProxyError::Bind { addr, target: target.describe(), source };
         let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
         let stop = CancellationToken::new();
-        let forwarder = Forwarder { target, limits, events, stop: stop.clone() };
+        let forwarder = Forwarder { target, limits, ready, events, stop: stop.clone() };
         tokio::spawn(forwarder.accept_loop(listener));
         Ok(FrontProxy { local_addr, stop })
     }
@@ -106,6 +115,7 @@ impl Drop for FrontProxy {
 
 struct Forwarder {
     target: ProxyTarget,
+    ready: watch::Receiver<bool>,
     limits: ProxyLimits,
     events: Events,
     stop: CancellationToken,
@@ -152,6 +162,23 @@ impl Forwarder {
 
     async fn forward(&self, client: TcpStream, peer: SocketAddr) {
         let _ = client.set_nodelay(true);
+        if !*self.ready.borrow() {
+            let mut ready = self.ready.clone();
+            let wait = self.limits.readiness_wait;
+            let became_ready = tokio::time::timeout(wait, ready.wait_for(|ready| *ready)).await;
+            if !matches!(became_ready, Ok(Ok(_))) {
+                self.events.emit(
+                    None,
+                    EventKind::Warning {
+                        message: format!(
+                            "front proxy refused {peer}: the pod was not ready within {}",
+                            humantime::format_duration(wait)
+                        ),
+                    },
+                );
+                return;
+            }
+        }
         let (network, port) = match &self.target {
             ProxyTarget::Http(container) => {
                 let stop = self.stop.clone().cancelled_owned();

@@ -4,14 +4,16 @@
 //! Lifecycles are enums with explicit transitions (Kubernetes' vocabulary: a pod is Pending,
 //! Initializing, Running, then Succeeded, Failed or Stopped; a container is Waiting, Running or
 //! Terminated). The supervisor ([`crate::pod`]) writes these; the library API and the CLI read
-//! them. Events are kept in a bounded log and can be followed.
+//! them. Events are kept in a bounded log and can be followed: by one channel
+//! ([`Events::follow`], the CLI that runs the pod) or by any number of cursors ([`Events::tail`],
+//! `wasmpod events --follow`) that never hold the supervisor up.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::container::Exit;
 
@@ -96,6 +98,8 @@ pub struct ContainerStatus {
     pub state: ContainerState,
     /// How many times it was restarted.
     pub restart_count: u32,
+    /// Running, past its startup probe, and passing its readiness probe (if it has them).
+    pub ready: bool,
     /// How its most recent run ended.
     pub last_exit: Option<Exit>,
 }
@@ -137,6 +141,12 @@ pub enum EventKind {
     Exited { exit: Exit },
     BackOff { delay: Duration },
     Restarting { restart_count: u32 },
+    /// Its startup probe passed (or it has none) and its readiness probe passes.
+    Ready,
+    /// Its readiness probe fails.
+    NotReady { message: String },
+    /// A startup or liveness probe failed for good.
+    Unhealthy { message: String },
     PodRunning,
     PodSucceeded,
     PodFailed { reason: String },
@@ -168,6 +178,9 @@ impl fmt::Display for Event {
             EventKind::Exited { exit } => write!(f, "{exit}"),
             EventKind::BackOff { delay } => write!(f, "restarting in {}", humantime::format_duration(*delay)),
             EventKind::Restarting { restart_count } => write!(f, "restarting (restart {restart_count})"),
+            EventKind::Ready => f.write_str("ready"),
+            EventKind::NotReady { message } => write!(f, "not ready: {message}"),
+            EventKind::Unhealthy { message } => write!(f, "unhealthy: {message}"),
             EventKind::PodRunning => f.write_str("pod running"),
             EventKind::PodSucceeded => f.write_str("pod succeeded"),
             EventKind::PodFailed { reason } => write!(f, "pod failed: {reason}"),
@@ -197,13 +210,24 @@ pub struct Events {
 struct EventsInner {
     capacity: usize,
     log: VecDeque<Event>,
+    /// How many events were ever recorded (the next one's sequence number), so an
+    /// [`EventTail`] finds its place in the log after older events were dropped.
+    recorded: u64,
     follower: Option<mpsc::Sender<Event>>,
+    /// Bumped after every event to wake tails; holds no events, so it never queues.
+    changed: watch::Sender<()>,
 }
 
 impl Events {
     pub fn new(capacity: usize) -> Events {
         Events {
-            inner: Arc::new(Mutex::new(EventsInner { capacity: capacity.max(1), log: VecDeque::new(), follower: None })),
+            inner: Arc::new(Mutex::new(EventsInner {
+                capacity: capacity.max(1),
+                log: VecDeque::new(),
+                recorded: 0,
+                follower: None,
+                changed: watch::Sender::new(()),
+            })),
         }
     }
 
@@ -215,11 +239,13 @@ impl Events {
             inner.log.pop_front();
         }
         inner.log.push_back(event.clone());
+        inner.recorded += 1;
         if let Some(follower) = &inner.follower {
             // Events are few; a follower that falls a whole queue behind misses some, the log
             // keeps them. The supervisor never waits on a reader.
             let _ = follower.try_send(event);
         }
+        inner.changed.send_replace(());
     }
 
     /// Every event recorded so far (the most recent `capacity`), oldest first.
@@ -234,7 +260,76 @@ impl Events {
         receiver
     }
 
+    /// A cursor that any number of callers may hold: it first yields the last `last` events
+    /// (`None`: the whole log), then every new one.
+    pub fn tail(&self, last: Option<usize>) -> EventTail {
+        let inner = self.lock();
+        let kept = inner.log.len() as u64;
+        let next = inner.recorded - last.map_or(kept, |last| (last as u64).min(kept));
+        // Subscribed under the lock that `emit` holds while it bumps, so no event slips past.
+        EventTail { events: self.clone(), next, changed: inner.changed.subscribe() }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, EventsInner> {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A cursor into the pod's event log, from [`Events::tail`].
+pub struct EventTail {
+    events: Events,
+    /// The sequence number of the next event to hand out.
+    next: u64,
+    changed: watch::Receiver<()>,
+}
+
+impl EventTail {
+    /// The events recorded since the last read, without waiting, and how many left the log
+    /// before this reader got to them.
+    pub fn read(&mut self) -> (Vec<Event>, u64) {
+        let inner = self.events.lock();
+        let first = inner.recorded - inner.log.len() as u64;
+        let missed = first.saturating_sub(self.next);
+        let skip = self.next.saturating_sub(first) as usize;
+        let events = inner.log.iter().skip(skip).cloned().collect();
+        self.next = inner.recorded;
+        (events, missed)
+    }
+
+    /// Waits for at least one new (or missed) event; forever if none comes, so callers race it
+    /// against their own end.
+    pub async fn next(&mut self) -> (Vec<Event>, u64) {
+        loop {
+            let (events, missed) = self.read();
+            if !events.is_empty() || missed > 0 {
+                return (events, missed);
+            }
+            // It cannot fail: `self.events` keeps the sender alive.
+            if self.changed.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn event_tails_read_the_last_events_then_new_ones_and_count_what_they_missed() {
+        let events = Events::new(2);
+        events.emit(Some("app"), EventKind::Started);
+        events.emit(Some("app"), EventKind::Stopping);
+        let mut last = events.tail(Some(1));
+        let mut slow = events.tail(None);
+        assert_eq!(last.read().0.iter().map(|e| e.kind.clone()).collect::<Vec<_>>(), vec![EventKind::Stopping]);
+        let waiting = tokio::spawn(async move { last.next().await });
+        events.emit(None, EventKind::PodStopped);
+        let (new, missed) = waiting.await.unwrap();
+        assert_eq!((new.len(), missed), (1, 0));
+        assert_eq!(new[0].kind, EventKind::PodStopped);
+        let (kept, missed) = slow.next().await;
+        assert_eq!((kept.len(), missed), (2, 1), "the log holds two; the first of three was dropped");
     }
 }

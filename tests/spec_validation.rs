@@ -183,6 +183,8 @@ fn full_spec_parses_into_the_resolved_model() {
             max: Duration::from_secs(300),
             reset_after: Duration::from_secs(600),
         },
+        termination_grace_period: wasmpod::spec::DEFAULT_TERMINATION_GRACE_PERIOD,
+        readiness_wait: wasmpod::spec::DEFAULT_READINESS_WAIT,
         expose: Some(Expose { port: 8080 }),
         volumes: vec![
             VolumeSpec {
@@ -983,6 +985,8 @@ fn rust_built_spec(pod: &PodDir) -> PodSpec {
         name: "demo".into(),
         restart_policy: RestartPolicy::OnFailure,
         restart_backoff: Backoff::default(),
+        termination_grace_period: wasmpod::spec::DEFAULT_TERMINATION_GRACE_PERIOD,
+        readiness_wait: wasmpod::spec::DEFAULT_READINESS_WAIT,
         expose: Some(Expose { port: 8080 }),
         volumes: vec![VolumeSpec {
             name: "scratch".into(),

@@ -23,6 +23,12 @@ pub struct PodSpec {
     pub restart_policy: RestartPolicy,
     /// How long to wait before restarting a container that exited.
     pub restart_backoff: Backoff,
+    /// How long a container may take to exit on its own after it is told to stop (its stdin
+    /// closes) before it is cancelled. Kubernetes' default: 30 s.
+    pub termination_grace_period: Duration,
+    /// How long the front proxy holds a new connection while the pod is not ready before it
+    /// refuses it.
+    pub readiness_wait: Duration,
     /// The pod's one public port, served by the front proxy.
     pub expose: Option<Expose>,
     pub volumes: Vec<VolumeSpec>,
@@ -34,6 +40,11 @@ pub struct PodSpec {
     /// The spec file, when the spec came from one (used to name it in messages).
     pub source_file: Option<PathBuf>,
 }
+
+/// Kubernetes' `terminationGracePeriodSeconds` default.
+pub const DEFAULT_TERMINATION_GRACE_PERIOD: Duration = Duration::from_secs(30);
+/// How long the front proxy holds a connection for a pod that is not ready yet, by default.
+pub const DEFAULT_READINESS_WAIT: Duration = Duration::from_secs(10);
 
 /// Which exits a container is restarted after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,6 +127,74 @@ pub struct ContainerSpec {
     pub volume_mounts: Vec<MountSpec>,
     /// Memory and CPU limits.
     pub resources: Resources,
+    /// Containers that must reach a condition before this one starts (Compose semantics).
+    pub depends_on: Vec<Dependency>,
+    /// Holds readiness and liveness probing off until it succeeds once.
+    pub startup_probe: Option<Probe>,
+    /// While failing, the container is not ready (and the front proxy holds new connections).
+    pub readiness_probe: Option<Probe>,
+    /// Failing it `failure_threshold` times in a row restarts the container.
+    pub liveness_probe: Option<Probe>,
+}
+
+/// "Start me only once `container` has reached `condition`."
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    pub container: String,
+    pub condition: DependencyCondition,
+}
+
+/// Docker Compose's `depends_on` conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DependencyCondition {
+    /// It is running (`service_started`).
+    #[default]
+    Started,
+    /// It is running and ready: its readiness probe passes (`service_healthy`).
+    Ready,
+    /// It ran to completion with exit code 0 (`service_completed_successfully`).
+    Completed,
+}
+
+/// A health check, with Kubernetes' fields and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub action: ProbeAction,
+    /// Wait this long after the container starts before the first check (default 0 s).
+    pub initial_delay: Duration,
+    /// Time between checks (default 10 s).
+    pub period: Duration,
+    /// A check that takes longer fails (default 1 s).
+    pub timeout: Duration,
+    /// Failures in a row that make the probe fail (default 3).
+    pub failure_threshold: u32,
+    /// Successes in a row that make it pass again (default 1).
+    pub success_threshold: u32,
+}
+
+impl Probe {
+    /// A probe with Kubernetes' default timing.
+    pub fn new(action: ProbeAction) -> Probe {
+        Probe {
+            action,
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            failure_threshold: 3,
+            success_threshold: 1,
+        }
+    }
+}
+
+/// How a probe checks, always over the pod's own network or in-process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeAction {
+    /// `GET path` on a pod port; a status from 200 to 399 passes.
+    HttpGet { port: u16, path: String },
+    /// A TCP connection to a pod port is accepted.
+    TcpSocket { port: u16 },
+    /// The component's `wasmpod:health/check` export answers `ok`.
+    Health,
 }
 
 /// What one container may use. `None` means unlimited (bounded only by the engine).
@@ -138,6 +217,10 @@ impl ContainerSpec {
             ports: Vec::new(),
             volume_mounts: Vec::new(),
             resources: Resources::default(),
+            depends_on: Vec::new(),
+            startup_probe: None,
+            readiness_probe: None,
+            liveness_probe: None,
         }
     }
 }
@@ -183,6 +266,24 @@ pub struct MountSpec {
 }
 
 impl PodSpec {
+    /// A pod with no containers yet and every default (restart `always`, Kubernetes' back-off
+    /// and grace period), whose relative paths resolve against the current directory.
+    pub fn new(name: impl Into<String>) -> PodSpec {
+        PodSpec {
+            name: name.into(),
+            restart_policy: RestartPolicy::default(),
+            restart_backoff: Backoff::default(),
+            termination_grace_period: DEFAULT_TERMINATION_GRACE_PERIOD,
+            readiness_wait: DEFAULT_READINESS_WAIT,
+            expose: None,
+            volumes: Vec::new(),
+            init_containers: Vec::new(),
+            containers: Vec::new(),
+            base_dir: std::env::current_dir().unwrap_or_default(),
+            source_file: None,
+        }
+    }
+
     /// Reads, parses and validates a spec file; relative paths resolve against its directory.
     pub fn from_file(path: impl AsRef<Path>) -> Result<PodSpec, SpecError> {
         parse::from_file(path.as_ref())

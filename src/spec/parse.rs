@@ -357,6 +357,8 @@ fn lower_pod(raw: RawPod, base_dir: &Path, report: &mut Report) -> PodSpec {
         name: raw.name.into_inner(),
         restart_policy,
         restart_backoff,
+        termination_grace_period: super::DEFAULT_TERMINATION_GRACE_PERIOD,
+        readiness_wait: super::DEFAULT_READINESS_WAIT,
         expose,
         volumes,
         init_containers,
@@ -534,6 +536,10 @@ fn lower_container(
         ports,
         volume_mounts,
         resources: Default::default(),
+        depends_on: Vec::new(),
+        startup_probe: None,
+        readiness_probe: None,
+        liveness_probe: None,
     }
 }
 

@@ -35,19 +35,15 @@ pub fn engine() -> Engine {
 /// A spec with no containers yet, millisecond back-off, and the given restart policy.
 pub fn pod_spec(name: &str, restart_policy: RestartPolicy) -> PodSpec {
     PodSpec {
-        name: name.to_string(),
         restart_policy,
         restart_backoff: Backoff {
             initial: Duration::from_millis(20),
             max: Duration::from_millis(40),
             reset_after: Duration::from_secs(600),
         },
-        expose: None,
-        volumes: Vec::new(),
-        init_containers: Vec::new(),
-        containers: Vec::new(),
+        termination_grace_period: Duration::from_secs(5),
         base_dir: std::env::temp_dir(),
-        source_file: None,
+        ..PodSpec::new(name)
     }
 }
 

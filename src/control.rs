@@ -1,0 +1,776 @@
+//! The control endpoint of a running pod: while `wasmpod run` runs, it answers `wasmpod ps`,
+//! `wasmpod logs` and `wasmpod events` from other terminals over a Unix domain socket (never a
+//! network port), the way `docker compose ps/logs` and `kubectl get events` ask a running app.
+//!
+//! Where: `$WASMPOD_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/wasmpod`, else `/tmp/wasmpod-$UID` (made
+//! 0700 and refused if another user owns it or others may write to it); one `<pod>.sock` per pod.
+//! Who runs a pod name is decided by an exclusive lock on `<pod>.lock`, held for the life of the
+//! process and released by the kernel even when the process is killed: a socket left behind by a
+//! dead process is therefore stale and replaced, and a second `wasmpod run` of the same pod name
+//! fails before it compiles or starts anything. The lock files stay (empty): removing one while
+//! another process opens it would let two processes hold "the" lock.
+//!
+//! Protocol: the client sends one request line — `status`, `logs CONTAINER [--tail N] [--follow]`
+//! or `events [--tail N] [--follow]` — and reads newline-delimited JSON [`Response`]s until the
+//! server closes the connection. A follow streams until the client hangs up or the pod ends.
+//! Followers read the pod's line and event buffers through cursors ([`crate::logs::LogTail`],
+//! [`crate::status::EventTail`]); nothing is queued per client, so a slow or stuck client holds
+//! up only its own connection, and one that falls a whole buffer behind gets a `missed` count.
+//! The JSON is made of view types defined here rather than the library's own types, so the wire
+//! format stays put when the library's enums grow; `--json` in the CLI prints it as is.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::container::Exit;
+use crate::logs::{LogLine, Stream};
+use crate::status::{ContainerState, ContainerStatus, Event, PodStatus};
+use crate::Pod;
+
+/// A request line longer than this is refused (requests are a few words).
+pub const MAX_REQUEST_BYTES: u64 = 1024;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are refused, so clients cannot pile up tasks.
+const MAX_CONNECTIONS: usize = 64;
+/// How long followers get to send their last lines when the server shuts down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// How long a client waits for a reply that does not follow.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What can go wrong serving or asking a pod.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("another `wasmpod run` already runs pod {pod} (its control socket is {})", socket.display())]
+    AlreadyRunning { pod: String, socket: PathBuf },
+    #[error("no running pod named {pod} ({})", running_list(running))]
+    NotRunning { pod: String, running: Vec<String> },
+    #[error("no pod is running (none has a control socket in {})", dir.display())]
+    NoneRunning { dir: PathBuf },
+    #[error("several pods are running ({}): name one", running.join(", "))]
+    Ambiguous { running: Vec<String> },
+    #[error("the runtime directory {}: {reason}", dir.display())]
+    UnsafeDir { dir: PathBuf, reason: String },
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pod answered with an error (no such container, a bad request).
+    #[error("{message}")]
+    Refused { message: String },
+    #[error("pod {pod} sent a reply that is not understood: {message}")]
+    Protocol { pod: String, message: String },
+}
+
+fn running_list(running: &[String]) -> String {
+    if running.is_empty() { "no pod is running".to_string() } else { format!("running: {}", running.join(", ")) }
+}
+
+fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ControlError + 'a {
+    move |source| ControlError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// The directory that holds the control sockets: `$WASMPOD_RUNTIME_DIR`, else
+/// `$XDG_RUNTIME_DIR/wasmpod`, else `/tmp/wasmpod-$UID`.
+pub fn runtime_dir() -> PathBuf {
+    let set = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
+    if let Some(dir) = set("WASMPOD_RUNTIME_DIR") {
+        return dir;
+    }
+    if let Some(dir) = set("XDG_RUNTIME_DIR") {
+        return dir.join("wasmpod");
+    }
+    PathBuf::from(format!("/tmp/wasmpod-{}", current_uid()))
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions, cannot fail and touches no memory of ours.
+    unsafe { libc::getuid() }
+}
+
+/// The socket of pod `pod` in `dir`.
+pub fn socket_path(dir: &Path, pod: &str) -> PathBuf {
+    dir.join(format!("{pod}.sock"))
+}
+
+/// Creates the runtime directory (0700) and checks that nobody else can plant or swap sockets in
+/// it: in a shared place like `/tmp`, another user could have made it first.
+fn prepare_dir(dir: &Path) -> Result<(), ControlError> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_error("cannot create", dir))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(io_error("cannot read", dir))?;
+    let unsafe_dir = |reason: String| Err(ControlError::UnsafeDir { dir: dir.to_path_buf(), reason });
+    if !meta.is_dir() {
+        return unsafe_dir("not a directory (a symlink is not accepted either)".into());
+    }
+    if meta.uid() != current_uid() {
+        return unsafe_dir(format!("owned by uid {}, not by this user", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return unsafe_dir(format!("others may write to it (mode {:o}); make it 0700", meta.mode() & 0o777));
+    }
+    Ok(())
+}
+
+/// Whether `name` can be a pod name (the spec's rule), so a client-given name never escapes `dir`.
+fn is_pod_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 63 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+// ---------------------------------------------------------------------------------------------
+// The wire format.
+
+/// One request: the first line a client sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Status,
+    Logs { container: String, tail: Option<usize>, follow: bool },
+    Events { tail: Option<usize>, follow: bool },
+}
+
+impl Request {
+    /// Parses a request line; the error is what to tell the client.
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let mut words = line.split_whitespace();
+        let verb = words.next().ok_or("empty request; expected status, logs or events")?;
+        let mut container = None;
+        let (mut tail, mut follow) = (None, false);
+        while let Some(word) = words.next() {
+            match word {
+                "--follow" => follow = true,
+                "--tail" => {
+                    let value = words.next().ok_or("--tail needs a number")?;
+                    tail = Some(value.parse::<usize>().map_err(|_| format!("--tail {value:?}: not a number"))?);
+                }
+                _ if verb == "logs" && container.is_none() && !word.starts_with('-') => container = Some(word.to_string()),
+                _ => return Err(format!("unexpected {word:?} in a {verb} request")),
+            }
+        }
+        match verb {
+            "status" if tail.is_none() && !follow => Ok(Request::Status),
+            "status" => Err("status takes no options".into()),
+            "logs" => Ok(Request::Logs { container: container.ok_or("logs needs a container name")?, tail, follow }),
+            "events" => Ok(Request::Events { tail, follow }),
+            other => Err(format!("unknown request {other:?}; expected status, logs or events")),
+        }
+    }
+
+    /// The request line, without its newline.
+    pub fn to_line(&self) -> String {
+        let options = |tail: &Option<usize>, follow: bool| {
+            let mut options = String::new();
+            if let Some(tail) = tail {
+                options.push_str(&format!(" --tail {tail}"));
+            }
+            if follow {
+                options.push_str(" --follow");
+            }
+            options
+        };
+        match self {
+            Request::Status => "status".to_string(),
+            Request::Logs { container, tail, follow } => format!("logs {container}{}", options(tail, *follow)),
+            Request::Events { tail, follow } => format!("events{}", options(tail, *follow)),
+        }
+    }
+
+    fn follows(&self) -> bool {
+        matches!(self, Request::Logs { follow: true, .. } | Request::Events { follow: true, .. })
+    }
+}
+
+/// One line of a reply. Times are RFC 3339 strings in UTC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Status(StatusView),
+    Line(LineView),
+    Event(EventView),
+    /// This many lines or events left the pod's buffer before this client read them.
+    Missed { count: u64 },
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub name: String,
+    /// `Running`, `Succeeded`, `Failed: reason`, ...
+    pub phase: String,
+    /// Init containers first, in spec order.
+    pub containers: Vec<ContainerView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerView {
+    pub name: String,
+    /// `init` or `app`.
+    pub kind: String,
+    /// `waiting`, `running` or `terminated`.
+    pub state: String,
+    /// The state for people: `Running`, `Waiting (BackOff 20ms)`, `Terminated`.
+    pub state_text: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub restart_count: u32,
+    /// How the most recent run ended, for people (`exited with code 1`, `trapped: ...`).
+    pub last_exit: Option<String>,
+    /// The exit code of the most recent run, when it exited (rather than trapped, ...).
+    pub last_exit_code: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineView {
+    pub container: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    pub text: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventView {
+    pub at: String,
+    pub container: Option<String>,
+    /// The kind in snake case: `started`, `exited`, `back_off`, `pod_running`, ...
+    pub kind: String,
+    /// What happened, for people (without the container name).
+    pub message: String,
+}
+
+fn time(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+impl From<&PodStatus> for StatusView {
+    fn from(status: &PodStatus) -> StatusView {
+        StatusView {
+            name: status.name.clone(),
+            phase: status.phase.to_string(),
+            containers: status.containers.iter().map(ContainerView::from).collect(),
+        }
+    }
+}
+
+impl From<&ContainerStatus> for ContainerView {
+    fn from(container: &ContainerStatus) -> ContainerView {
+        let (state, state_text, started_at, finished_at) = match &container.state {
+            ContainerState::Waiting { .. } => ("waiting", container.state.to_string(), None, None),
+            ContainerState::Running { started_at } => ("running", container.state.to_string(), Some(time(*started_at)), None),
+            // How it ended is `last_exit`; saying it twice only widens the table.
+            ContainerState::Terminated { finished_at, .. } => ("terminated", "Terminated".into(), None, Some(time(*finished_at))),
+        };
+        ContainerView {
+            name: container.name.clone(),
+            kind: if container.init { "init" } else { "app" }.to_string(),
+            state: state.to_string(),
+            state_text,
+            started_at,
+            finished_at,
+            restart_count: container.restart_count,
+            last_exit: container.last_exit.as_ref().map(Exit::to_string),
+            last_exit_code: match container.last_exit {
+                Some(Exit::Code(code)) => Some(code),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl From<&LogLine> for LineView {
+    fn from(line: &LogLine) -> LineView {
+        LineView {
+            container: line.container.to_string(),
+            stream: match line.stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            }
+            .to_string(),
+            text: line.text.clone(),
+            at: time(line.at),
+        }
+    }
+}
+
+impl From<&Event> for EventView {
+    fn from(event: &Event) -> EventView {
+        // The event's own Display without the `container: ` prefix, which has its own field.
+        let message = Event { container: None, ..event.clone() }.to_string();
+        EventView { at: time(event.at), container: event.container.clone(), kind: kind_name(event), message }
+    }
+}
+
+/// `EventKind::BackOff { .. }` → `back_off`. Taken from the derived `Debug`, whose output starts
+/// with the variant's name, so that kinds added to the library show up here without a change.
+fn kind_name(event: &Event) -> String {
+    let debug = format!("{:?}", event.kind);
+    let variant = debug.split(|c: char| !c.is_ascii_alphanumeric()).next().unwrap_or_default();
+    let mut name = String::with_capacity(variant.len() + 4);
+    for (i, c) in variant.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                name.push('_');
+            }
+            name.push(c.to_ascii_lowercase());
+        } else {
+            name.push(c);
+        }
+    }
+    name
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server.
+
+/// This process's hold on a pod name: taken before the pod starts, so that a second `wasmpod run`
+/// of the same pod fails before it runs anything. [`PodClaim::serve`] then opens the socket.
+pub struct PodClaim {
+    dir: PathBuf,
+    pod: String,
+    /// Holds the exclusive lock; the kernel releases it when the file is closed or we die.
+    _lock: std::fs::File,
+}
+
+impl PodClaim {
+    /// Claims `pod` in the [`runtime_dir`].
+    pub fn acquire(pod: &str) -> Result<PodClaim, ControlError> {
+        PodClaim::acquire_in(&runtime_dir(), pod)
+    }
+
+    /// Claims `pod` in `dir` (created 0700 if missing).
+    pub fn acquire_in(dir: &Path, pod: &str) -> Result<PodClaim, ControlError> {
+        prepare_dir(dir)?;
+        let lock_path = dir.join(format!("{pod}.lock"));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_error("cannot open", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => Ok(PodClaim { dir: dir.to_path_buf(), pod: pod.to_string(), _lock: lock }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(ControlError::AlreadyRunning { pod: pod.to_string(), socket: socket_path(dir, pod) })
+            }
+            Err(std::fs::TryLockError::Error(source)) => Err(ControlError::Io { what: "cannot lock", path: lock_path, source }),
+        }
+    }
+
+    /// Opens the pod's socket and serves it until [`ControlServer::shutdown`]. Must be called
+    /// inside a tokio runtime. Follow requests end when the pod ends.
+    pub fn serve(self, pod: Arc<Pod>) -> Result<ControlServer, ControlError> {
+        let socket = socket_path(&self.dir, &self.pod);
+        // We hold the name's lock, so a socket still there was left by a process that died.
+        match std::fs::remove_file(&socket) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(ControlError::Io { what: "cannot replace the stale socket", path: socket, source }),
+        }
+        let listener = UnixListener::bind(&socket).map_err(io_error("cannot listen on", &socket))?;
+        // The directory is private already; this also covers a user-chosen shared directory.
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_error("cannot restrict", &socket))?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(accept_loop(listener, pod, stop.clone()));
+        Ok(ControlServer { socket, stop, task: Some(task), _claim: self })
+    }
+}
+
+/// A running control endpoint. Remove it with [`ControlServer::shutdown`]; dropping it also
+/// removes the socket but cannot wait for the connections to finish.
+pub struct ControlServer {
+    socket: PathBuf,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Released (by field drop order) only after `Drop` removed the socket, so a new owner of
+    /// the name never has its fresh socket removed by us.
+    _claim: PodClaim,
+}
+
+impl ControlServer {
+    /// Claims the pod's name and serves it: [`PodClaim::acquire`] then [`PodClaim::serve`].
+    pub fn start(pod: Arc<Pod>) -> Result<ControlServer, ControlError> {
+        PodClaim::acquire(&pod.spec().name)?.serve(pod)
+    }
+
+    /// The socket's path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Stops accepting, lets followers send what is left (briefly), closes every connection,
+    /// and removes the socket. Afterwards nothing here holds the pod any more.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+async fn accept_loop(listener: UnixListener, pod: Arc<Pod>, stop: CancellationToken) {
+    // Cancelled when the pod ends (followers finish) or the server stops; `status` still works
+    // between the two, so `wasmpod ps` can see how the pod ended.
+    let ended = stop.child_token();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    let pod_end = {
+        let pod = pod.clone();
+        async move {
+            pod.wait().await;
+        }
+    };
+    tokio::pin!(pod_end);
+    let mut pod_ended = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = &mut pod_end, if !pod_ended => {
+                pod_ended = true;
+                ended.cancel();
+            }
+            // Reap finished connections so the set does not grow with every client.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let (pod, ended) = (pod.clone(), ended.clone());
+                        connections.spawn(async move {
+                            let _permit = permit;
+                            serve_connection(stream, &pod, &ended).await;
+                        });
+                    }
+                    Err(_) => {
+                        // A fresh socket's send buffer is empty, so this does not block; if it
+                        // fails the client still sees the connection close.
+                        let _ = stream.try_write(&reply_bytes(&Response::Error {
+                            message: format!("too many control connections (at most {MAX_CONNECTIONS})"),
+                        }));
+                    }
+                },
+                // Out of file descriptors and the like: pause rather than spin on the error.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            },
+        }
+    }
+    drop(listener);
+    ended.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, async { while connections.join_next().await.is_some() {} }).await.is_err() {
+        // Clients that do not read: cut them off, and wait until their tasks released the pod.
+        connections.shutdown().await;
+    }
+}
+
+fn reply_bytes(response: &Response) -> Vec<u8> {
+    // Serializing these plain structs cannot fail; an empty line would only be skipped.
+    let mut bytes = serde_json::to_vec(response).unwrap_or_default();
+    bytes.push(b'\n');
+    bytes
+}
+
+async fn serve_connection(stream: UnixStream, pod: &Pod, ended: &CancellationToken) {
+    let (read, write) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(read);
+    let mut out = tokio::io::BufWriter::new(write);
+    let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut reader)).await {
+        // Connected and left without asking: `wasmpod ps` checking which pods are alive.
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(line))) => Request::parse(&line),
+        Ok(Err(message)) => Err(message),
+        Err(_) => Err(format!("no request line within {}s", REQUEST_TIMEOUT.as_secs())),
+    };
+    // A write error means the client hung up; there is nobody left to tell.
+    let _ = match request {
+        Err(message) => send(&mut out, &[Response::Error { message }]).await,
+        Ok(Request::Status) => send(&mut out, &[Response::Status(StatusView::from(&pod.status()))]).await,
+        Ok(Request::Logs { container, tail, follow }) => {
+            serve_logs(pod, &container, tail, follow, reader, &mut out, ended).await
+        }
+        Ok(Request::Events { tail, follow }) => serve_events(pod, tail, follow, reader, &mut out, ended).await,
+    };
+    let _ = out.shutdown().await;
+}
+
+/// The request line, or `None` if the client closed without sending anything.
+async fn read_request(reader: &mut (impl AsyncBufReadExt + Unpin)) -> Result<Option<String>, String> {
+    let mut line = Vec::new();
+    // `take` bounds what a client can make us buffer.
+    let read = reader.take(MAX_REQUEST_BYTES + 1).read_until(b'\n', &mut line).await.map_err(|e| e.to_string())?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.len() as u64 > MAX_REQUEST_BYTES {
+        return Err(format!("request longer than {MAX_REQUEST_BYTES} bytes"));
+    }
+    String::from_utf8(line).map(Some).map_err(|_| "the request is not UTF-8".to_string())
+}
+
+async fn send(out: &mut (impl AsyncWrite + Unpin), responses: &[Response]) -> std::io::Result<()> {
+    for response in responses {
+        out.write_all(&reply_bytes(response)).await?;
+    }
+    out.flush().await
+}
+
+/// Resolves when the client hangs up (end of file or an error); whatever else it sends after
+/// its request is read and dropped.
+async fn hung_up(mut reader: impl AsyncRead + Unpin) {
+    let mut scratch = [0u8; 256];
+    while let Ok(1..) = reader.read(&mut scratch).await {}
+}
+
+async fn serve_logs(
+    pod: &Pod,
+    container: &str,
+    tail: Option<usize>,
+    follow: bool,
+    reader: impl AsyncRead + Unpin,
+    out: &mut (impl AsyncWrite + Unpin),
+    ended: &CancellationToken,
+) -> std::io::Result<()> {
+    let status = pod.status();
+    if status.container(container).is_none() {
+        let names: Vec<&str> = status.containers.iter().map(|c| c.name.as_str()).collect();
+        let message = format!("no container named {container} in pod {} (containers: {})", status.name, names.join(", "));
+        return send(out, &[Response::Error { message }]).await;
+    }
+    let mut cursor = pod.output().tail(container, tail);
+    let lines = |read: crate::logs::TailRead| {
+        let missed = (read.missed > 0).then_some(Response::Missed { count: read.missed });
+        missed.into_iter().chain(read.lines.iter().map(|line| Response::Line(LineView::from(line)))).collect::<Vec<_>>()
+    };
+    send(out, &lines(cursor.read())).await?;
+    if !follow {
+        return Ok(());
+    }
+    let hangup = hung_up(reader);
+    tokio::pin!(hangup);
+    loop {
+        tokio::select! {
+            () = &mut hangup => return Ok(()),
+            // The pod's last lines are in the buffer by the time it has ended.
+            () = ended.cancelled() => return send(out, &lines(cursor.read())).await,
+            read = cursor.next() => send(out, &lines(read)).await?,
+        }
+    }
+}
+
+async fn serve_events(
+    pod: &Pod,
+    tail: Option<usize>,
+    follow: bool,
+    reader: impl AsyncRead + Unpin,
+    out: &mut (impl AsyncWrite + Unpin),
+    ended: &CancellationToken,
+) -> std::io::Result<()> {
+    let mut cursor = pod.events().tail(tail);
+    let events = |(events, missed): (Vec<Event>, u64)| {
+        let missed = (missed > 0).then_some(Response::Missed { count: missed });
+        missed.into_iter().chain(events.iter().map(|event| Response::Event(EventView::from(event)))).collect::<Vec<_>>()
+    };
+    send(out, &events(cursor.read())).await?;
+    if !follow {
+        return Ok(());
+    }
+    let hangup = hung_up(reader);
+    tokio::pin!(hangup);
+    loop {
+        tokio::select! {
+            () = &mut hangup => return Ok(()),
+            () = ended.cancelled() => return send(out, &events(cursor.read())).await,
+            read = cursor.next() => send(out, &events(read)).await?,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client (blocking: the CLI asks one pod one thing and prints the answer).
+
+/// The pods with a live control socket in `dir`, sorted by name. Sockets left by dead processes
+/// are skipped (the next `wasmpod run` of that pod replaces them).
+pub fn running_pods(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut pods: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.strip_suffix(".sock").map(str::to_owned))
+        .filter(|pod| is_pod_name(pod) && std::os::unix::net::UnixStream::connect(socket_path(dir, pod)).is_ok())
+        .collect();
+    pods.sort();
+    pods
+}
+
+/// A connection-to-be to one running pod.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pod: String,
+    socket: PathBuf,
+}
+
+impl Client {
+    /// The running pod named `pod` in `dir`, or with `None` the only running one.
+    pub fn find(dir: &Path, pod: Option<&str>) -> Result<Client, ControlError> {
+        let Some(pod) = pod else {
+            let mut running = running_pods(dir);
+            return match running.len() {
+                0 => Err(ControlError::NoneRunning { dir: dir.to_path_buf() }),
+                1 => Ok(Client::new(dir, running.remove(0))),
+                _ => Err(ControlError::Ambiguous { running }),
+            };
+        };
+        let not_running = || ControlError::NotRunning { pod: pod.to_string(), running: running_pods(dir) };
+        if !is_pod_name(pod) {
+            return Err(not_running());
+        }
+        let client = Client::new(dir, pod.to_string());
+        match std::os::unix::net::UnixStream::connect(&client.socket) {
+            Ok(_) => Ok(client),
+            Err(_) => Err(not_running()),
+        }
+    }
+
+    fn new(dir: &Path, pod: String) -> Client {
+        Client { socket: socket_path(dir, &pod), pod }
+    }
+
+    pub fn pod(&self) -> &str {
+        &self.pod
+    }
+
+    /// Sends `request`; the replies are read as they are iterated.
+    pub fn request(&self, request: &Request) -> Result<Replies, ControlError> {
+        let gone = |source: std::io::Error| ControlError::Io { what: "cannot reach pod at", path: self.socket.clone(), source };
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket).map_err(gone)?;
+        // A follow may be quiet for as long as the pod is; anything else answers at once.
+        let timeout = (!request.follows()).then_some(REPLY_TIMEOUT);
+        stream.set_read_timeout(timeout).map_err(gone)?;
+        stream.write_all(format!("{}\n", request.to_line()).as_bytes()).map_err(gone)?;
+        Ok(Replies { pod: self.pod.clone(), socket: self.socket.clone(), reader: BufReader::new(stream) })
+    }
+
+    /// The pod's status.
+    pub fn status(&self) -> Result<StatusView, ControlError> {
+        for reply in self.request(&Request::Status)? {
+            match reply? {
+                Response::Status(status) => return Ok(status),
+                Response::Error { message } => return Err(ControlError::Refused { message }),
+                _ => {}
+            }
+        }
+        Err(ControlError::Protocol { pod: self.pod.clone(), message: "no status in the reply".into() })
+    }
+}
+
+/// The replies to one request, read as they come; ends when the pod closes the connection.
+pub struct Replies {
+    pod: String,
+    socket: PathBuf,
+    reader: BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl Replies {
+    /// Each reply's JSON text as sent (for `--json`), parsed as well to find errors.
+    pub fn next_raw(&mut self) -> Option<Result<(String, Response), ControlError>> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => {
+                let line = line.trim_end().to_string();
+                Some(
+                    serde_json::from_str(&line)
+                        .map(|response| (line, response))
+                        .map_err(|e| ControlError::Protocol { pod: self.pod.clone(), message: e.to_string() }),
+                )
+            }
+            Err(source) => Some(Err(ControlError::Io { what: "lost the connection to", path: self.socket.clone(), source })),
+        }
+    }
+}
+
+impl Iterator for Replies {
+    type Item = Result<Response, ControlError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_raw().map(|reply| reply.map(|(_, response)| response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::EventKind;
+
+    #[test]
+    fn requests_parse_and_print_back() {
+        for line in ["status", "logs app", "logs app --tail 2", "logs app --follow", "events", "events --follow"] {
+            let request = Request::parse(line).unwrap();
+            assert_eq!(Request::parse(&request.to_line()), Ok(request), "{line}");
+        }
+        assert_eq!(
+            Request::parse("logs web --follow --tail 5\n"),
+            Ok(Request::Logs { container: "web".into(), tail: Some(5), follow: true })
+        );
+        for bad in ["", "logs", "logs a b", "logs a --tail", "logs a --tail -1", "events x", "status --follow", "rm -rf"] {
+            assert!(Request::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn event_kinds_are_snake_case_variant_names() {
+        let event = |kind| Event { at: SystemTime::UNIX_EPOCH, container: Some("app".into()), kind };
+        let view = EventView::from(&event(EventKind::BackOff { delay: Duration::from_millis(20) }));
+        assert_eq!(view.kind, "back_off");
+        assert_eq!(view.message, "restarting in 20ms");
+        assert_eq!(view.container.as_deref(), Some("app"));
+        assert_eq!(view.at, "1970-01-01T00:00:00.000Z");
+        assert_eq!(EventView::from(&event(EventKind::Exited { exit: Exit::Code(1) })).kind, "exited");
+        assert_eq!(EventView::from(&event(EventKind::PodRunning)).kind, "pod_running");
+    }
+
+    #[test]
+    fn replies_round_trip_as_tagged_json() {
+        let reply = Response::Missed { count: 3 };
+        let text = String::from_utf8(reply_bytes(&reply)).unwrap();
+        assert_eq!(text, "{\"type\":\"missed\",\"count\":3}\n");
+        assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), reply);
+    }
+
+    #[test]
+    fn pod_names_from_clients_cannot_leave_the_directory() {
+        assert!(is_pod_name("demo-1"));
+        for bad in ["", "../x", "a/b", "Demo", "a.sock", &"x".repeat(64)] {
+            assert!(!is_pod_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_claimed_pod_name_cannot_be_claimed_again_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = PodClaim::acquire_in(dir.path(), "demo").unwrap();
+        let again = PodClaim::acquire_in(dir.path(), "demo");
+        assert!(matches!(again, Err(ControlError::AlreadyRunning { ref pod, .. }) if pod == "demo"), "{:?}", again.err());
+        assert!(PodClaim::acquire_in(dir.path(), "other").is_ok());
+        drop(first);
+        assert!(PodClaim::acquire_in(dir.path(), "demo").is_ok());
+    }
+}
