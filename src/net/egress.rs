@@ -78,9 +78,7 @@ const BRIDGE_CHUNK: usize = 64 * 1024;
 /// Why one `allowed_outbound_hosts` entry is not a rule; each message says what to write.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
-    #[error(
-        "{0:?} has no port; write HOST:PORT such as \"example.com:443\" (or \"example.com:*\" for any port)"
-    )]
+    #[error("{0:?} has no port; write HOST:PORT, e.g. \"{0}:443\", or \"{0}:*\" for any port")]
     MissingPort(String),
     #[error("{entry:?} has port {port:?}; use a number from 1 to 65535, or * for any port")]
     BadPort { entry: String, port: String },

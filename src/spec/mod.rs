@@ -114,10 +114,13 @@ pub struct ContainerSpec {
     /// Pod ports this container listens on.
     pub ports: Vec<u16>,
     pub volume_mounts: Vec<MountSpec>,
+    /// Destinations outside the pod this container may connect to, as `HOST:PORT` (see
+    /// [`crate::net::EgressPolicy`]); empty means it reaches nothing outside its pod.
+    pub allowed_outbound_hosts: Vec<String>,
 }
 
 impl ContainerSpec {
-    /// A container running `component` with no args, env, ports or mounts.
+    /// A container running `component` with no args, env, ports, mounts or egress.
     pub fn new(name: impl Into<String>, component: impl Into<ComponentSource>) -> Self {
         ContainerSpec {
             name: name.into(),
@@ -126,6 +129,7 @@ impl ContainerSpec {
             env: BTreeMap::new(),
             ports: Vec::new(),
             volume_mounts: Vec::new(),
+            allowed_outbound_hosts: Vec::new(),
         }
     }
 }
