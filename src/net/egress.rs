@@ -240,7 +240,7 @@ fn split_host_port(entry: &str) -> Result<(&str, &str), RuleError> {
             Err(RuleError::UnbracketedIpv6(entry.to_string()))
         }
         Some((host, port)) if !host.is_empty() && !port.is_empty() => Ok((host, port)),
-        Some((host, _)) if host.is_empty() => Err(RuleError::BadHost {
+        Some(("", _)) => Err(RuleError::BadHost {
             entry: entry.to_string(),
             host: String::new(),
             reason: "is empty",
