@@ -352,3 +352,43 @@ async fn wildcard_rule_reaches_the_host() {
         .expect("host");
     assert_eq!(got, [b"wild".to_vec()]);
 }
+
+/// The host side's end-of-stream and reset both reach the guest: a clean close reads as
+/// end-of-stream, an abortive close (RST) as a read error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_close_and_reset_reach_the_guest() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind host");
+    let port = listener.local_addr().expect("addr").port();
+    let host = tokio::spawn(async move {
+        // First connection: a greeting, then a clean close.
+        let (mut s, _) = listener.accept().await.expect("accept");
+        s.write_all(b"bye").await.expect("write");
+        drop(s);
+        // Second: an abortive close.
+        let (s, _) = listener.accept().await.expect("accept");
+        s.set_zero_linger().expect("linger");
+        drop(s);
+    });
+    let pod = PodNetwork::new();
+    let reports = Reports::default();
+    let allowed = rules(&[format!("host.wasmpod.internal:{port}")]);
+    let script = format!(
+        "read-until-closed host.wasmpod.internal:{port} && read-until-closed host.wasmpod.internal:{port}"
+    );
+    let (code, out) = run(&pod, "app", &allowed, &reports, &script).await;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..3],
+        ["connected", "closed: eof", "connected"],
+        "{out}"
+    );
+    // The reset reaches the guest as a failed read, not an end-of-stream. (wasi-libc turns a
+    // failed stream read into an errno without asking for its `error-code`, so std shows
+    // `Uncategorized` rather than `ConnectionReset`, as for a reset inside the pod.)
+    assert!(lines[3].starts_with("closed: error "), "{out}");
+    tokio::time::timeout(DEADLINE, host)
+        .await
+        .expect("host deadline")
+        .expect("host");
+}

@@ -820,4 +820,68 @@ mod tests {
         }
         assert_eq!(r.names[&ip].len(), MAX_NAMES_PER_ADDR);
     }
+
+    /// Connects a virtual socket of `net` to the host's `port` through the gateway.
+    async fn dial_gateway(
+        net: &ContainerNet,
+        port: u16,
+    ) -> (crate::net::tcp::VTcpSocket, PipeReader, PipeWriter) {
+        use crate::net::tcp::{Family, VTcpSocket};
+        use wasmtime_wasi_io::poll::Pollable;
+        let mut s = VTcpSocket::new(net, Family::V4).unwrap();
+        s.start_connect(net, SocketAddr::new(HOST_GATEWAY, port))
+            .unwrap();
+        s.ready().await;
+        let (rx, tx) = s.finish_connect().unwrap();
+        (s, rx, tx)
+    }
+
+    #[tokio::test]
+    async fn container_exit_closes_and_kill_resets_host_connections() {
+        let host = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = host.local_addr().unwrap().port();
+        let pod = crate::net::PodNetwork::new();
+        let rules = vec![format!("{HOST_INTERNAL}:{port}")];
+
+        // Exit: bytes already written arrive, then end-of-stream.
+        let net = pod.attach_with("app", EgressPolicy::parse(&rules).unwrap(), None);
+        let (_sock, _rx, tx) = dial_gateway(&net, port).await;
+        let (mut peer, _) = host.accept().await.unwrap();
+        tx.write(Bytes::from_static(b"last words")).unwrap();
+        net.shutdown();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+
+        // Kill: the host peer sees a reset.
+        let net = pod.attach_with("app", EgressPolicy::parse(&rules).unwrap(), None);
+        let (_sock, _rx, _tx) = dial_gateway(&net, port).await;
+        let (mut peer, _) = host.accept().await.unwrap();
+        net.abort();
+        let err = peer.read_to_end(&mut Vec::new()).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    }
+
+    #[tokio::test]
+    async fn pending_dial_is_would_block_until_ready() {
+        use crate::net::tcp::{Family, VTcpSocket};
+        let host = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = host.local_addr().unwrap().port();
+        let pod = crate::net::PodNetwork::new();
+        let rules = vec![format!("{HOST_INTERNAL}:*")];
+        let net = pod.attach_with("app", EgressPolicy::parse(&rules).unwrap(), None);
+        let mut s = VTcpSocket::new(&net, Family::V4).unwrap();
+        s.start_connect(&net, SocketAddr::new(HOST_GATEWAY, port))
+            .unwrap();
+        // The dial runs on this (current-thread) runtime, so it cannot have finished yet.
+        assert_eq!(s.finish_connect().err(), Some(NetError::WouldBlock));
+        assert_eq!(s.local_address(), Err(NetError::InvalidState));
+        wasmtime_wasi_io::poll::Pollable::ready(&mut s).await;
+        let (_rx, _tx) = s.finish_connect().unwrap();
+        assert_eq!(
+            s.remote_address().unwrap(),
+            SocketAddr::new(HOST_GATEWAY, port)
+        );
+        assert_eq!(s.finish_connect().err(), Some(NetError::NotInProgress));
+    }
 }
