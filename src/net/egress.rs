@@ -884,4 +884,15 @@ mod tests {
         );
         assert_eq!(s.finish_connect().err(), Some(NetError::NotInProgress));
     }
+
+    /// The host-resolver path, on a name every host resolves without a network; pod
+    /// addresses in an answer are never remembered as egress destinations.
+    #[tokio::test]
+    async fn host_lookup_is_async_and_does_not_remember_pod_addresses() {
+        let e = Arc::new(Egress::new("app", EgressPolicy::deny_all(), None));
+        let addrs = e.clone().resolve("localhost".to_string()).await.unwrap();
+        assert!(addrs.iter().all(|ip| is_pod_address(*ip)), "{addrs:?}");
+        assert!(!addrs.is_empty());
+        assert!(e.remembered.lock().unwrap().names.is_empty());
+    }
 }
