@@ -15,6 +15,9 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::engine::Engine;
 use crate::logs::{Logs, Stream};
+use crate::net::p2::{NetCtxView, NetView};
+use crate::net::{ContainerNet, PodNetwork};
+use crate::resources::{CpuShare, MemoryBudget};
 use crate::spec::ContainerSpec;
 use crate::volume::Mount;
 
@@ -50,16 +53,20 @@ pub enum Exit {
     Code(i32),
     /// The guest trapped (a panic, `unreachable`, an out-of-bounds access, ...).
     Trapped(String),
+    /// It trapped after its memory limit refused to grow its memory (Kubernetes' `OOMKilled`).
+    OutOfMemory { limit: u64, trap: String },
     /// The host could not start it (instantiation or a mount failed).
     Failed(String),
     /// The pod stopped it.
     Stopped,
+    /// Restarted on request ([`crate::Pod::restart`]).
+    Restarted,
 }
 
 impl Exit {
     /// Whether the run counts as a success for restart policies and the pod's outcome.
     pub fn is_success(&self) -> bool {
-        matches!(self, Exit::Code(0) | Exit::Stopped)
+        matches!(self, Exit::Code(0) | Exit::Stopped | Exit::Restarted)
     }
 }
 
@@ -68,8 +75,12 @@ impl fmt::Display for Exit {
         match self {
             Exit::Code(code) => write!(f, "exited with code {code}"),
             Exit::Trapped(message) => write!(f, "trapped: {message}"),
+            Exit::OutOfMemory { limit, trap } => {
+                write!(f, "OOMKilled: memory limit of {} reached ({trap})", crate::resources::format_bytes(*limit))
+            }
             Exit::Failed(message) => write!(f, "failed to start: {message}"),
             Exit::Stopped => write!(f, "stopped"),
+            Exit::Restarted => write!(f, "restarted on request"),
         }
     }
 }
@@ -87,6 +98,14 @@ pub enum ContainerError {
 pub struct ContainerData {
     wasi: WasiCtx,
     table: ResourceTable,
+    net: Arc<ContainerNet>,
+    memory: MemoryBudget,
+}
+
+impl NetView for ContainerData {
+    fn net_view(&mut self) -> NetCtxView<'_> {
+        NetCtxView { table: &mut self.table, net: &self.net }
+    }
 }
 
 impl WasiView for ContainerData {
@@ -95,10 +114,12 @@ impl WasiView for ContainerData {
     }
 }
 
-/// The imports every container gets: WASI 0.2 with the host's sockets turned off.
+/// The imports every container gets: WASI 0.2, with wasi:sockets served by the pod's virtual
+/// network instead of the host's.
 pub fn linker(engine: &Engine) -> Result<Linker<ContainerData>, String> {
     let mut linker = Linker::new(engine.wasmtime());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("{e:#}"))?;
+    crate::net::p2::add_to_linker(&mut linker).map_err(|e| format!("{e:#}"))?;
     Ok(linker)
 }
 
@@ -138,29 +159,54 @@ impl PreparedContainer {
         Ok(PreparedContainer { spec, kind, mounts, command, engine: engine.clone() })
     }
 
-    /// Runs the container once, to its end, in a fresh Store. Dropping the future stops the
-    /// guest at its next epoch tick (it yields every tick, so cancellation is prompt).
-    pub async fn run(&self, logs: &Logs) -> Exit {
-        let data = match self.context(logs) {
-            Ok(data) => data,
-            Err(message) => return Exit::Failed(message),
-        };
-        let mut store = Store::new(self.engine.wasmtime(), data);
-        store.epoch_deadline_async_yield_and_update(1);
-        let command = match self.command.instantiate_async(&mut store).await {
-            Ok(command) => command,
-            Err(e) => return classify(e),
-        };
-        match command.wasi_cli_run().call_run(&mut store).await {
-            Ok(Ok(())) => Exit::Code(0),
-            Ok(Err(())) => Exit::Code(1),
-            Err(e) => classify(e),
-        }
+    /// Runs the container once, to its end, in a fresh Store attached to the pod's network.
+    /// Dropping the future stops the guest at its next epoch tick (it yields every tick, so
+    /// cancellation is prompt). When the run ends its ports are released; after a clean exit
+    /// its connections close (peers read end-of-stream), after a trap or a stop they are reset.
+    pub async fn run(&self, logs: &Logs, network: &Arc<PodNetwork>) -> Exit {
+        let net = Arc::new(network.attach(&self.spec.name));
+        let mut teardown = NetTeardown { net: net.clone(), clean: false };
+        let exit = self.run_attached(logs, net).await;
+        teardown.clean = matches!(exit, Exit::Code(_));
+        exit
     }
 
-    fn context(&self, logs: &Logs) -> Result<ContainerData, String> {
-        let wasi = wasi_context(&self.spec, &self.mounts, logs)?;
-        Ok(ContainerData { wasi, table: ResourceTable::new() })
+    async fn run_attached(&self, logs: &Logs, net: Arc<ContainerNet>) -> Exit {
+        let wasi = match wasi_context(&self.spec, &self.mounts, logs) {
+            Ok(wasi) => wasi,
+            Err(message) => return Exit::Failed(message),
+        };
+        let memory = MemoryBudget::new(self.spec.resources.memory);
+        let data = ContainerData { wasi, table: ResourceTable::new(), net, memory };
+        let mut store = Store::new(self.engine.wasmtime(), data);
+        store.limiter(|data| &mut data.memory);
+        CpuShare::new(self.spec.resources.cpu).install(&mut store);
+        let exit = match self.command.instantiate_async(&mut store).await {
+            Ok(command) => match command.wasi_cli_run().call_run(&mut store).await {
+                Ok(Ok(())) => Exit::Code(0),
+                Ok(Err(())) => Exit::Code(1),
+                Err(e) => classify(e),
+            },
+            Err(e) => classify(e),
+        };
+        out_of_memory(exit, &store.data().memory)
+    }
+}
+
+/// Detaches a run from the pod network when it ends, however it ends (also when the run's
+/// future is dropped by a stop): a clean exit closes connections, anything else resets them.
+struct NetTeardown {
+    net: Arc<ContainerNet>,
+    clean: bool,
+}
+
+impl Drop for NetTeardown {
+    fn drop(&mut self) {
+        if self.clean {
+            self.net.shutdown();
+        } else {
+            self.net.abort();
+        }
     }
 }
 
@@ -187,6 +233,15 @@ pub fn wasi_context(spec: &ContainerSpec, mounts: &[Mount], logs: &Logs) -> Resu
             .map_err(|e| format!("cannot mount {} at {}: {e:#}", mount.host_dir.display(), mount.guest_path))?;
     }
     Ok(builder.build())
+}
+
+/// A trap after the memory budget refused growth is an out-of-memory kill (Kubernetes'
+/// `OOMKilled`): say so, with the limit, instead of only the trap that followed.
+fn out_of_memory(exit: Exit, memory: &MemoryBudget) -> Exit {
+    match (exit, memory.limit()) {
+        (Exit::Trapped(trap), Some(limit)) if memory.exceeded() => Exit::OutOfMemory { limit, trap },
+        (exit, _) => exit,
+    }
 }
 
 /// Turns a wasmtime error from a run into an [`Exit`]: the guest's exit code, or a trap with a

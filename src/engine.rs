@@ -60,6 +60,7 @@ pub struct Engine {
 
 struct EngineInner {
     wasmtime: wasmtime::Engine,
+    pooling: bool,
     cache_dir: Option<PathBuf>,
     /// Components compiled in this process, by content digest.
     memory: Mutex<HashMap<String, Component>>,
@@ -78,19 +79,33 @@ impl Engine {
 
     /// A new engine with its own epoch ticker; `cache_dir: None` disables the on-disk cache.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Engine, CompileError> {
-        let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
-        config.wasm_component_model(true);
-        let wasmtime =
-            wasmtime::Engine::new(&config).map_err(|e| CompileError::Engine(format!("{e:#}")))?;
+        // Per-request instantiation of http containers is the hot path, and the pooling
+        // allocator roughly halves it (slots are reused instead of mmap'd and zeroed per
+        // instance). It reserves its address space up front, which fails where virtual memory
+        // is capped (`ulimit -v`, some sandboxes): then the on-demand allocator still works.
+        let (wasmtime, pooling) = match wasmtime::Engine::new(&engine_config(Some(pooling_config()))) {
+            Ok(engine) => (engine, true),
+            Err(_) => {
+                let engine = wasmtime::Engine::new(&engine_config(None))
+                    .map_err(|e| CompileError::Engine(format!("{e:#}")))?;
+                (engine, false)
+            }
+        };
         spawn_epoch_ticker(&wasmtime);
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 wasmtime,
+                pooling,
                 cache_dir,
                 memory: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Whether instances come from the pooling allocator (false: it could not reserve its
+    /// memory, so each instance is allocated on demand).
+    pub fn is_pooling(&self) -> bool {
+        self.inner.pooling
     }
 
     /// The underlying wasmtime engine.
@@ -190,6 +205,36 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("wasmpod"));
     }
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("wasmpod"))
+}
+
+/// The engine configuration; `pooling: None` means the on-demand allocator.
+fn engine_config(pooling: Option<wasmtime::PoolingAllocationConfig>) -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    if let Some(pool) = pooling {
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// Instances alive at once in the whole process (all pods, command and http containers).
+pub const POOLED_COMPONENT_INSTANCES: u32 = 1000;
+
+/// Pool sizes for a process running a few pods: up to [`POOLED_COMPONENT_INSTANCES`] live
+/// component instances (an http container allows 100 by default). A Rust component holds a
+/// handful of core instances and tables (the main module plus small shims) but one memory,
+/// hence the multipliers. Memories keep wasmtime's 4 GiB maximum: their slots are address
+/// space, committed only as guests grow. A request beyond the pool fails to instantiate and
+/// is answered 503.
+fn pooling_config() -> wasmtime::PoolingAllocationConfig {
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    pool.total_component_instances(POOLED_COMPONENT_INSTANCES)
+        .total_core_instances(POOLED_COMPONENT_INSTANCES * 4)
+        .total_tables(POOLED_COMPONENT_INSTANCES * 4)
+        .total_memories(POOLED_COMPONENT_INSTANCES)
+        .total_stacks(POOLED_COMPONENT_INSTANCES);
+    pool
 }
 
 /// One thread per engine advances its epoch; it ends when the engine is dropped.

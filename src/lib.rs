@@ -17,15 +17,19 @@
 
 pub mod container;
 pub mod engine;
+pub mod http;
 pub mod logs;
 pub mod net;
 pub mod pod;
+pub mod proxy;
+pub mod resources;
 pub mod spec;
 pub mod status;
 pub mod volume;
 
 pub use container::{ContainerKind, Exit};
 pub use engine::Engine;
+pub use http::{HttpContainer, HttpLimits};
 pub use logs::{LogLine, Logs, Stream};
 pub use pod::{Pod, PodError, PodOptions};
 pub use spec::{PodSpec, RestartPolicy, SpecError};

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio::io::AsyncWriteExt;
-use wasmpod::{Event, EventKind, LogLine, Pod, PodPhase, PodSpec, Stream};
+use wasmpod::{Event, EventKind, LogLine, Pod, PodError, PodOptions, PodPhase, PodSpec, Stream};
 
 #[derive(Parser)]
 #[command(name = "wasmpod", version, about = "Run a pod of WebAssembly components in one process")]
@@ -26,6 +26,9 @@ enum Command {
         /// Print without colours even on a terminal.
         #[arg(long)]
         no_color: bool,
+        /// The host address of the front proxy (default 127.0.0.1:PORT for `[expose] port`).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Check a pod spec and print `ok` or every problem (file:line:column: message).
     Validate {
@@ -38,7 +41,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { spec } => validate(&spec),
-        Command::Run { spec, no_color } => {
+        Command::Run { spec, no_color, listen } => {
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(e) => {
@@ -47,7 +50,7 @@ fn main() -> ExitCode {
                 }
             };
             let color = !no_color && std::io::stdout().is_terminal();
-            runtime.block_on(run(&spec, color))
+            runtime.block_on(run(&spec, color, listen))
         }
     }
 }
@@ -65,8 +68,9 @@ fn validate(spec: &Path) -> ExitCode {
     }
 }
 
-async fn run(spec: &Path, color: bool) -> ExitCode {
-    let pod = match Pod::from_file(spec) {
+async fn run(spec: &Path, color: bool, listen: Option<std::net::SocketAddr>) -> ExitCode {
+    let options = PodOptions { listen, ..PodOptions::default() };
+    let pod = match PodSpec::from_file(spec).map_err(PodError::from).and_then(|spec| Pod::with_options(spec, options)) {
         Ok(pod) => pod,
         Err(e) => {
             eprintln!("{e}");

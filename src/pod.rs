@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::container::{self, ContainerError, Exit, PreparedContainer};
 use crate::engine::{CompileError, CompileSource, Engine};
 use crate::logs::{DEFAULT_LINES_PER_CONTAINER, LogLine, Logs};
+use crate::net::PodNetwork;
+use crate::proxy::{FrontProxy, ProxyError, ProxyLimits};
 use crate::spec::{ComponentSource, ContainerSpec, PodSpec, RestartPolicy, SpecError};
 use crate::status::{
     ContainerState, ContainerStatus, DEFAULT_EVENT_CAPACITY, EventKind, Events, PodPhase, PodStatus, WaitingReason,
@@ -38,6 +40,8 @@ pub enum PodError {
     Volume(#[from] VolumeError),
     #[error(transparent)]
     Container(#[from] ContainerError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     #[error("the pod was already started")]
     AlreadyStarted,
     #[error("cannot set up the wasmtime engine: {0}")]
@@ -53,11 +57,22 @@ pub struct PodOptions {
     pub log_lines: usize,
     /// Events kept.
     pub event_capacity: usize,
+    /// Where the front proxy listens when the spec exposes a port; default `127.0.0.1:PORT`.
+    /// Tests use `127.0.0.1:0` and read [`Pod::proxy_addr`].
+    pub listen: Option<std::net::SocketAddr>,
+    /// Connection limits of the front proxy.
+    pub proxy_limits: ProxyLimits,
 }
 
 impl Default for PodOptions {
     fn default() -> Self {
-        PodOptions { engine: None, log_lines: DEFAULT_LINES_PER_CONTAINER, event_capacity: DEFAULT_EVENT_CAPACITY }
+        PodOptions {
+            engine: None,
+            log_lines: DEFAULT_LINES_PER_CONTAINER,
+            event_capacity: DEFAULT_EVENT_CAPACITY,
+            listen: None,
+            proxy_limits: ProxyLimits::default(),
+        }
     }
 }
 
@@ -66,6 +81,8 @@ impl Default for PodOptions {
 pub struct Pod {
     shared: Arc<Shared>,
     supervisor: Mutex<Supervisor>,
+    listen: Option<std::net::SocketAddr>,
+    proxy_limits: ProxyLimits,
 }
 
 enum Supervisor {
@@ -84,6 +101,12 @@ struct Shared {
     phase: watch::Sender<PodPhase>,
     stop: CancellationToken,
     volumes: Mutex<Option<Volumes>>,
+    /// Forwards the exposed port while the pod runs.
+    proxy: Mutex<Option<FrontProxy>>,
+    /// The pod's one network namespace, shared by all its containers.
+    network: Arc<PodNetwork>,
+    /// Per container: a signal that asks for an immediate restart.
+    restart_requests: std::collections::HashMap<String, Arc<tokio::sync::Notify>>,
 }
 
 impl Pod {
@@ -119,6 +142,11 @@ impl Pod {
             .collect();
         let status = PodStatus { name: spec.name.clone(), phase: PodPhase::Pending, containers };
         let (phase, _) = watch::channel(PodPhase::Pending);
+        let restart_requests = spec_names(&spec).map(|name| (name, Arc::new(tokio::sync::Notify::new()))).collect();
+        let network = PodNetwork::new();
+        for container in spec.all_containers() {
+            network.register_name(&container.name);
+        }
         Ok(Pod {
             shared: Arc::new(Shared {
                 spec,
@@ -129,8 +157,13 @@ impl Pod {
                 phase,
                 stop: CancellationToken::new(),
                 volumes: Mutex::new(None),
+                proxy: Mutex::new(None),
+                restart_requests,
+                network,
             }),
             supervisor: Mutex::new(Supervisor::NotStarted),
+            listen: options.listen,
+            proxy_limits: options.proxy_limits,
         })
     }
 
@@ -170,6 +203,14 @@ impl Pod {
             prepared.push(Arc::new(container));
         }
         *lock(&shared.volumes) = Some(volumes);
+        if let Some(expose) = shared.spec.expose {
+            let addr = self.listen.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], expose.port)));
+            let proxy =
+                FrontProxy::start(addr, shared.network.clone(), expose.port, self.proxy_limits, shared.events.clone())
+                    .await?;
+            shared.events.emit(None, EventKind::Exposed { pod_port: expose.port, host_addr: proxy.local_addr() });
+            *lock(&shared.proxy) = Some(proxy);
+        }
         let init_count = shared.spec.init_containers.len();
         let apps = prepared.split_off(init_count);
         let mut supervisor = lock(&self.supervisor);
@@ -217,6 +258,16 @@ impl Pod {
         &self.shared.logs
     }
 
+    /// The host address of the front proxy, when the spec exposes a port and the pod started.
+    pub fn proxy_addr(&self) -> Option<std::net::SocketAddr> {
+        lock(&self.shared.proxy).as_ref().map(FrontProxy::local_addr)
+    }
+
+    /// The pod's virtual network: connect into any container's port from the host side.
+    pub fn network(&self) -> &Arc<PodNetwork> {
+        &self.shared.network
+    }
+
     /// The pod's events.
     pub fn events(&self) -> &Events {
         &self.shared.events
@@ -234,6 +285,20 @@ impl Pod {
         // `wait_for` fails only if the sender is gone, and `Shared` holds it as long as we do.
         let _ = phase.wait_for(PodPhase::is_terminal).await;
         self.status()
+    }
+
+    /// Restarts one running container now (a container waiting out its back-off is left alone), as a failed liveness probe or `kubectl delete pod`
+    /// of a single container would: its run is cancelled (its connections reset, its ports
+    /// released) and it starts again at once, whatever the restart policy. Returns false when
+    /// no such container exists.
+    pub fn restart(&self, container: &str) -> bool {
+        match self.shared.restart_requests.get(container) {
+            Some(request) => {
+                request.notify_waiters();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stops the pod: cancels every container, waits for the supervisor to finish and removes
@@ -267,6 +332,10 @@ impl Drop for Pod {
         // The supervisor finishes on its own once cancelled, and removes the volumes.
         self.shared.stop.cancel();
     }
+}
+
+fn spec_names(spec: &PodSpec) -> impl Iterator<Item = String> + '_ {
+    spec.all_containers().map(|c| c.name.clone())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -355,6 +424,7 @@ async fn finish(shared: &Shared, phase: PodPhase) {
         PodPhase::Failed { reason } => EventKind::PodFailed { reason: reason.clone() },
         _ => EventKind::PodStopped,
     };
+    lock(&shared.proxy).take();
     shared.remove_volumes().await;
     shared.events.emit(None, event);
     shared.set_phase(phase);
@@ -367,13 +437,15 @@ async fn run_with_restarts(shared: &Shared, container: &PreparedContainer, init:
     let name = container.spec.name.as_str();
     let backoff = shared.spec.restart_backoff;
     let mut restarts_in_a_row = 0u32;
+    let restart_request = shared.restart_requests.get(name).cloned().unwrap_or_default();
     loop {
         let started_at = Instant::now();
         shared.update(name, |c| c.state = ContainerState::Running { started_at: SystemTime::now() });
         shared.events.emit(Some(name), EventKind::Started);
         let exit = tokio::select! {
-            exit = container.run(&shared.logs) => exit,
+            exit = container.run(&shared.logs, &shared.network) => exit,
             () = shared.stop.cancelled() => Exit::Stopped,
+            () = restart_request.notified() => Exit::Restarted,
         };
         shared.update(name, |c| {
             c.state = ContainerState::Terminated { exit: exit.clone(), finished_at: SystemTime::now() };
@@ -382,6 +454,15 @@ async fn run_with_restarts(shared: &Shared, container: &PreparedContainer, init:
         shared.events.emit(Some(name), EventKind::Exited { exit: exit.clone() });
         if matches!(exit, Exit::Stopped) {
             return exit;
+        }
+        if matches!(exit, Exit::Restarted) {
+            let mut restart_count = 0;
+            shared.update(name, |c| {
+                c.restart_count += 1;
+                restart_count = c.restart_count;
+            });
+            shared.events.emit(Some(name), EventKind::Restarting { restart_count });
+            continue;
         }
         let restart = match shared.spec.restart_policy {
             RestartPolicy::Always if init => !exit.is_success(),

@@ -131,6 +131,8 @@ pub enum EventKind {
     Compiling,
     Compiled { cached: bool, took: Duration },
     VolumeReady { volume: String, host_dir: String },
+    /// The front proxy forwards `host_addr` to the pod port.
+    Exposed { pod_port: u16, host_addr: std::net::SocketAddr },
     Started,
     Exited { exit: Exit },
     BackOff { delay: Duration },
@@ -141,6 +143,14 @@ pub enum EventKind {
     Stopping,
     PodStopped,
     Warning { message: String },
+    /// An http container's request trapped; the client got a 500.
+    RequestTrapped { message: String },
+    /// An http container's request ran past the request timeout and was cut.
+    RequestTimedOut { after: Duration },
+    /// An http container's request failed in the host (instantiation, no response, ...).
+    RequestFailed { message: String },
+    /// A container's outgoing HTTP request was refused by the pod's egress policy.
+    OutgoingDenied { url: String },
 }
 
 impl fmt::Display for Event {
@@ -153,6 +163,7 @@ impl fmt::Display for Event {
             EventKind::Compiled { cached: true, took } => write!(f, "loaded compiled component from cache in {took:.0?}"),
             EventKind::Compiled { cached: false, took } => write!(f, "compiled in {took:.1?}"),
             EventKind::VolumeReady { volume, host_dir } => write!(f, "volume {volume} at {host_dir}"),
+            EventKind::Exposed { pod_port, host_addr } => write!(f, "port {pod_port} exposed at {host_addr}"),
             EventKind::Started => f.write_str("started"),
             EventKind::Exited { exit } => write!(f, "{exit}"),
             EventKind::BackOff { delay } => write!(f, "restarting in {}", humantime::format_duration(*delay)),
@@ -163,6 +174,12 @@ impl fmt::Display for Event {
             EventKind::Stopping => f.write_str("stopping"),
             EventKind::PodStopped => f.write_str("pod stopped"),
             EventKind::Warning { message } => write!(f, "warning: {message}"),
+            EventKind::RequestTrapped { message } => write!(f, "request trapped: {message}"),
+            EventKind::RequestTimedOut { after } => {
+                write!(f, "request cut after {} (request timeout)", humantime::format_duration(*after))
+            }
+            EventKind::RequestFailed { message } => write!(f, "request failed: {message}"),
+            EventKind::OutgoingDenied { url } => write!(f, "outgoing request to {url} denied (not an allowed outbound host)"),
         }
     }
 }

@@ -117,6 +117,17 @@ pub struct ContainerSpec {
     /// Destinations outside the pod this container may connect to, as `HOST:PORT` (see
     /// [`crate::net::EgressPolicy`]); empty means it reaches nothing outside its pod.
     pub allowed_outbound_hosts: Vec<String>,
+    /// Memory and CPU limits.
+    pub resources: Resources,
+}
+
+/// What one container may use. `None` means unlimited (bounded only by the engine).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Resources {
+    /// Bytes of linear memory and table space, all of the component's instances together.
+    pub memory: Option<u64>,
+    /// A share of one core (0.5 = half a core), enforced by throttling, never by killing.
+    pub cpu: Option<f64>,
 }
 
 impl ContainerSpec {
@@ -130,6 +141,7 @@ impl ContainerSpec {
             ports: Vec::new(),
             volume_mounts: Vec::new(),
             allowed_outbound_hosts: Vec::new(),
+            resources: Resources::default(),
         }
     }
 }

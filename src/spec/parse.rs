@@ -548,6 +548,7 @@ fn lower_container(
         ports,
         volume_mounts,
         allowed_outbound_hosts,
+        resources: Default::default(),
     }
 }
 

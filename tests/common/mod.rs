@@ -115,3 +115,21 @@ pub fn explain(pod: &Pod) -> String {
 pub fn lines(pod: &Pod, container: &str) -> Vec<String> {
     pod.output().text(container)
 }
+
+/// A netcheck container (plain `std::net` steps, separated by `&&`).
+pub fn netcheck(name: &str, script: &str) -> ContainerSpec {
+    let mut container = ContainerSpec::new(name, guest("netcheck"));
+    container.args = script.split_whitespace().map(str::to_owned).collect();
+    container
+}
+
+/// Waits until a container printed a line starting with `prefix`; returns that line.
+pub async fn wait_for_line(pod: &Pod, container: &str, prefix: &str) -> String {
+    let mut found = None;
+    wait_until(pod, &format!("{container} to print {prefix:?}"), |pod| {
+        found = lines(pod, container).into_iter().find(|l| l.starts_with(prefix));
+        found.is_some()
+    })
+    .await;
+    found.unwrap_or_default()
+}

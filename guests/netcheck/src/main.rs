@@ -24,6 +24,15 @@
 //! - `udp-echo N`               receive N datagrams on it, send each back; print `udp echoed TEXT`
 //! - `udp-send ADDR TEXT`       from a fresh socket, send TEXT and wait for the reply; print
 //!                              `udp reply: TEXT`
+//!
+//! Benchmark steps (`benches/pod_network.rs`; the same code runs natively there for the
+//! kernel-loopback baseline):
+//! - `sink N`                   accept N connections one after the other; read each to EOF in
+//!                              64 KiB reads, then close; print `sunk BYTES`
+//! - `stream ADDR BYTES`        connect, write BYTES in 64 KiB writes, half-close, read to EOF;
+//!                              print `streamed BYTES in NANOS ns` (connect to EOF, guest clock)
+//! - `ping ADDR COUNT`          COUNT times: connect, write 1 byte, read the 1-byte echo, close
+//!                              (serve it with `echo COUNT`); print `pinged COUNT in NANOS ns`
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
@@ -153,6 +162,54 @@ fn run_step(
             let s = TcpStream::connect(arg(0)?).map_err(|e| format!("connect: {e}"))?;
             println!("local: {}", s.local_addr().map_err(|e| e.to_string())?);
             println!("peer: {}", s.peer_addr().map_err(|e| e.to_string())?);
+        }
+        "sink" => {
+            let l = listener.as_ref().ok_or("no listener")?;
+            let mut buf = vec![0u8; CHUNK];
+            for _ in 0..number(0)? {
+                let (mut s, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
+                let mut total = 0u64;
+                loop {
+                    let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                drop(s);
+                println!("sunk {total}");
+            }
+        }
+        "stream" => {
+            let bytes = number(1)?;
+            let out: Vec<u8> = (0..CHUNK as u64).map(pattern).collect();
+            let start = std::time::Instant::now();
+            let mut s = TcpStream::connect(arg(0)?).map_err(|e| format!("connect: {e}"))?;
+            let mut sent = 0u64;
+            while sent < bytes {
+                let n = (bytes - sent).min(CHUNK as u64) as usize;
+                s.write_all(&out[..n]).map_err(|e| format!("write: {e}"))?;
+                sent += n as u64;
+            }
+            s.shutdown(Shutdown::Write)
+                .map_err(|e| format!("shutdown: {e}"))?;
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest)
+                .map_err(|e| format!("read to end: {e}"))?;
+            let nanos = start.elapsed().as_nanos();
+            println!("streamed {sent} in {nanos} ns");
+        }
+        "ping" => {
+            let count = number(1)?;
+            let start = std::time::Instant::now();
+            for _ in 0..count {
+                let mut s = TcpStream::connect(arg(0)?).map_err(|e| format!("connect: {e}"))?;
+                s.write_all(b"p").map_err(|e| format!("write: {e}"))?;
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).map_err(|e| format!("read: {e}"))?;
+            }
+            let nanos = start.elapsed().as_nanos();
+            println!("pinged {count} in {nanos} ns");
         }
         other => return Err(format!("unknown step {other:?}")),
     }

@@ -26,6 +26,9 @@
 //! - `trap`                          trap (executes `unreachable`)
 //! - `spin`                          loop forever without yielding
 //! - `serve-forever MS`              print `alive I` every MS milliseconds, forever
+//! - `alloc-mib N`                   allocate and touch N MiB, 1 MiB at a time; print `holding N MiB`
+//! - `recurse`                       recurse without bound (until the stack limit traps)
+//! - `spin-for MS`                   compute without yielding for MS milliseconds (wall clock)
 
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
@@ -155,6 +158,26 @@ fn run_step(step: &[String]) -> Result<(), String> {
                 counter = std::hint::black_box(counter.wrapping_add(1));
             }
         }
+        "alloc-mib" => {
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            for i in 1..=number(0)? {
+                // Touch every page, so the memory is really used, not just reserved.
+                held.push(vec![i as u8; 1 << 20]);
+                if i % 8 == 0 {
+                    println!("allocated {i} MiB");
+                    let _ = std::io::stdout().flush();
+                }
+            }
+            println!("holding {} MiB", held.len());
+        }
+        "recurse" => println!("depth {}", recurse(0)),
+        "spin-for" => {
+            let deadline = Instant::now() + Duration::from_millis(number(0)?);
+            let mut counter: u64 = 0;
+            while Instant::now() < deadline {
+                counter = std::hint::black_box(counter.wrapping_add(1));
+            }
+        }
         "serve-forever" => {
             let period = Duration::from_millis(number(0)?);
             for i in 1.. {
@@ -166,6 +189,16 @@ fn run_step(step: &[String]) -> Result<(), String> {
         other => return Err(format!("unknown step {other:?}")),
     }
     Ok(())
+}
+
+/// Recursion the optimiser cannot turn into a loop, with frames only on the wasm stack (no
+/// address-taken locals, so Rust's shadow stack in linear memory is not what runs out).
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    if depth == u64::MAX {
+        return depth;
+    }
+    recurse(depth + 1).wrapping_mul(3) ^ depth
 }
 
 fn append_line(path: &str, line: &str) -> Result<(), String> {
