@@ -1087,3 +1087,119 @@ fn rust_built_spec_checks_component_files_and_host_paths() {
         "{shown}"
     );
 }
+
+// ---- allowed_outbound_hosts (egress) ---------------------------------------------------------
+
+#[test]
+fn outbound_hosts_default_to_none_and_parse_every_form() {
+    let pod = PodDir::new();
+    let spec = pod.load(&MINIMAL).expect("valid spec");
+    assert!(spec.containers[0].allowed_outbound_hosts.is_empty());
+
+    let spec = pod
+        .load(&minimal_plus(&[
+            "allowed_outbound_hosts = [\"host.wasmpod.internal:5432\", \"example.com:443\", \
+             \"*.example.com:*\", \"10.0.0.7:8080\", \"[2001:db8::1]:80\"]",
+        ]))
+        .expect("valid spec");
+    assert_eq!(
+        spec.containers[0].allowed_outbound_hosts,
+        [
+            "host.wasmpod.internal:5432",
+            "example.com:443",
+            "*.example.com:*",
+            "10.0.0.7:8080",
+            "[2001:db8::1]:80"
+        ]
+    );
+    // The runtime builds its policy from the same strings with the same parser.
+    let policy = wasmpod::net::EgressPolicy::parse(&spec.containers[0].allowed_outbound_hosts)
+        .expect("the spec's rules parse");
+    assert!(policy.allows("api.example.com", 8443));
+    assert!(policy.allows("host.wasmpod.internal", 5432));
+    assert!(!policy.allows("host.wasmpod.internal", 5433));
+}
+
+#[test]
+fn outbound_host_without_port_is_located_with_the_fix() {
+    let pod = PodDir::new();
+    let problem = pod.single_problem(&minimal_plus(&[
+        "allowed_outbound_hosts = [\"example.com:443\", \"db.example.com\"]",
+    ]));
+    assert_problem(
+        &problem,
+        5,
+        46,
+        &[
+            "\"db.example.com\" has no port",
+            "\"db.example.com:443\"",
+            "\"db.example.com:*\"",
+        ],
+    );
+}
+
+#[test]
+fn outbound_host_bad_port_and_unbracketed_ipv6_are_located() {
+    let pod = PodDir::new();
+    let error = pod
+        .load(&minimal_plus(&[
+            "allowed_outbound_hosts = [",
+            "  \"example.com:70000\",",
+            "  \"2001:db8::1:443\",",
+            "  \"a.*.example.com:80\",",
+            "]",
+        ]))
+        .expect_err("three bad entries");
+    let problems = error.problems();
+    assert_eq!(problems.len(), 3, "{error}");
+    assert_problem(&problems[0], 6, 3, &["port \"70000\"", "1 to 65535", "*"]);
+    assert_problem(
+        &problems[1],
+        7,
+        3,
+        &["without brackets", "[2001:db8::1]:443"],
+    );
+    assert_problem(
+        &problems[2],
+        8,
+        3,
+        &["\"a.*.example.com\"", "*.example.com"],
+    );
+}
+
+#[test]
+fn outbound_host_naming_the_pod_points_to_host_wasmpod_internal() {
+    let pod = PodDir::new();
+    let problem = pod.single_problem(&minimal_plus(&[
+        "allowed_outbound_hosts = [\"127.0.0.1:8080\"]",
+    ]));
+    assert_problem(
+        &problem,
+        5,
+        27,
+        &["the pod itself", "\"host.wasmpod.internal:8080\""],
+    );
+}
+
+#[test]
+fn outbound_hosts_of_a_rust_built_spec_name_their_field() {
+    let pod = PodDir::new();
+    let mut spec = rust_built_spec(&pod);
+    spec.containers[0].allowed_outbound_hosts = vec!["example.com:443".into(), "*:80".into()];
+    let error = spec.validate().expect_err("bad entry");
+    assert_eq!(error.problems().len(), 1, "{error}");
+    let shown = error.to_string();
+    assert!(
+        shown.starts_with("containers[0].allowed_outbound_hosts[1]: outbound host \"*:80\""),
+        "{shown}"
+    );
+}
+
+#[test]
+fn outbound_hosts_of_unknown_type_are_rejected_by_shape() {
+    let pod = PodDir::new();
+    let problem = pod.single_problem(&minimal_plus(&[
+        "allowed_outbound_hosts = \"example.com:443\"",
+    ]));
+    assert_eq!(problem.line, Some(5), "{problem}");
+}

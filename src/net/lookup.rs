@@ -1,97 +1,160 @@
-//! Name lookup inside a pod: which names mean "this pod" and what they resolve to.
+//! Name lookup inside a pod: which names mean "this pod", which mean the host, and which
+//! may be asked of the host's resolver.
 //!
 //! `localhost` (and `*.localhost`) resolves to `127.0.0.1` and `::1`; an IP literal resolves
 //! to itself; each container name of the pod resolves to the pod (`127.0.0.1`), as Compose
-//! users expect. Everything else is `name-unresolvable` for now: real DNS is an egress
-//! decision and will be made by the egress policy, not here. No resolver is ever queried.
+//! users expect. Those answers are local and never reported. Every other name is an egress
+//! decision, made by the container's policy (`egress.rs`): `host.wasmpod.internal` resolves to
+//! [`HOST_GATEWAY`] only when a rule names it, any other name is looked up with the host's
+//! resolver (async) only when a rule covers it; otherwise the answer is `name-unresolvable` and
+//! the refusal is reported.
 
-use super::{NetError, PodNetwork};
+use super::egress::{HOST_GATEWAY, HOST_INTERNAL, normalize_name};
+use super::{ContainerNet, NetError};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Longest DNS name accepted (RFC 1035), so a guest cannot make us lowercase megabytes.
-const MAX_NAME_LEN: usize = 253;
+/// The answer to a lookup: known now, or to be asked of the host's resolver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    Addresses(Vec<IpAddr>),
+    /// An allowed name outside the pod (lowercase); resolve it with [`resolve_host`].
+    Host(String),
+}
 
-/// Resolves `name` for a container of `pod`.
-pub fn resolve(pod: &PodNetwork, name: &str) -> Result<Vec<IpAddr>, NetError> {
+/// Resolves `name` for the container attached as `net`, as far as that is possible without
+/// asking the host's resolver.
+pub fn resolve(net: &ContainerNet, name: &str) -> Result<Resolution, NetError> {
     if let Ok(ip) = name.parse::<IpAddr>() {
-        return Ok(vec![ip]);
+        return Ok(Resolution::Addresses(vec![ip]));
     }
     if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
         return inner
             .parse::<Ipv6Addr>()
-            .map(|ip| vec![IpAddr::V6(ip)])
+            .map(|ip| Resolution::Addresses(vec![IpAddr::V6(ip)]))
             .map_err(|_| NetError::InvalidArgument);
     }
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() || name.len() > MAX_NAME_LEN || !name.split('.').all(valid_label) {
-        return Err(NetError::InvalidArgument);
-    }
-    let lower = name.to_ascii_lowercase();
+    let lower = normalize_name(name).ok_or(NetError::InvalidArgument)?;
     if lower == "localhost" || lower.ends_with(".localhost") {
-        return Ok(vec![
+        return Ok(Resolution::Addresses(vec![
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ]);
+        ]));
     }
-    if pod.has_name(&lower) {
-        return Ok(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    if net.pod().has_name(&lower) {
+        return Ok(Resolution::Addresses(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]));
     }
-    Err(NetError::NameUnresolvable)
+    net.egress().authorize_lookup(&lower)?;
+    if lower == HOST_INTERNAL {
+        return Ok(Resolution::Addresses(vec![HOST_GATEWAY]));
+    }
+    Ok(Resolution::Host(lower))
 }
 
-/// A DNS label as hosts accept it (letters, digits, `-`, `_`; 1..=63 bytes).
-fn valid_label(label: &str) -> bool {
-    !label.is_empty()
-        && label.len() <= 63
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+/// Asks the host's resolver for an allowed name from [`resolve`], and remembers the answer for
+/// `net`'s egress checks. The future owns what it needs, so it can run on a spawned task.
+pub fn resolve_host(
+    net: &ContainerNet,
+    name: String,
+) -> impl Future<Output = Result<Vec<IpAddr>, NetError>> + Send + 'static {
+    net.egress().clone().resolve(name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::PodNetwork;
+
+    fn addrs(net: &ContainerNet, name: &str) -> Result<Vec<IpAddr>, NetError> {
+        match resolve(net, name)? {
+            Resolution::Addresses(a) => Ok(a),
+            Resolution::Host(n) => panic!("{name} would be asked of the host as {n}"),
+        }
+    }
 
     #[test]
     fn names() {
         let pod = PodNetwork::new();
-        let _web = pod.attach("web");
+        let web = pod.attach("web");
         pod.register_name("db");
         let both = vec![
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(Ipv6Addr::LOCALHOST),
         ];
-        assert_eq!(resolve(&pod, "localhost").unwrap(), both);
-        assert_eq!(resolve(&pod, "LocalHost.").unwrap(), both);
+        assert_eq!(addrs(&web, "localhost").unwrap(), both);
+        assert_eq!(addrs(&web, "LocalHost.").unwrap(), both);
         assert_eq!(
-            resolve(&pod, "web").unwrap(),
+            addrs(&web, "web").unwrap(),
             vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
         );
         assert_eq!(
-            resolve(&pod, "DB").unwrap(),
+            addrs(&web, "DB").unwrap(),
             vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
         );
         assert_eq!(
-            resolve(&pod, "10.1.2.3").unwrap(),
+            addrs(&web, "10.1.2.3").unwrap(),
             vec!["10.1.2.3".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(
-            resolve(&pod, "::1").unwrap(),
+            addrs(&web, "::1").unwrap(),
             vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]
         );
         assert_eq!(
-            resolve(&pod, "[::1]").unwrap(),
+            addrs(&web, "[::1]").unwrap(),
             vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]
         );
+        assert_eq!(addrs(&web, "example.com"), Err(NetError::NameUnresolvable));
+        assert_eq!(addrs(&web, ""), Err(NetError::InvalidArgument));
+        assert_eq!(addrs(&web, "a b"), Err(NetError::InvalidArgument));
+        assert_eq!(addrs(&web, "[nope]"), Err(NetError::InvalidArgument));
+        // Another pod's names are not ours.
+        let other = PodNetwork::new().attach("x");
+        assert_eq!(addrs(&other, "web"), Err(NetError::NameUnresolvable));
+    }
+
+    #[test]
+    fn host_internal_and_outside_names_follow_the_policy() {
+        let pod = PodNetwork::new();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let hook: crate::net::DeniedHook = std::sync::Arc::new(move |d: crate::net::Denied| {
+            s2.lock().unwrap().push(d.destination)
+        });
+        let closed = pod.attach_with("closed", crate::net::EgressPolicy::deny_all(), Some(hook));
         assert_eq!(
-            resolve(&pod, "example.com"),
+            addrs(&closed, "host.wasmpod.internal"),
             Err(NetError::NameUnresolvable)
         );
-        assert_eq!(resolve(&pod, ""), Err(NetError::InvalidArgument));
-        assert_eq!(resolve(&pod, "a b"), Err(NetError::InvalidArgument));
-        assert_eq!(resolve(&pod, "[nope]"), Err(NetError::InvalidArgument));
-        // Another pod's names are not ours.
-        let other = PodNetwork::new();
-        assert_eq!(resolve(&other, "web"), Err(NetError::NameUnresolvable));
+        assert_eq!(
+            addrs(&closed, "Example.com."),
+            Err(NetError::NameUnresolvable)
+        );
+        // Local answers are never egress, so never reported.
+        assert!(addrs(&closed, "localhost").is_ok());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["host.wasmpod.internal", "example.com"]
+        );
+
+        let rules = vec![
+            "host.wasmpod.internal:5432".to_string(),
+            "*.example.com:443".to_string(),
+        ];
+        let open = pod.attach_with(
+            "open",
+            crate::net::EgressPolicy::parse(&rules).unwrap(),
+            None,
+        );
+        assert_eq!(
+            addrs(&open, "HOST.wasmpod.internal").unwrap(),
+            vec![HOST_GATEWAY]
+        );
+        assert_eq!(
+            resolve(&open, "api.example.com").unwrap(),
+            Resolution::Host("api.example.com".into())
+        );
+        assert_eq!(
+            resolve(&open, "example.com"),
+            Err(NetError::NameUnresolvable)
+        );
     }
 }

@@ -5,11 +5,13 @@
 //! bounded backlogs, port leases released on `Drop`), a container's attachment to it
 //! ([`ContainerNet`]: owner identity, connection bookkeeping, teardown on exit/restart) and the
 //! host-side endpoints ([`PodStream`], [`PodListener`]). It does not own the byte transport
-//! ([`pipe`]), the socket state machines ([`tcp`], [`udp`]), name lookup ([`lookup`]) or the
-//! WASI glue ([`p2`]). TCP and UDP ports are separate namespaces.
+//! ([`pipe`]), the socket state machines ([`tcp`], [`udp`]), name lookup ([`lookup`]), what may
+//! leave the pod ([`egress`]) or the WASI glue ([`p2`]). TCP and UDP ports are separate
+//! namespaces.
 //!
-//! No OS socket is ever opened here: `127.0.0.0/8`, `::1`, `0.0.0.0` and `::` all mean "the
-//! pod", IPv4 and IPv6 share one port space, and two `PodNetwork`s are fully independent, so two
+//! No OS socket is ever opened for the pod's own traffic (only [`egress`] opens outbound host
+//! sockets, to destinations a container's policy allows): `127.0.0.0/8`, `::1`, `0.0.0.0` and
+//! `::` all mean "the pod", IPv4 and IPv6 share one port space, and two `PodNetwork`s are fully independent, so two
 //! pods in one process can both listen on port 80.
 //!
 //! Deviations from Linux, on purpose: a full backlog refuses the connection at once (no SYN
@@ -17,12 +19,14 @@
 //! (as with a kernel backlog); there is no TIME_WAIT, a released port is immediately reusable;
 //! ports are not per-IP (binding `127.0.0.2:80` and `127.0.0.1:80` conflicts).
 
+pub mod egress;
 pub mod lookup;
 pub mod p2;
 pub mod pipe;
 pub mod tcp;
 pub mod udp;
 
+pub use egress::{Denied, DeniedHook, DeniedKind, EgressError, EgressPolicy};
 use pipe::{Pipe, PipeReader, PipeWriter};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -75,6 +79,8 @@ pub enum NetError {
     DatagramTooLarge,
     #[error("name unresolvable")]
     NameUnresolvable,
+    #[error("timed out")]
+    Timeout,
     #[error("the container's network attachment was shut down")]
     Detached,
 }
@@ -156,9 +162,21 @@ impl PodNetwork {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Attaches a container: its sockets, ports and connections are owned by the returned
-    /// handle and torn down with it. Also makes `container_name` resolve to the pod.
+    /// Attaches a container that reaches nothing outside the pod (no egress, no reports):
+    /// its sockets, ports and connections are owned by the returned handle and torn down
+    /// with it. Also makes `container_name` resolve to the pod.
     pub fn attach(self: &Arc<Self>, container_name: &str) -> ContainerNet {
+        self.attach_with(container_name, EgressPolicy::deny_all(), None)
+    }
+
+    /// Attaches a container with its egress policy (from `allowed_outbound_hosts`) and an
+    /// optional hook told about every refused outbound connect or lookup.
+    pub fn attach_with(
+        self: &Arc<Self>,
+        container_name: &str,
+        policy: EgressPolicy,
+        on_denied: Option<DeniedHook>,
+    ) -> ContainerNet {
         let id = {
             let mut st = self.lock();
             st.names.insert(container_name.to_ascii_lowercase());
@@ -175,6 +193,7 @@ impl PodNetwork {
                 high_water: 64,
             }),
             detached: AtomicBool::new(false),
+            egress: Arc::new(egress::Egress::new(container_name, policy, on_denied)),
         }
     }
 
@@ -575,6 +594,8 @@ pub struct ContainerNet {
     owner: Owner,
     conns: Mutex<ConnRegistry>,
     detached: AtomicBool,
+    /// Shared with in-flight lookups, which record their answers after the call returned.
+    egress: Arc<egress::Egress>,
 }
 
 impl std::fmt::Debug for ContainerNet {
@@ -594,6 +615,15 @@ impl ContainerNet {
     /// The container name this attachment was made for (used in events/logs).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The egress policy this container was attached with.
+    pub fn egress_policy(&self) -> &EgressPolicy {
+        self.egress.policy()
+    }
+
+    pub(crate) fn egress(&self) -> &Arc<egress::Egress> {
+        &self.egress
     }
 
     pub(crate) fn owner(&self) -> Owner {

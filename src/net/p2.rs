@@ -11,11 +11,13 @@
 //!
 //! This file holds no socket semantics; those live in `tcp.rs`, `lookup.rs` and `mod.rs`.
 
+use super::lookup::{self, Resolution};
 use super::tcp::{Family, VTcpSocket};
 use super::udp::{UdpIncoming, UdpOutgoing, VUdpSocket};
-use super::{ContainerNet, NetError, lookup};
+use super::{ContainerNet, NetError};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use tokio::sync::oneshot;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::UdpSocket;
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{self, ResolveAddressStream};
@@ -100,14 +102,71 @@ fn retype<W: 'static, V: 'static>(r: &Resource<W>) -> Resource<V> {
     }
 }
 
-/// Our resolve-address stream: the answer is known at once, so it is just a queue.
-struct VResolveStream {
-    addrs: VecDeque<IpAddr>,
+/// Our resolve-address stream: a queue of answers, or a host lookup still in flight.
+enum VResolveStream {
+    Ready(Result<VecDeque<IpAddr>, NetError>),
+    Pending(oneshot::Receiver<Result<Vec<IpAddr>, NetError>>),
+}
+
+impl VResolveStream {
+    /// Runs a host lookup on a task, so `resolve-addresses` itself never waits.
+    fn spawn(future: impl Future<Output = Result<Vec<IpAddr>, NetError>> + Send + 'static) -> Self {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Self::Ready(Err(NetError::NameUnresolvable));
+        };
+        let (tx, rx) = oneshot::channel();
+        runtime.spawn(async move {
+            let mut tx = tx;
+            // A guest that drops the stream cancels the lookup.
+            tokio::select! {
+                _ = tx.closed() => {}
+                r = future => { let _ = tx.send(r); }
+            }
+        });
+        Self::Pending(rx)
+    }
+
+    fn settle(
+        &mut self,
+        outcome: Result<Result<Vec<IpAddr>, NetError>, oneshot::error::RecvError>,
+    ) {
+        let outcome = outcome.unwrap_or(Err(NetError::NameUnresolvable));
+        *self = Self::Ready(outcome.map(VecDeque::from));
+    }
+
+    /// The next address, `None` at the end, or `would-block` while the lookup runs.
+    fn next(&mut self) -> Result<Option<IpAddr>, NetError> {
+        if let Self::Pending(rx) = self {
+            match rx.try_recv() {
+                Ok(outcome) => self.settle(Ok(outcome)),
+                Err(oneshot::error::TryRecvError::Empty) => return Err(NetError::WouldBlock),
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    *self = Self::Ready(Err(NetError::NameUnresolvable))
+                }
+            }
+        }
+        match self {
+            Self::Ready(Ok(addrs)) => Ok(addrs.pop_front()),
+            // Reported once, like wasmtime; afterwards the stream is simply exhausted.
+            Self::Ready(Err(e)) => {
+                let e = *e;
+                *self = Self::Ready(Ok(VecDeque::new()));
+                Err(e)
+            }
+            Self::Pending(_) => Err(NetError::WouldBlock),
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl Pollable for VResolveStream {
-    async fn ready(&mut self) {}
+    async fn ready(&mut self) {
+        if let Self::Pending(rx) = self {
+            // Cancel-safe: dropping this future leaves the answer in the channel.
+            let outcome = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *rx).poll(cx)).await;
+            self.settle(outcome);
+        }
+    }
 }
 
 fn as_vresolve(r: &Resource<ResolveAddressStream>) -> Resource<VResolveStream> {
@@ -135,6 +194,7 @@ impl From<NetError> for ErrorCode {
             NetError::ConnectionReset => ErrorCode::ConnectionReset,
             NetError::ConnectionAborted => ErrorCode::ConnectionAborted,
             NetError::NameUnresolvable => ErrorCode::NameUnresolvable,
+            NetError::Timeout => ErrorCode::Timeout,
             NetError::DatagramTooLarge => ErrorCode::DatagramTooLarge,
         }
     }
@@ -414,10 +474,17 @@ impl ip_name_lookup::Host for NetCtxView<'_> {
         name: String,
     ) -> SocketResult<Resource<ResolveAddressStream>> {
         self.check_network(&network)?;
-        let addrs = lookup::resolve(self.net.pod(), &name).map_err(err)?;
-        let r = self.table.push(VResolveStream {
-            addrs: addrs.into(),
-        })?;
+        // Bad input fails the call itself; a refused or unknown name is reported by the
+        // stream, as wasmtime does, so guests see the same sequence either way.
+        let stream = match lookup::resolve(self.net, &name) {
+            Err(NetError::InvalidArgument) => return Err(err(NetError::InvalidArgument)),
+            Err(e) => VResolveStream::Ready(Err(e)),
+            Ok(Resolution::Addresses(a)) => VResolveStream::Ready(Ok(a.into())),
+            Ok(Resolution::Host(name)) => {
+                VResolveStream::spawn(lookup::resolve_host(self.net, name))
+            }
+        };
+        let r = self.table.push(stream)?;
         Ok(Resource::new_own(r.rep()))
     }
 }
@@ -428,7 +495,7 @@ impl ip_name_lookup::HostResolveAddressStream for NetCtxView<'_> {
         this: Resource<ResolveAddressStream>,
     ) -> SocketResult<Option<IpAddress>> {
         let s = self.table.get_mut(&as_vresolve(&this))?;
-        Ok(s.addrs.pop_front().map(IpAddress::from))
+        Ok(s.next().map_err(err)?.map(IpAddress::from))
     }
 
     fn subscribe(

@@ -363,6 +363,19 @@ impl PipeWriter {
             Poll::Pending
         }
     }
+
+    /// Resolves when the reader is gone or the pipe was reset, whether or not there is room:
+    /// lets a host-side pump stop waiting on its source once nobody will read the bytes.
+    /// Shares the writer's waker slot, so poll it from the same task as the writes.
+    pub fn poll_reader_gone(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.0.lock();
+        if st.reader_gone || st.reset {
+            Poll::Ready(())
+        } else {
+            register(&mut st.write_waker, cx);
+            Poll::Pending
+        }
+    }
 }
 
 impl Drop for PipeWriter {

@@ -6,15 +6,21 @@
 //! namespace, connects hand a pipe pair to the listener's queue, and socket options are stored
 //! values. It knows nothing of WIT bindings or the resource table; `p2.rs` is the thin glue.
 //!
-//! A connect completes synchronously (the listener's backlog either takes the connection or
-//! refuses it), so `Connecting` only holds a result for `finish-connect` to report, and the
-//! socket's pollable is ready at once in every state except `Listening`.
+//! A connect inside the pod completes synchronously (the listener's backlog either takes the
+//! connection or refuses it), so `Connecting` then only holds a result for `finish-connect`.
+//! A connect outside the pod is decided by the container's egress policy (`egress.rs`): a
+//! refusal is `access-denied` at `finish-connect`; an allowed destination is dialed on a real
+//! host socket, and `finish-connect` says `would-block` until the dial ends. The socket's
+//! pollable is ready at once in every state except `Listening` and such a pending dial.
 
+use super::egress::{self, DialOutcome};
 use super::pipe::{Pipe, PipeReader, PipeWriter};
 use super::{ContainerNet, Endpoint, ListenQueue, NetError, PortLease, is_pod_address, loopback};
 use std::future::poll_fn;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 use wasmtime_wasi_io::poll::Pollable;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
@@ -99,9 +105,38 @@ enum State {
         _lease: PortLease,
         queue: Arc<ListenQueue>,
     },
-    Connecting(Result<Conn, NetError>),
+    Connecting(Connecting),
     Connected(Conn),
     Closed(NetError),
+}
+
+/// A connect between `start-connect` and `finish-connect`.
+enum Connecting {
+    /// Decided at once (inside the pod, or refused).
+    Done(Result<Conn, NetError>),
+    /// A real connect to a host outside the pod, in flight.
+    Dialing(Dialing),
+}
+
+/// An outbound dial in flight; its guest end exists (and is tracked) from the start.
+struct Dialing {
+    outcome: oneshot::Receiver<DialOutcome>,
+    ep: Endpoint,
+    remote: SocketAddr,
+    /// An explicit bind before the connect keeps its pod port and address.
+    bound: Option<(SocketAddr, PortLease)>,
+}
+
+impl Dialing {
+    /// The connection once the dial succeeded, or the dial's error.
+    fn complete(self, outcome: DialOutcome) -> Result<Conn, NetError> {
+        let host_local = outcome?;
+        Ok(match self.bound {
+            Some((local, lease)) => Conn::new(self.ep, local, self.remote, Some(lease)),
+            // Without a bind the host socket's own address is the truthful answer.
+            None => Conn::new(self.ep, host_local, self.remote, None),
+        })
+    }
 }
 
 /// A virtual TCP socket of one container.
@@ -234,18 +269,41 @@ impl VTcpSocket {
         {
             return Err(NetError::InvalidArgument);
         }
-        let result = self.connect_now(net, addr);
-        self.state = State::Connecting(result);
+        let connecting = if is_pod_address(ip) {
+            Connecting::Done(self.connect_now(net, addr))
+        } else {
+            match self.dial(net, addr) {
+                Ok(d) => Connecting::Dialing(d),
+                Err(e) => Connecting::Done(Err(e)),
+            }
+        };
+        self.state = State::Connecting(connecting);
         self.pending = Some(PendingOp::Connect);
         Ok(())
     }
 
+    /// Starts a connect to a destination outside the pod, if the egress policy allows it.
+    fn dial(&mut self, net: &ContainerNet, addr: SocketAddr) -> Result<Dialing, NetError> {
+        net.check_attached()?;
+        let dest = net.egress().authorize_connect(addr)?;
+        let (ep, outcome) = egress::dial(net, dest)?;
+        let bound = match self.take_state() {
+            State::Bound { addr, lease } => Some((
+                SocketAddr::new(self.concrete(addr.ip()), lease.port()),
+                lease,
+            )),
+            _ => None,
+        };
+        Ok(Dialing {
+            outcome,
+            ep,
+            remote: addr,
+            bound,
+        })
+    }
+
     fn connect_now(&mut self, net: &ContainerNet, addr: SocketAddr) -> Result<Conn, NetError> {
         net.check_attached()?;
-        if !is_pod_address(addr.ip()) {
-            // Outside the pod: denied until an egress policy allows destinations.
-            return Err(NetError::AccessDenied);
-        }
         let (local_ip, lease) = match self.take_state() {
             State::Bound { addr, lease } => (self.concrete(addr.ip()), lease),
             // Implicit bind to an ephemeral port, as the kernel does on connect.
@@ -257,16 +315,29 @@ impl VTcpSocket {
         Ok(Conn::new(ep, local, addr, Some(lease)))
     }
 
-    /// `finish-connect`: hands out the connection's streams (once) or the connect's error.
+    /// `finish-connect`: hands out the connection's streams (once) or the connect's error;
+    /// `would-block` while a dial outside the pod is still in flight.
     pub fn finish_connect(&mut self) -> Result<(PipeReader, PipeWriter), NetError> {
+        if self.pending != Some(PendingOp::Connect) {
+            return Err(NetError::NotInProgress);
+        }
+        if let State::Connecting(Connecting::Dialing(d)) = &mut self.state {
+            let outcome = match d.outcome.try_recv() {
+                Ok(outcome) => outcome,
+                Err(oneshot::error::TryRecvError::Empty) => return Err(NetError::WouldBlock),
+                // The dial task is gone without an answer (runtime shutting down).
+                Err(oneshot::error::TryRecvError::Closed) => Err(NetError::ConnectionAborted),
+            };
+            self.settle_dial(outcome);
+        }
         self.end(PendingOp::Connect)?;
         match self.take_state() {
-            State::Connecting(Ok(mut conn)) => {
+            State::Connecting(Connecting::Done(Ok(mut conn))) => {
                 let streams = conn.streams.take().ok_or(NetError::InvalidState);
                 self.state = State::Connected(conn);
                 streams
             }
-            State::Connecting(Err(e)) => {
+            State::Connecting(Connecting::Done(Err(e))) => {
                 self.state = State::Closed(e);
                 Err(e)
             }
@@ -274,6 +345,13 @@ impl VTcpSocket {
                 self.state = other;
                 Err(NetError::InvalidState)
             }
+        }
+    }
+
+    /// Turns a finished dial into a decided connect.
+    fn settle_dial(&mut self, outcome: DialOutcome) {
+        if let State::Connecting(Connecting::Dialing(d)) = self.take_state() {
+            self.state = State::Connecting(Connecting::Done(d.complete(outcome)));
         }
     }
 
@@ -527,9 +605,18 @@ fn clamp_buffer_size(value: u64) -> Result<u64, NetError> {
 
 #[async_trait::async_trait]
 impl Pollable for VTcpSocket {
-    /// Ready when the pending operation can finish (always at once: bind/listen/connect
-    /// complete synchronously) or, for a listener, when `accept` would not block.
+    /// Ready when the pending operation can finish (at once for bind/listen and connects
+    /// inside the pod; when the dial ends for one outside) or, for a listener, when `accept`
+    /// would not block.
     async fn ready(&mut self) {
+        if let State::Connecting(Connecting::Dialing(d)) = &mut self.state {
+            // Cancel-safe: if this future is dropped, the outcome stays in the channel.
+            let outcome = poll_fn(|cx| Pin::new(&mut d.outcome).poll(cx))
+                .await
+                .unwrap_or(Err(NetError::ConnectionAborted));
+            self.settle_dial(outcome);
+            return;
+        }
         if self.pending.is_some() {
             return;
         }

@@ -125,6 +125,9 @@ pub struct ContainerSpec {
     /// Pod ports this container listens on.
     pub ports: Vec<u16>,
     pub volume_mounts: Vec<MountSpec>,
+    /// Destinations outside the pod this container may connect to, as `HOST:PORT` (see
+    /// [`crate::net::EgressPolicy`]); empty means it reaches nothing outside its pod.
+    pub allowed_outbound_hosts: Vec<String>,
     /// Memory and CPU limits.
     pub resources: Resources,
     /// Containers that must reach a condition before this one starts (Compose semantics).
@@ -207,7 +210,7 @@ pub struct Resources {
 }
 
 impl ContainerSpec {
-    /// A container running `component` with no args, env, ports or mounts.
+    /// A container running `component` with no args, env, ports, mounts or egress.
     pub fn new(name: impl Into<String>, component: impl Into<ComponentSource>) -> Self {
         ContainerSpec {
             name: name.into(),
@@ -216,6 +219,7 @@ impl ContainerSpec {
             env: BTreeMap::new(),
             ports: Vec::new(),
             volume_mounts: Vec::new(),
+            allowed_outbound_hosts: Vec::new(),
             resources: Resources::default(),
             depends_on: Vec::new(),
             startup_probe: None,

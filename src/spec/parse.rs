@@ -18,6 +18,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::net::egress::EgressRule;
+
 use super::{
     Backoff, ComponentSource, ContainerSpec, Expose, MountSpec, PodSpec, RestartPolicy,
     VolumeSource, VolumeSpec,
@@ -228,6 +230,8 @@ struct RawContainer {
     ports: Vec<Spanned<RawPort>>,
     #[serde(default)]
     volume_mounts: Vec<RawMount>,
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -504,6 +508,16 @@ fn lower_container(
         }
     }
 
+    let allowed_outbound_hosts = container
+        .allowed_outbound_hosts
+        .into_iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            report.record(field(ContainerField::OutboundHost(index)), entry.span());
+            entry.into_inner()
+        })
+        .collect();
+
     let volume_mounts = container
         .volume_mounts
         .into_iter()
@@ -535,6 +549,7 @@ fn lower_container(
         env,
         ports,
         volume_mounts,
+        allowed_outbound_hosts,
         resources: Default::default(),
         depends_on: Vec::new(),
         startup_probe: None,
@@ -611,6 +626,7 @@ enum ContainerField {
     Port(usize),
     EnvName(String),
     Mount(usize, MountField),
+    OutboundHost(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -662,6 +678,9 @@ impl fmt::Display for Field {
                             MountField::ReadOnly => "read_only",
                         };
                         write!(f, ".volume_mounts[{index}].{key}")
+                    }
+                    ContainerField::OutboundHost(index) => {
+                        write!(f, ".allowed_outbound_hosts[{index}]")
                     }
                 }
             }
@@ -993,6 +1012,16 @@ fn check_containers(spec: &PodSpec, report: &mut Report) {
         }
 
         check_mounts(spec, at, container, report);
+
+        // The egress module owns the rule syntax; here it only gets a position.
+        for (index, entry) in container.allowed_outbound_hosts.iter().enumerate() {
+            if let Err(error) = EgressRule::parse(entry) {
+                report.push(
+                    &field(ContainerField::OutboundHost(index)),
+                    format!("outbound host {error}"),
+                );
+            }
+        }
     }
 }
 

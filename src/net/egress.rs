@@ -1,0 +1,898 @@
+//! Egress: which destinations outside the pod a container may reach, and the real host
+//! sockets that carry the connections it is allowed to make.
+//!
+//! This module owns the outbound policy ([`EgressPolicy`], parsed from a container's
+//! `allowed_outbound_hosts`; the spec validation calls the same parser, so the rule lives
+//! once), the per-container egress state ([`Egress`]: policy, denial hook, the names the guest
+//! resolved), and the dialer/bridge that connects a guest's pipe pair to a real
+//! `tokio::net::TcpStream`. It does not own the socket state machine (`tcp.rs`) or name lookup
+//! (`lookup.rs`); both ask this module what is allowed.
+//!
+//! Rules, on purpose:
+//! - Default deny: an empty policy reaches nothing outside the pod.
+//! - Outbound TCP only. A container never listens on the host, and UDP to anywhere outside the
+//!   pod stays `access-denied` (a datagram per call would make per-destination policy and
+//!   reporting costly; no guest of ours needs it yet).
+//! - A refused connect is `access-denied` (what wasmtime's own allow-list returns, and what
+//!   Rust's std reports as `PermissionDenied`), so a guest can tell "the pod forbids this" from
+//!   "nobody listens there" (`connection-refused`). A refused lookup is `name-unresolvable`.
+//!   Every refusal is reported through the container's [`DeniedHook`].
+//! - `127.0.0.0/8`, `::1`, `0.0.0.0`, `::` and `localhost` always mean the pod, never the host,
+//!   so rules naming them are rejected: they could never match. The host's own loopback is
+//!   named `host.wasmpod.internal`, which resolves to [`HOST_GATEWAY`] (a link-local address no
+//!   real destination uses); a connect to that address goes to the host's `127.0.0.1` on the
+//!   same port, and only when a rule names `host.wasmpod.internal` (exactly, or by a suffix
+//!   wildcard such as `*.wasmpod.internal`).
+//! - `*.example.com` matches names below `example.com`, not `example.com` itself (as TLS
+//!   wildcards do); a port of `*` matches every port. There is no bare `*` host: list what a
+//!   container needs.
+//! - Name rules also cover the addresses a lookup of that name returned to this container (a
+//!   guest connects to addresses, not names), remembered in a bounded per-container map.
+
+use super::pipe::{DEFAULT_PIPE_CAPACITY, PipeReader, PipeWriter};
+use super::{ContainerNet, Endpoint, NetError, is_pod_address};
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::poll_fn;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Semaphore, oneshot};
+use wasmtime_wasi_io::streams::StreamError;
+
+/// The name of the host's own loopback, as seen from inside a pod.
+pub const HOST_INTERNAL: &str = "host.wasmpod.internal";
+
+/// What `host.wasmpod.internal` resolves to inside a pod. It cannot be `127.0.0.1` (that is
+/// the pod itself), so it is a link-local address: never routed off a link, so no real
+/// destination a guest might want is shadowed by it.
+pub const HOST_GATEWAY: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 77, 1));
+
+/// Where a connect to [`HOST_GATEWAY`] really goes.
+const HOST_LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Longest DNS name (RFC 1035).
+const MAX_NAME_LEN: usize = 253;
+
+/// Resolved addresses remembered per container; the oldest are forgotten first, so a guest
+/// resolving millions of names costs bounded memory (it must then resolve again).
+const MAX_REMEMBERED_ADDRS: usize = 4096;
+/// Names remembered per address (several names often share a CDN address).
+const MAX_NAMES_PER_ADDR: usize = 8;
+/// Addresses returned from one DNS lookup.
+const MAX_LOOKUP_ADDRS: usize = 64;
+/// DNS lookups of one container in flight at once (each may hold a blocking-pool thread, as
+/// `getaddrinfo` blocks); further lookups wait their turn.
+const MAX_CONCURRENT_LOOKUPS: usize = 8;
+/// Real outbound connections one container may hold open (each is a host file descriptor);
+/// further connects wait until one closes.
+const MAX_OUTBOUND_CONNECTIONS: usize = 256;
+/// Bytes moved per read when bridging a host socket to the guest's pipe.
+const BRIDGE_CHUNK: usize = 64 * 1024;
+
+// ---- the policy ----------------------------------------------------------------------------
+
+/// Why one `allowed_outbound_hosts` entry is not a rule; each message says what to write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("{0:?} has no port; write HOST:PORT, e.g. \"{0}:443\", or \"{0}:*\" for any port")]
+    MissingPort(String),
+    #[error("{entry:?} has port {port:?}; use a number from 1 to 65535, or * for any port")]
+    BadPort { entry: String, port: String },
+    #[error("{0:?} has an IPv6 address without brackets; write it as \"[2001:db8::1]:443\"")]
+    UnbracketedIpv6(String),
+    #[error(
+        "{entry:?} has host {host:?}, which {reason}; use a DNS name (\"db.example.com\"), a wildcard (\"*.example.com\"), an IP address, or \"host.wasmpod.internal\""
+    )]
+    BadHost {
+        entry: String,
+        host: String,
+        reason: &'static str,
+    },
+    #[error(
+        "{entry:?} names {host}, which inside a pod is the pod itself, never the host; to reach a port on the host's loopback write \"host.wasmpod.internal:{port}\""
+    )]
+    PodAddress {
+        entry: String,
+        host: String,
+        port: String,
+    },
+}
+
+/// An entry of a policy that is not a rule, and where it is in the list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("allowed_outbound_hosts[{index}]: {error}")]
+pub struct EgressError {
+    pub index: usize,
+    #[source]
+    pub error: RuleError,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    /// A lowercase DNS name without a trailing dot.
+    Name(String),
+    /// `*.example.com`, stored as `.example.com` so a suffix test is one `ends_with`.
+    Below(String),
+    Ip(IpAddr),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortPattern {
+    Any,
+    Exactly(u16),
+}
+
+/// One allowed destination, `HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressRule {
+    host: HostPattern,
+    port: PortPattern,
+}
+
+impl EgressRule {
+    /// Parses one `allowed_outbound_hosts` entry (see the module doc for the forms).
+    pub fn parse(entry: &str) -> Result<Self, RuleError> {
+        let (host, port) = split_host_port(entry)?;
+        let port = match port {
+            "*" => PortPattern::Any,
+            p => match p.parse::<u16>() {
+                Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => PortPattern::Exactly(n),
+                _ => {
+                    return Err(RuleError::BadPort {
+                        entry: entry.to_string(),
+                        port: p.to_string(),
+                    });
+                }
+            },
+        };
+        let bad_host = |reason: &'static str| RuleError::BadHost {
+            entry: entry.to_string(),
+            host: host.to_string(),
+            reason,
+        };
+        let pod_address = || RuleError::PodAddress {
+            entry: entry.to_string(),
+            host: host.to_string(),
+            port: match port {
+                PortPattern::Any => "*".to_string(),
+                PortPattern::Exactly(n) => n.to_string(),
+            },
+        };
+        let host = if let Some(inner) = host.strip_prefix('[') {
+            let ip = inner
+                .strip_suffix(']')
+                .and_then(|i| i.parse::<std::net::Ipv6Addr>().ok())
+                .ok_or_else(|| bad_host("is not an IPv6 address"))?;
+            HostPattern::Ip(IpAddr::V6(ip))
+        } else if let Ok(ip) = host.parse::<IpAddr>() {
+            HostPattern::Ip(ip)
+        } else if host == "*" {
+            return Err(bad_host("would allow every host"));
+        } else if let Some(suffix) = host.strip_prefix("*.") {
+            let suffix = normalize_name(suffix).ok_or_else(|| bad_host("is not a DNS name"))?;
+            HostPattern::Below(format!(".{suffix}"))
+        } else if host.contains('*') {
+            return Err(bad_host("has a * that is not a leading \"*.\""));
+        } else {
+            HostPattern::Name(normalize_name(host).ok_or_else(|| bad_host("is not a DNS name"))?)
+        };
+        match &host {
+            HostPattern::Ip(ip) if is_pod_address(*ip) => return Err(pod_address()),
+            HostPattern::Ip(ip) if *ip == HOST_GATEWAY => return Err(pod_address()),
+            HostPattern::Ip(ip) if ip.is_multicast() => {
+                return Err(bad_host("is a multicast address"));
+            }
+            HostPattern::Name(n) if n == "localhost" || n.ends_with(".localhost") => {
+                return Err(pod_address());
+            }
+            _ => {}
+        }
+        Ok(Self { host, port })
+    }
+
+    fn port_matches(&self, port: u16) -> bool {
+        match self.port {
+            PortPattern::Any => true,
+            PortPattern::Exactly(p) => p == port,
+        }
+    }
+
+    /// True if the host part covers `name` (lowercase, no trailing dot).
+    fn name_matches(&self, name: &str) -> bool {
+        match &self.host {
+            HostPattern::Name(n) => n == name,
+            // Strictly below the suffix: `*.example.com` does not match `example.com`.
+            HostPattern::Below(suffix) => name.len() > suffix.len() && name.ends_with(suffix),
+            HostPattern::Ip(_) => false,
+        }
+    }
+}
+
+impl fmt::Display for EgressRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            HostPattern::Name(n) => f.write_str(n)?,
+            HostPattern::Below(s) => write!(f, "*{s}")?,
+            HostPattern::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]")?,
+            HostPattern::Ip(ip) => write!(f, "{ip}")?,
+        }
+        match self.port {
+            PortPattern::Any => f.write_str(":*"),
+            PortPattern::Exactly(p) => write!(f, ":{p}"),
+        }
+    }
+}
+
+/// Splits `HOST:PORT`, with IPv6 hosts in brackets.
+fn split_host_port(entry: &str) -> Result<(&str, &str), RuleError> {
+    let split = if entry.starts_with('[') {
+        // `[v6]:port`: the colon that matters is the one right after the bracket.
+        entry.find("]:").map(|i| (&entry[..=i], &entry[i + 2..]))
+    } else {
+        entry.rsplit_once(':')
+    };
+    match split {
+        Some((host, _)) if !host.starts_with('[') && host.contains(':') => {
+            Err(RuleError::UnbracketedIpv6(entry.to_string()))
+        }
+        Some((host, port)) if !host.is_empty() && !port.is_empty() => Ok((host, port)),
+        Some(("", _)) => Err(RuleError::BadHost {
+            entry: entry.to_string(),
+            host: String::new(),
+            reason: "is empty",
+        }),
+        _ => Err(RuleError::MissingPort(entry.to_string())),
+    }
+}
+
+/// The comparable form of a DNS name (lowercase, no trailing dot), or None if it is not one.
+pub(crate) fn normalize_name(name: &str) -> Option<String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    ok.then(|| name.to_ascii_lowercase())
+}
+
+/// A container's outbound allow-list; empty (the default) allows nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressPolicy {
+    rules: Vec<EgressRule>,
+}
+
+impl EgressPolicy {
+    /// Allows nothing outside the pod.
+    pub fn deny_all() -> Self {
+        Self::default()
+    }
+
+    /// Parses `allowed_outbound_hosts`; the first bad entry is the error.
+    pub fn parse(entries: &[String]) -> Result<Self, EgressError> {
+        let rules = entries
+            .iter()
+            .enumerate()
+            .map(|(index, e)| EgressRule::parse(e).map_err(|error| EgressError { index, error }))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { rules })
+    }
+
+    /// The rules, in spec order.
+    pub fn rules(&self) -> &[EgressRule] {
+        &self.rules
+    }
+
+    /// True if a connection to `host` (a DNS name or an IP literal) on `port` is allowed.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return self.allows_ip(ip, port);
+        }
+        normalize_name(host).is_some_and(|name| {
+            self.rules
+                .iter()
+                .any(|r| r.port_matches(port) && r.name_matches(&name))
+        })
+    }
+
+    /// True if some rule names `ip` itself (rules never match an address by reverse lookup).
+    pub fn allows_ip(&self, ip: IpAddr, port: u16) -> bool {
+        let ip = ip.to_canonical();
+        self.rules.iter().any(|r| {
+            r.port_matches(port)
+                && matches!(r.host, HostPattern::Ip(rule) if rule.to_canonical() == ip)
+        })
+    }
+
+    /// True if some rule covers `name` on any port: only then may the name be resolved.
+    pub fn allows_name(&self, name: &str) -> bool {
+        normalize_name(name).is_some_and(|name| self.rules.iter().any(|r| r.name_matches(&name)))
+    }
+}
+
+// ---- denial reports --------------------------------------------------------------------------
+
+/// What a refused guest tried to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeniedKind {
+    /// A TCP connect to a destination outside the pod.
+    Connect,
+    /// A name lookup of a name outside the pod.
+    Lookup,
+}
+
+/// A refused egress attempt, for the pod to turn into an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// The container's name.
+    pub container: String,
+    /// What was refused: `host:port`, `ip:port (name)` after a lookup, or a bare name.
+    pub destination: String,
+    pub kind: DeniedKind,
+}
+
+/// Called on every refusal, synchronously from the guest's call: it must not block (hand the
+/// report to a channel with `try_send`, say).
+pub type DeniedHook = Arc<dyn Fn(Denied) + Send + Sync>;
+
+// ---- per-container egress state --------------------------------------------------------------
+
+/// Addresses a lookup returned to this container, and the names asked for.
+#[derive(Default)]
+struct Remembered {
+    names: HashMap<IpAddr, Vec<String>>,
+    /// Insertion order, for forgetting the oldest.
+    order: VecDeque<IpAddr>,
+}
+
+impl Remembered {
+    fn insert(&mut self, ip: IpAddr, name: &str) {
+        let ip = ip.to_canonical();
+        if let Some(names) = self.names.get_mut(&ip) {
+            if !names.iter().any(|n| n == name) {
+                if names.len() >= MAX_NAMES_PER_ADDR {
+                    names.remove(0);
+                }
+                names.push(name.to_string());
+            }
+            return;
+        }
+        while self.order.len() >= MAX_REMEMBERED_ADDRS {
+            if let Some(old) = self.order.pop_front() {
+                self.names.remove(&old);
+            }
+        }
+        self.order.push_back(ip);
+        self.names.insert(ip, vec![name.to_string()]);
+    }
+}
+
+/// One container's egress: its policy, its denial hook, what its lookups returned, and the
+/// limits on its lookups and host connections.
+pub(crate) struct Egress {
+    container: String,
+    policy: EgressPolicy,
+    hook: Option<DeniedHook>,
+    remembered: Mutex<Remembered>,
+    lookups: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
+}
+
+impl Egress {
+    pub(crate) fn new(container: &str, policy: EgressPolicy, hook: Option<DeniedHook>) -> Self {
+        Self {
+            container: container.to_string(),
+            policy,
+            hook,
+            remembered: Mutex::new(Remembered::default()),
+            lookups: Arc::new(Semaphore::new(MAX_CONCURRENT_LOOKUPS)),
+            connections: Arc::new(Semaphore::new(MAX_OUTBOUND_CONNECTIONS)),
+        }
+    }
+
+    pub(crate) fn policy(&self) -> &EgressPolicy {
+        &self.policy
+    }
+
+    fn deny(&self, kind: DeniedKind, destination: String) {
+        if let Some(hook) = &self.hook {
+            hook(Denied {
+                container: self.container.clone(),
+                destination,
+                kind,
+            });
+        }
+    }
+
+    fn names_of(&self, ip: IpAddr) -> Vec<String> {
+        let r = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        r.names.get(&ip.to_canonical()).cloned().unwrap_or_default()
+    }
+
+    /// Decides a connect to `addr` (outside the pod): the host address to dial, or
+    /// `access-denied` after reporting the refusal.
+    pub(crate) fn authorize_connect(&self, addr: SocketAddr) -> Result<SocketAddr, NetError> {
+        let port = addr.port();
+        let ip = addr.ip().to_canonical();
+        if ip == HOST_GATEWAY {
+            // The gateway means the host's loopback and nothing else: a DNS answer that
+            // happened to be this address does not make it reachable.
+            if self.policy.allows(HOST_INTERNAL, port) {
+                return Ok(SocketAddr::new(HOST_LOOPBACK, port));
+            }
+            self.deny(DeniedKind::Connect, format!("{HOST_INTERNAL}:{port}"));
+            return Err(NetError::AccessDenied);
+        }
+        if self.policy.allows_ip(ip, port) {
+            return Ok(addr);
+        }
+        let names = self.names_of(ip);
+        if names.iter().any(|n| self.policy.allows(n, port)) {
+            return Ok(addr);
+        }
+        let destination = match names.first() {
+            Some(name) => format!("{addr} ({name})"),
+            None => addr.to_string(),
+        };
+        self.deny(DeniedKind::Connect, destination);
+        Err(NetError::AccessDenied)
+    }
+
+    /// Decides a lookup of `name` (lowercase; not `localhost` or a container): reports and
+    /// refuses it unless some rule covers the name.
+    pub(crate) fn authorize_lookup(&self, name: &str) -> Result<(), NetError> {
+        if self.policy.allows_name(name) {
+            Ok(())
+        } else {
+            self.deny(DeniedKind::Lookup, name.to_string());
+            Err(NetError::NameUnresolvable)
+        }
+    }
+
+    /// Resolves an allowed `name` with the host's resolver and remembers the answer, so that
+    /// rules naming it also cover the addresses returned.
+    pub(crate) async fn resolve(self: Arc<Self>, name: String) -> Result<Vec<IpAddr>, NetError> {
+        let _permit = self
+            .lookups
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| NetError::NameUnresolvable)?;
+        // `lookup_host` runs getaddrinfo on the blocking pool: async from our side.
+        let found = tokio::net::lookup_host((name.as_str(), 0))
+            .await
+            .map_err(|_| NetError::NameUnresolvable)?;
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        for a in found {
+            let ip = a.ip();
+            if !addrs.contains(&ip) {
+                addrs.push(ip);
+            }
+            if addrs.len() >= MAX_LOOKUP_ADDRS {
+                break;
+            }
+        }
+        if addrs.is_empty() {
+            return Err(NetError::NameUnresolvable);
+        }
+        {
+            let mut r = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+            // Pod addresses and the gateway keep their fixed meaning whatever DNS says.
+            for ip in addrs
+                .iter()
+                .filter(|ip| !is_pod_address(**ip) && ip.to_canonical() != HOST_GATEWAY)
+            {
+                r.insert(*ip, &name);
+            }
+        }
+        Ok(addrs)
+    }
+}
+
+// ---- dialing and bridging ----------------------------------------------------------------------
+
+/// The outcome of a dial: the host-side local address of the connection, or why it failed.
+pub(crate) type DialOutcome = Result<SocketAddr, NetError>;
+
+/// Starts a real connect to `dest` for `net`'s container and returns the guest's end of the
+/// connection (tracked by `net`, so a container exit closes it) and the pending outcome. On
+/// success a task bridges the host socket and the guest's pipes until both directions end.
+pub(crate) fn dial(
+    net: &ContainerNet,
+    dest: SocketAddr,
+) -> Result<(Endpoint, oneshot::Receiver<DialOutcome>), NetError> {
+    // Host calls run inside the runtime that drives the Store; without one there is nothing
+    // to run the connection on.
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NotSupported)?;
+    let (guest, host) = Endpoint::pair(DEFAULT_PIPE_CAPACITY, 0, dest.port());
+    net.track(&guest);
+    let (tx, rx) = oneshot::channel();
+    let permits = net.egress().connections.clone();
+    runtime.spawn(run_dial(dest, host, permits, tx));
+    Ok((guest, rx))
+}
+
+async fn run_dial(
+    dest: SocketAddr,
+    host: Endpoint,
+    permits: Arc<Semaphore>,
+    tx: oneshot::Sender<DialOutcome>,
+) {
+    let mut tx = tx;
+    // Give up as soon as the guest drops the socket, whichever step we are waiting on.
+    let connected = tokio::select! {
+        _ = tx.closed() => return,
+        r = async {
+            let permit = permits.acquire_owned().await.map_err(|_| NetError::ConnectionAborted)?;
+            let stream = TcpStream::connect(dest).await.map_err(|e| connect_error(&e))?;
+            Ok::<_, NetError>((permit, stream))
+        } => r,
+    };
+    let (permit, stream) = match connected {
+        Ok(ok) => ok,
+        Err(e) => {
+            host.reset();
+            let _ = tx.send(Err(e));
+            return;
+        }
+    };
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            host.reset();
+            let _ = tx.send(Err(connect_error(&e)));
+            return;
+        }
+    };
+    if tx.send(Ok(local)).is_err() {
+        return;
+    }
+    bridge(stream, host).await;
+    drop(permit);
+}
+
+fn connect_error(e: &std::io::Error) -> NetError {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => NetError::ConnectionRefused,
+        K::TimedOut => NetError::Timeout,
+        K::PermissionDenied => NetError::AccessDenied,
+        K::ConnectionReset => NetError::ConnectionReset,
+        K::AddrNotAvailable => NetError::AddressNotBindable,
+        _ => NetError::RemoteUnreachable,
+    }
+}
+
+/// Why a bridge ended early.
+enum Fault {
+    /// The guest's side was reset (container killed): reset the host connection too.
+    Guest,
+    /// The host connection failed: the guest must see `connection-reset`.
+    Host,
+}
+
+/// Copies bytes both ways between `stream` and the guest's pipes, with half-close in each
+/// direction, until both directions have ended or one side fails.
+async fn bridge(stream: TcpStream, host: Endpoint) {
+    let Endpoint { rx, tx, .. } = host;
+    let (rx_pipe, tx_pipe) = (rx.pipe().clone(), tx.pipe().clone());
+    let (mut read_half, mut write_half) = stream.into_split();
+    let outcome = tokio::try_join!(
+        guest_to_host(rx, &mut write_half),
+        host_to_guest(&mut read_half, tx)
+    );
+    match outcome {
+        Ok(_) => {}
+        Err(Fault::Host) => {
+            rx_pipe.reset();
+            tx_pipe.reset();
+        }
+        Err(Fault::Guest) => {
+            // A zero linger makes the close an RST, so the host peer sees the reset too.
+            if let Ok(s) = read_half.reunite(write_half) {
+                let _ = s.set_zero_linger();
+            }
+        }
+    }
+}
+
+async fn guest_to_host(rx: PipeReader, out: &mut OwnedWriteHalf) -> Result<(), Fault> {
+    loop {
+        poll_fn(|cx| rx.poll_readable(cx)).await;
+        match rx.try_read(BRIDGE_CHUNK) {
+            Ok(chunk) if chunk.is_empty() => continue,
+            Ok(chunk) => out.write_all(&chunk).await.map_err(|_| Fault::Host)?,
+            Err(StreamError::Closed) => {
+                // The guest half-closed (or exited): pass the FIN on.
+                let _ = out.shutdown().await;
+                return Ok(());
+            }
+            Err(_) => return Err(Fault::Guest),
+        }
+    }
+}
+
+async fn host_to_guest(input: &mut OwnedReadHalf, tx: PipeWriter) -> Result<(), Fault> {
+    let mut buf = vec![0u8; BRIDGE_CHUNK];
+    loop {
+        // Wait for room in the pipe first, so the host socket's own buffer is the only one
+        // that grows while the guest is slow (backpressure reaches the host peer).
+        let room = loop {
+            match tx.check_write() {
+                Ok(0) => poll_fn(|cx| tx.poll_writable(cx)).await,
+                Ok(n) => break n,
+                // The guest stopped reading: nothing more to deliver.
+                Err(StreamError::Closed) => return Ok(()),
+                Err(_) => return Err(Fault::Guest),
+            }
+        };
+        let want = room.min(buf.len());
+        let n = tokio::select! {
+            r = input.read(&mut buf[..want]) => r.map_err(|_| Fault::Host)?,
+            // Re-check: `check_write` tells a reset (fault) from a reader gone (done).
+            () = poll_fn(|cx| tx.poll_reader_gone(cx)) => continue,
+        };
+        if n == 0 {
+            tx.pipe().finish();
+            return Ok(());
+        }
+        match tx.write(Bytes::copy_from_slice(&buf[..n])) {
+            Ok(()) => {}
+            Err(StreamError::Closed) => return Ok(()),
+            Err(_) => return Err(Fault::Guest),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(entries: &[&str]) -> EgressPolicy {
+        let entries: Vec<String> = entries.iter().map(|s| s.to_string()).collect();
+        EgressPolicy::parse(&entries).unwrap()
+    }
+
+    #[test]
+    fn exact_names_and_ports() {
+        let p = policy(&["example.com:443", "DB.Example.com.:5432"]);
+        assert!(p.allows("example.com", 443));
+        assert!(p.allows("EXAMPLE.com.", 443));
+        assert!(!p.allows("example.com", 80));
+        assert!(!p.allows("www.example.com", 443));
+        assert!(p.allows("db.example.com", 5432));
+        assert!(p.allows_name("example.com"));
+        assert!(!p.allows_name("example.org"));
+        assert!(!EgressPolicy::deny_all().allows("example.com", 443));
+    }
+
+    #[test]
+    fn wildcards() {
+        let p = policy(&["*.wasmpod.internal:*", "*.example.com:8080"]);
+        assert!(p.allows(HOST_INTERNAL, 1));
+        assert!(p.allows(HOST_INTERNAL, 65535));
+        assert!(p.allows_name(HOST_INTERNAL));
+        assert!(p.allows("a.b.example.com", 8080));
+        assert!(!p.allows("a.b.example.com", 8081));
+        // Strictly below the suffix, and on a label boundary.
+        assert!(!p.allows("example.com", 8080));
+        assert!(!p.allows("badexample.com", 8080));
+        assert!(!p.allows("wasmpod.internal", 80));
+        assert!(!p.allows_name("example.com"));
+    }
+
+    #[test]
+    fn ip_rules() {
+        let p = policy(&["10.1.2.3:80", "[2001:db8::1]:*"]);
+        assert!(p.allows("10.1.2.3", 80));
+        assert!(!p.allows("10.1.2.3", 81));
+        assert!(p.allows("[2001:db8::1]", 9));
+        assert!(p.allows_ip("2001:db8::1".parse().unwrap(), 9));
+        assert!(p.allows_ip("::ffff:10.1.2.3".parse().unwrap(), 80));
+        assert!(!p.allows_name("10.1.2.3"));
+        assert_eq!(p.rules()[1].to_string(), "[2001:db8::1]:*");
+    }
+
+    #[test]
+    fn bad_entries_say_what_to_write() {
+        let err = |e: &str| EgressRule::parse(e).unwrap_err();
+        assert!(matches!(err("example.com"), RuleError::MissingPort(_)));
+        assert!(matches!(err("example.com:"), RuleError::MissingPort(_)));
+        assert!(matches!(err("example.com:0"), RuleError::BadPort { .. }));
+        assert!(matches!(
+            err("example.com:70000"),
+            RuleError::BadPort { .. }
+        ));
+        assert!(matches!(err("example.com:+80"), RuleError::BadPort { .. }));
+        assert!(matches!(
+            err("2001:db8::1:80"),
+            RuleError::UnbracketedIpv6(_)
+        ));
+        assert!(matches!(err(":80"), RuleError::BadHost { .. }));
+        assert!(matches!(err("*:80"), RuleError::BadHost { .. }));
+        assert!(matches!(err("a.*.com:80"), RuleError::BadHost { .. }));
+        assert!(matches!(err("exa mple.com:80"), RuleError::BadHost { .. }));
+        assert!(matches!(err("[nope]:80"), RuleError::BadHost { .. }));
+        assert!(matches!(err("224.0.0.1:80"), RuleError::BadHost { .. }));
+        for pod in [
+            "127.0.0.1:8080",
+            "[::1]:80",
+            "0.0.0.0:1",
+            "localhost:80",
+            "169.254.77.1:80",
+        ] {
+            assert!(matches!(err(pod), RuleError::PodAddress { .. }), "{pod}");
+        }
+        let msg = err("127.0.0.1:8080").to_string();
+        assert!(msg.contains("host.wasmpod.internal:8080"), "{msg}");
+        let e = EgressPolicy::parse(&["a.com:1".into(), "b.com".into()]).unwrap_err();
+        assert_eq!(e.index, 1);
+    }
+
+    fn recorder() -> (DeniedHook, Arc<Mutex<Vec<Denied>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let hook: DeniedHook = Arc::new(move |d| s2.lock().unwrap().push(d));
+        (hook, seen)
+    }
+
+    #[test]
+    fn authorize_connect_and_report() {
+        let (hook, seen) = recorder();
+        let e = Egress::new(
+            "web",
+            policy(&[
+                "host.wasmpod.internal:5432",
+                "example.com:443",
+                "10.0.0.9:22",
+            ]),
+            Some(hook),
+        );
+        let gw = |p| SocketAddr::new(HOST_GATEWAY, p);
+        assert_eq!(
+            e.authorize_connect(gw(5432)),
+            Ok("127.0.0.1:5432".parse().unwrap())
+        );
+        assert_eq!(e.authorize_connect(gw(5433)), Err(NetError::AccessDenied));
+        assert_eq!(
+            e.authorize_connect("10.0.0.9:22".parse().unwrap()),
+            Ok("10.0.0.9:22".parse().unwrap())
+        );
+        let resolved: SocketAddr = "93.184.216.34:443".parse().unwrap();
+        assert_eq!(e.authorize_connect(resolved), Err(NetError::AccessDenied));
+        e.remembered
+            .lock()
+            .unwrap()
+            .insert(resolved.ip(), "example.com");
+        assert_eq!(e.authorize_connect(resolved), Ok(resolved));
+        assert_eq!(
+            e.authorize_connect("93.184.216.34:80".parse().unwrap()),
+            Err(NetError::AccessDenied)
+        );
+        assert_eq!(
+            e.authorize_lookup("example.org"),
+            Err(NetError::NameUnresolvable)
+        );
+        assert_eq!(e.authorize_lookup("example.com"), Ok(()));
+        let seen = seen.lock().unwrap();
+        let got: Vec<(&str, &str, DeniedKind)> = seen
+            .iter()
+            .map(|d| (d.container.as_str(), d.destination.as_str(), d.kind))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("web", "host.wasmpod.internal:5433", DeniedKind::Connect),
+                ("web", "93.184.216.34:443", DeniedKind::Connect),
+                ("web", "93.184.216.34:80 (example.com)", DeniedKind::Connect),
+                ("web", "example.org", DeniedKind::Lookup),
+            ]
+        );
+    }
+
+    #[test]
+    fn remembered_addresses_are_bounded() {
+        let mut r = Remembered::default();
+        for i in 0..(MAX_REMEMBERED_ADDRS as u32 + 10) {
+            r.insert(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), "x.example");
+        }
+        assert_eq!(r.names.len(), MAX_REMEMBERED_ADDRS);
+        assert_eq!(r.order.len(), MAX_REMEMBERED_ADDRS);
+        assert!(
+            !r.names
+                .contains_key(&IpAddr::V4(Ipv4Addr::from(0x0a00_0000)))
+        );
+        let ip = IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4));
+        for i in 0..20 {
+            r.insert(ip, &format!("n{i}.example"));
+        }
+        assert_eq!(r.names[&ip].len(), MAX_NAMES_PER_ADDR);
+    }
+
+    /// Connects a virtual socket of `net` to the host's `port` through the gateway.
+    async fn dial_gateway(
+        net: &ContainerNet,
+        port: u16,
+    ) -> (crate::net::tcp::VTcpSocket, PipeReader, PipeWriter) {
+        use crate::net::tcp::{Family, VTcpSocket};
+        use wasmtime_wasi_io::poll::Pollable;
+        let mut s = VTcpSocket::new(net, Family::V4).unwrap();
+        s.start_connect(net, SocketAddr::new(HOST_GATEWAY, port))
+            .unwrap();
+        s.ready().await;
+        let (rx, tx) = s.finish_connect().unwrap();
+        (s, rx, tx)
+    }
+
+    #[tokio::test]
+    async fn container_exit_closes_and_kill_resets_host_connections() {
+        let host = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = host.local_addr().unwrap().port();
+        let pod = crate::net::PodNetwork::new();
+        let rules = vec![format!("{HOST_INTERNAL}:{port}")];
+
+        // Exit: bytes already written arrive, then end-of-stream.
+        let net = pod.attach_with("app", EgressPolicy::parse(&rules).unwrap(), None);
+        let (_sock, _rx, tx) = dial_gateway(&net, port).await;
+        let (mut peer, _) = host.accept().await.unwrap();
+        tx.write(Bytes::from_static(b"last words")).unwrap();
+        net.shutdown();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+
+        // Kill: the host peer sees a reset.
+        let net = pod.attach_with("app", EgressPolicy::parse(&rules).unwrap(), None);
+        let (_sock, _rx, _tx) = dial_gateway(&net, port).await;
+        let (mut peer, _) = host.accept().await.unwrap();
+        net.abort();
+        let err = peer.read_to_end(&mut Vec::new()).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    }
+
+    #[tokio::test]
+    async fn pending_dial_is_would_block_until_ready() {
+        use crate::net::tcp::{Family, VTcpSocket};
+        let host = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = host.local_addr().unwrap().port();
+        let pod = crate::net::PodNetwork::new();
+        let rules = vec![format!("{HOST_INTERNAL}:*")];
+        let net = pod.attach_with("app", EgressPolicy::parse(&rules).unwrap(), None);
+        let mut s = VTcpSocket::new(&net, Family::V4).unwrap();
+        s.start_connect(&net, SocketAddr::new(HOST_GATEWAY, port))
+            .unwrap();
+        // The dial runs on this (current-thread) runtime, so it cannot have finished yet.
+        assert_eq!(s.finish_connect().err(), Some(NetError::WouldBlock));
+        assert_eq!(s.local_address(), Err(NetError::InvalidState));
+        wasmtime_wasi_io::poll::Pollable::ready(&mut s).await;
+        let (_rx, _tx) = s.finish_connect().unwrap();
+        assert_eq!(
+            s.remote_address().unwrap(),
+            SocketAddr::new(HOST_GATEWAY, port)
+        );
+        assert_eq!(s.finish_connect().err(), Some(NetError::NotInProgress));
+    }
+
+    /// The host-resolver path, on a name every host resolves without a network; pod
+    /// addresses in an answer are never remembered as egress destinations.
+    #[tokio::test]
+    async fn host_lookup_is_async_and_does_not_remember_pod_addresses() {
+        let e = Arc::new(Egress::new("app", EgressPolicy::deny_all(), None));
+        let addrs = e.clone().resolve("localhost".to_string()).await.unwrap();
+        assert!(addrs.iter().all(|ip| is_pod_address(*ip)), "{addrs:?}");
+        assert!(!addrs.is_empty());
+        assert!(e.remembered.lock().unwrap().names.is_empty());
+    }
+}
