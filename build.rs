@@ -22,6 +22,8 @@ fn main() {
         return;
     }
     watch_guest_sources(&guests);
+    // Guests generate bindings from wasmpod's own WIT.
+    println!("cargo:rerun-if-changed={}", manifest_dir.join("wit").display());
     ensure_guest_target_installed();
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

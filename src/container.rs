@@ -16,7 +16,8 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use crate::engine::Engine;
 use tokio_util::sync::CancellationToken;
 use crate::http::{OutgoingHooks, OutgoingRoute};
-use crate::status::Events;
+use crate::net::egress::{Denied, DeniedHook, DeniedKind, EgressPolicy};
+use crate::status::{EventKind, Events};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::logs::{Logs, Stream};
 use crate::net::p2::{NetCtxView, NetView};
@@ -158,6 +159,8 @@ pub struct PreparedContainer {
     engine: Engine,
     events: Events,
     route: Arc<dyn OutgoingRoute>,
+    /// Where its sockets may connect outside the pod (`allowed_outbound_hosts`).
+    egress: EgressPolicy,
 }
 
 impl PreparedContainer {
@@ -175,7 +178,9 @@ impl PreparedContainer {
         let link_error = |e: wasmtime::Error| ContainerError::Link { container: spec.name.clone(), message: format!("{e:#}") };
         let pre = linker.instantiate_pre(component).map_err(link_error)?;
         let command = CommandPre::new(pre).map_err(link_error)?;
-        Ok(PreparedContainer { spec, mounts, command, engine: engine.clone(), events, route })
+        let egress = EgressPolicy::parse(&spec.allowed_outbound_hosts)
+            .map_err(|e| ContainerError::Unsupported { container: spec.name.clone(), message: e.to_string() })?;
+        Ok(PreparedContainer { spec, mounts, command, engine: engine.clone(), events, route, egress })
     }
 
     /// Runs the container once, to its end, in a fresh Store attached to the pod's network.
@@ -187,7 +192,7 @@ impl PreparedContainer {
     /// reads end-of-file. That is how a container learns it is asked to stop (Kubernetes sends
     /// SIGTERM; WASI 0.2 has no signals), and it has the pod's grace period to exit on its own.
     pub async fn run(&self, logs: &Logs, network: &Arc<PodNetwork>, terminating: &CancellationToken) -> Exit {
-        let net = Arc::new(network.attach(&self.spec.name));
+        let net = Arc::new(self.attach(network));
         let mut teardown = NetTeardown { net: net.clone(), clean: false };
         let exit = self.run_attached(logs, net, terminating).await;
         teardown.clean = matches!(exit, Exit::Code(_));
@@ -248,9 +253,26 @@ impl PreparedContainer {
         })
     }
 
+    /// Attaches a run to the pod network with the container's egress policy; refusals become
+    /// events naming the container and the destination.
+    fn attach(&self, network: &Arc<PodNetwork>) -> ContainerNet {
+        let events = self.events.clone();
+        let on_denied: DeniedHook = Arc::new(move |denied: Denied| {
+            let what = match denied.kind {
+                DeniedKind::Connect => "connection",
+                DeniedKind::Lookup => "name lookup",
+            };
+            events.emit(
+                Some(&denied.container),
+                EventKind::EgressDenied { destination: format!("{what} to {}", denied.destination) },
+            );
+        });
+        network.attach_with(&self.spec.name, self.egress.clone(), Some(on_denied))
+    }
+
     async fn call_health(&self, logs: &Logs, network: &Arc<PodNetwork>) -> Result<(), String> {
         let wasi = wasi_context(&self.spec, &self.mounts, logs, None)?;
-        let net = Arc::new(network.attach(&self.spec.name));
+        let net = Arc::new(self.attach(network));
         let hooks = OutgoingHooks::new(&self.spec.name, self.events.clone(), self.route.clone());
         let memory = MemoryBudget::new(self.spec.resources.memory);
         let data = ContainerData { wasi, table: ResourceTable::new(), net, memory, http: WasiHttpCtx::new(), hooks };

@@ -145,6 +145,9 @@ impl Request {
     pub fn parse(line: &str) -> Result<Request, String> {
         let mut words = line.split_whitespace();
         let verb = words.next().ok_or("empty request; expected status, logs or events")?;
+        if !["status", "logs", "events"].contains(&verb) {
+            return Err(format!("unknown request {verb:?}; expected status, logs or events"));
+        }
         let mut container = None;
         let (mut tail, mut follow) = (None, false);
         while let Some(word) = words.next() {
@@ -162,8 +165,7 @@ impl Request {
             "status" if tail.is_none() && !follow => Ok(Request::Status),
             "status" => Err("status takes no options".into()),
             "logs" => Ok(Request::Logs { container: container.ok_or("logs needs a container name")?, tail, follow }),
-            "events" => Ok(Request::Events { tail, follow }),
-            other => Err(format!("unknown request {other:?}; expected status, logs or events")),
+            _ => Ok(Request::Events { tail, follow }),
         }
     }
 

@@ -841,6 +841,13 @@ impl WasiHttpHooks for OutgoingHooks {
                 failed(BodyError::HttpRequestDenied)
             }
             Route::External => Box::new(async move {
+                let mut request = request;
+                if destination.host == crate::net::egress::HOST_INTERNAL {
+                    // The host's own loopback, as `host.wasmpod.internal` promises.
+                    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                    let uri = format!("{}://127.0.0.1:{}{path}", destination.scheme, destination.port);
+                    *request.uri_mut() = uri.parse().map_err(|_| BodyError::HttpRequestUriInvalid)?;
+                }
                 let (response, connection) = wasmtime_wasi_http::default_send_request(request, options).await?;
                 Ok((
                     response.map(|body| body.boxed_unsync()),

@@ -369,9 +369,10 @@ mod tests {
         writer.write_all(b"three\n").await.unwrap();
         assert_eq!(waiting.await.unwrap(), (vec!["three".to_string()], 0));
 
-        // Four more lines into a buffer of three: the slow reader missed one, and says so.
+        // Four more lines into a buffer of three: the reader that stopped after "two" missed
+        // "three" and "4", and says so.
         writer.write_all(b"4\n5\n6\n7\n").await.unwrap();
-        assert_eq!(texts(everything.next().await), (vec!["5".to_string(), "6".to_string(), "7".to_string()], 1));
+        assert_eq!(texts(everything.next().await), (vec!["5".to_string(), "6".to_string(), "7".to_string()], 2));
         assert_eq!(texts(other.read()), (vec![], 0));
     }
 

@@ -232,8 +232,13 @@ impl Pod {
             let compiled = self.compile(container_spec).await?;
             let mounts = volumes.mounts_for(container_spec)?;
             let name = container_spec.name.clone();
-            // Outside destinations stay closed until the egress policy lands in the spec.
-            let route = Arc::new(PodRoutes::new(shared.network.clone(), http_ports.clone(), Arc::new(|_: &str, _: u16| false)));
+            let egress = crate::net::egress::EgressPolicy::parse(&container_spec.allowed_outbound_hosts)
+                .map_err(|e| ContainerError::Unsupported { container: name.clone(), message: e.to_string() })?;
+            let route = Arc::new(PodRoutes::new(
+                shared.network.clone(),
+                http_ports.clone(),
+                Arc::new(move |host: &str, port: u16| egress.allows(host, port)),
+            ));
             let runnable = match ContainerKind::require(shared.engine.wasmtime(), &compiled, &name)? {
                 ContainerKind::Command => Runnable::Command(Arc::new(PreparedContainer::new(
                     &shared.engine,

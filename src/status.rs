@@ -147,6 +147,8 @@ pub enum EventKind {
     NotReady { message: String },
     /// A startup or liveness probe failed for good.
     Unhealthy { message: String },
+    /// A connection or lookup outside the pod that `allowed_outbound_hosts` does not allow.
+    EgressDenied { destination: String },
     PodRunning,
     PodSucceeded,
     PodFailed { reason: String },
@@ -181,6 +183,7 @@ impl fmt::Display for Event {
             EventKind::Ready => f.write_str("ready"),
             EventKind::NotReady { message } => write!(f, "not ready: {message}"),
             EventKind::Unhealthy { message } => write!(f, "unhealthy: {message}"),
+            EventKind::EgressDenied { destination } => write!(f, "denied {destination} (not in allowed_outbound_hosts)"),
             EventKind::PodRunning => f.write_str("pod running"),
             EventKind::PodSucceeded => f.write_str("pod succeeded"),
             EventKind::PodFailed { reason } => write!(f, "pod failed: {reason}"),

@@ -258,7 +258,8 @@ fn probe_target(shared: &Shared, health: Option<probe::HealthCheck>) -> ProbeTar
 fn set_ready(shared: &Shared, name: &str, ready: bool, why: Option<String>) {
     let changed = shared.container_status(name).is_some_and(|c| c.ready != ready);
     shared.update(name, |c| c.ready = ready);
-    if changed {
+    // A probe that fails before the container was ever ready still says why, once.
+    if changed || (!ready && why.is_some()) {
         let kind = if ready { EventKind::Ready } else { EventKind::NotReady { message: why.unwrap_or_default() } };
         shared.events.emit(Some(name), kind);
     }

@@ -13,8 +13,16 @@ use common::{DEADLINE, guest};
 
 fn wasmpod() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wasmpod"));
-    command.stdin(Stdio::null());
+    command.stdin(Stdio::null()).env("WASMPOD_RUNTIME_DIR", runtime_dir());
     command
+}
+
+/// A control-socket directory of this test process: `wasmpod run` claims its pod's name there,
+/// and the shared default would make two concurrent `cargo test`s refuse each other's pods.
+/// Statics are never dropped, so it lives under cargo's target tmp dir rather than `/tmp`.
+fn runtime_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a temp dir")).path()
 }
 
 fn write_spec(dir: &Path, body: &str) -> std::path::PathBuf {
@@ -186,6 +194,7 @@ fn sigterm_stops_the_pod_cleanly_and_removes_its_empty_dir() {
     let spec = write_spec(
         dir.path(),
         r#"name = "term"
+termination_grace_period = "200ms"
 [[volumes]]
 name = "scratch"
 empty_dir = {}

@@ -21,8 +21,8 @@ use toml::Spanned;
 use crate::net::egress::EgressRule;
 
 use super::{
-    Backoff, ComponentSource, ContainerSpec, Expose, MountSpec, PodSpec, RestartPolicy,
-    VolumeSource, VolumeSpec,
+    Backoff, ComponentSource, ContainerSpec, Dependency, DependencyCondition, Expose, MountSpec, PodSpec, Probe,
+    ProbeAction, Resources, RestartPolicy, VolumeSource, VolumeSpec,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -171,6 +171,8 @@ struct RawPod {
     #[serde(default)]
     restart_policy: RawRestartPolicy,
     restart_backoff: Option<RawBackoff>,
+    termination_grace_period: Option<Spanned<String>>,
+    readiness_wait: Option<Spanned<String>>,
     expose: Option<RawExpose>,
     #[serde(default)]
     volumes: Vec<Spanned<RawVolume>>,
@@ -232,6 +234,77 @@ struct RawContainer {
     volume_mounts: Vec<RawMount>,
     #[serde(default)]
     allowed_outbound_hosts: Vec<Spanned<String>>,
+    resources: Option<RawResources>,
+    #[serde(default)]
+    depends_on: Vec<Spanned<RawDependency>>,
+    startup_probe: Option<Spanned<RawProbe>>,
+    readiness_probe: Option<Spanned<RawProbe>>,
+    liveness_probe: Option<Spanned<RawProbe>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResources {
+    /// `"64MiB"`, `"1GiB"`, `"500M"` or a number of bytes.
+    memory: Option<Spanned<RawQuantity>>,
+    /// A share of one core.
+    cpu: Option<Spanned<f64>>,
+}
+
+/// A memory size as written: a string with a unit, or a plain number of bytes.
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "a size like \"64MiB\" or a number of bytes")]
+enum RawQuantity {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDependency {
+    container: String,
+    #[serde(default)]
+    condition: RawCondition,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum RawCondition {
+    #[default]
+    Started,
+    Ready,
+    Completed,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    http_get: Option<RawHttpGet>,
+    tcp_socket: Option<RawTcpSocket>,
+    health: Option<RawEmptyDir>,
+    initial_delay: Option<Spanned<String>>,
+    period: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    failure_threshold: Option<Spanned<u32>>,
+    success_threshold: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpGet {
+    port: Spanned<RawPort>,
+    #[serde(default = "root_path")]
+    path: String,
+}
+
+fn root_path() -> String {
+    "/".to_string()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTcpSocket {
+    port: Spanned<RawPort>,
 }
 
 #[derive(Deserialize)]
@@ -357,12 +430,22 @@ fn lower_pod(raw: RawPod, base_dir: &Path, report: &mut Report) -> PodSpec {
         .map(|(index, volume)| lower_volume(volume, index, base_dir, report))
         .collect();
 
+    let mut optional_duration = |field: Field, written: Option<Spanned<String>>, default: Duration| {
+        written.and_then(|written| lower_duration(field, &written, report)).unwrap_or(default)
+    };
+    let termination_grace_period = optional_duration(
+        Field::TerminationGracePeriod,
+        raw.termination_grace_period,
+        super::DEFAULT_TERMINATION_GRACE_PERIOD,
+    );
+    let readiness_wait = optional_duration(Field::ReadinessWait, raw.readiness_wait, super::DEFAULT_READINESS_WAIT);
+
     PodSpec {
         name: raw.name.into_inner(),
         restart_policy,
         restart_backoff,
-        termination_grace_period: super::DEFAULT_TERMINATION_GRACE_PERIOD,
-        readiness_wait: super::DEFAULT_READINESS_WAIT,
+        termination_grace_period,
+        readiness_wait,
         expose,
         volumes,
         init_containers,
@@ -542,6 +625,31 @@ fn lower_container(
         })
         .collect();
 
+    let resources = container.resources.map(|raw| lower_resources(raw, &field, report)).unwrap_or_default();
+    let depends_on = container
+        .depends_on
+        .into_iter()
+        .enumerate()
+        .map(|(index, dependency)| {
+            report.record(field(ContainerField::DependsOn(index)), dependency.span());
+            let dependency = dependency.into_inner();
+            Dependency {
+                container: dependency.container,
+                condition: match dependency.condition {
+                    RawCondition::Started => DependencyCondition::Started,
+                    RawCondition::Ready => DependencyCondition::Ready,
+                    RawCondition::Completed => DependencyCondition::Completed,
+                },
+            }
+        })
+        .collect();
+    let mut probe = |kind: ProbeKind, raw: Option<Spanned<RawProbe>>| {
+        raw.and_then(|raw| lower_probe(raw, field(ContainerField::Probe(kind)), report))
+    };
+    let startup_probe = probe(ProbeKind::Startup, container.startup_probe);
+    let readiness_probe = probe(ProbeKind::Readiness, container.readiness_probe);
+    let liveness_probe = probe(ProbeKind::Liveness, container.liveness_probe);
+
     ContainerSpec {
         name: container.name.into_inner(),
         component: ComponentSource::File(resolve(base_dir, container.component.get_ref())),
@@ -550,12 +658,106 @@ fn lower_container(
         ports,
         volume_mounts,
         allowed_outbound_hosts,
-        resources: Default::default(),
-        depends_on: Vec::new(),
-        startup_probe: None,
-        readiness_probe: None,
-        liveness_probe: None,
+        resources,
+        depends_on,
+        startup_probe,
+        readiness_probe,
+        liveness_probe,
     }
+}
+
+fn lower_resources(raw: RawResources, field: &dyn Fn(ContainerField) -> Field, report: &mut Report) -> Resources {
+    let memory = raw.memory.and_then(|written| {
+        report.record(field(ContainerField::Memory), written.span());
+        match written.get_ref() {
+            RawQuantity::Bytes(bytes) => Some(*bytes),
+            RawQuantity::Text(text) => match parse_bytes(text) {
+                Some(bytes) => Some(bytes),
+                None => {
+                    let message = format!(
+                        "`{text}` is not a memory size; write it like \"64MiB\", \"1GiB\", \"500MB\" or a number of bytes"
+                    );
+                    report.push(&field(ContainerField::Memory), message);
+                    None
+                }
+            },
+        }
+    });
+    let cpu = raw.cpu.map(|written| {
+        report.record(field(ContainerField::Cpu), written.span());
+        written.into_inner()
+    });
+    Resources { memory, cpu }
+}
+
+/// `64MiB`, `64Mi`, `64M`, `64MB`, `1GiB`, `512KiB`, `1048576`: binary units for `Ki`/`Mi`/`Gi`
+/// (as Kubernetes), decimal for `K`/`M`/`G`.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "k" | "kB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
+}
+
+fn lower_probe(raw: Spanned<RawProbe>, field: Field, report: &mut Report) -> Option<Probe> {
+    report.record(field.clone(), raw.span());
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let mut actions = Vec::new();
+    if let Some(http_get) = &raw.http_get
+        && let Some(port) = lower_port(&http_get.port, report)
+    {
+        actions.push(ProbeAction::HttpGet { port, path: http_get.path.clone() });
+    }
+    if let Some(tcp_socket) = &raw.tcp_socket
+        && let Some(port) = lower_port(&tcp_socket.port, report)
+    {
+        actions.push(ProbeAction::TcpSocket { port });
+    }
+    if raw.health.is_some() {
+        actions.push(ProbeAction::Health);
+    }
+    let kinds = usize::from(raw.http_get.is_some()) + usize::from(raw.tcp_socket.is_some()) + usize::from(raw.health.is_some());
+    if kinds != 1 {
+        let message = format!(
+            "{field} needs exactly one of `http_get = {{ port, path }}`, `tcp_socket = {{ port }}` or `health = {{}}` (it has {kinds})"
+        );
+        report.push_at_span(span, message);
+        return None;
+    }
+    let action = actions.pop()?;
+    let mut probe = Probe::new(action);
+    let mut duration = |name: &str, written: Option<Spanned<String>>, slot: &mut Duration| {
+        if let Some(written) = written
+            && let Some(parsed) = lower_duration(Field::Nested(Box::new(field.clone()), name.to_string()), &written, report)
+        {
+            *slot = parsed;
+        }
+    };
+    duration("initial_delay", raw.initial_delay, &mut probe.initial_delay);
+    duration("period", raw.period, &mut probe.period);
+    duration("timeout", raw.timeout, &mut probe.timeout);
+    for (name, written, slot) in [
+        ("failure_threshold", raw.failure_threshold, &mut probe.failure_threshold),
+        ("success_threshold", raw.success_threshold, &mut probe.success_threshold),
+    ] {
+        if let Some(written) = written {
+            report.record(Field::Nested(Box::new(field.clone()), name.to_string()), written.span());
+            *slot = written.into_inner();
+        }
+    }
+    Some(probe)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -572,6 +774,18 @@ enum Field {
     ExposePort,
     Volume(usize, VolumeField),
     Container(ContainerAt, ContainerField),
+    TerminationGracePeriod,
+    ReadinessWait,
+    /// A key inside another field's table, e.g. `containers[0].liveness_probe.period`.
+    Nested(Box<Field>, String),
+}
+
+/// Which probe of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ProbeKind {
+    Startup,
+    Readiness,
+    Liveness,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -627,6 +841,10 @@ enum ContainerField {
     EnvName(String),
     Mount(usize, MountField),
     OutboundHost(usize),
+    Memory,
+    Cpu,
+    DependsOn(usize),
+    Probe(ProbeKind),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -651,6 +869,9 @@ impl fmt::Display for Field {
                 write!(f, "restart_backoff.{key}")
             }
             Field::ExposePort => f.write_str("expose.port"),
+            Field::TerminationGracePeriod => f.write_str("termination_grace_period"),
+            Field::ReadinessWait => f.write_str("readiness_wait"),
+            Field::Nested(parent, key) => write!(f, "{parent}.{key}"),
             Field::Volume(index, which) => {
                 write!(f, "volumes[{index}]")?;
                 match which {
@@ -682,6 +903,12 @@ impl fmt::Display for Field {
                     ContainerField::OutboundHost(index) => {
                         write!(f, ".allowed_outbound_hosts[{index}]")
                     }
+                    ContainerField::Memory => f.write_str(".resources.memory"),
+                    ContainerField::Cpu => f.write_str(".resources.cpu"),
+                    ContainerField::DependsOn(index) => write!(f, ".depends_on[{index}]"),
+                    ContainerField::Probe(ProbeKind::Startup) => f.write_str(".startup_probe"),
+                    ContainerField::Probe(ProbeKind::Readiness) => f.write_str(".readiness_probe"),
+                    ContainerField::Probe(ProbeKind::Liveness) => f.write_str(".liveness_probe"),
                 }
             }
         }
@@ -815,6 +1042,143 @@ fn check_pod(spec: &PodSpec, report: &mut Report) {
     }
     check_containers(spec, report);
     check_expose(spec, report);
+    check_dependencies(spec, report);
+    check_health_settings(spec, report);
+}
+
+fn container_at(spec: &PodSpec, name: &str) -> Option<ContainerAt> {
+    spec.init_containers
+        .iter()
+        .position(|c| c.name == name)
+        .map(ContainerAt::init)
+        .or_else(|| spec.containers.iter().position(|c| c.name == name).map(ContainerAt::main))
+}
+
+/// `depends_on`: known containers, not itself, no cycles (Compose rejects them too).
+fn check_dependencies(spec: &PodSpec, report: &mut Report) {
+    for (index, container) in spec.containers.iter().enumerate() {
+        let at = ContainerAt::main(index);
+        for (dep_index, dependency) in container.depends_on.iter().enumerate() {
+            let field = Field::Container(at, ContainerField::DependsOn(dep_index));
+            if dependency.container == container.name {
+                report.push(&field, format!("container {:?} depends on itself; remove this entry", container.name));
+            } else if container_at(spec, &dependency.container).is_none() {
+                let known: Vec<&str> = spec.all_containers().map(|c| c.name.as_str()).filter(|n| *n != container.name).collect();
+                report.push(
+                    &field,
+                    format!(
+                        "container {:?} depends on {:?}, which is not a container of this pod; use one of: {}",
+                        container.name,
+                        dependency.container,
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    // A cycle: follow depends_on from each container; meeting the start again closes a loop.
+    for (index, container) in spec.containers.iter().enumerate() {
+        let mut path = vec![container.name.as_str()];
+        if let Some(cycle) = find_cycle(spec, &container.name, &mut path) {
+            if cycle.first().copied() != Some(container.name.as_str()) {
+                continue; // Reported at the cycle's first member only.
+            }
+            let field = Field::Container(ContainerAt::main(index), ContainerField::DependsOn(0));
+            report.push(
+                &field,
+                format!("depends_on forms a cycle: {}; remove one of these dependencies", cycle.join(" -> ")),
+            );
+        }
+    }
+}
+
+fn find_cycle<'a>(spec: &'a PodSpec, start: &str, path: &mut Vec<&'a str>) -> Option<Vec<&'a str>> {
+    let current = *path.last()?;
+    let container = spec.containers.iter().find(|c| c.name == current)?;
+    for dependency in &container.depends_on {
+        let next = dependency.container.as_str();
+        if next == current {
+            continue; // A self-dependency is reported on its own.
+        }
+        if next == start {
+            let mut cycle = path.clone();
+            cycle.push(next);
+            // Name the cycle from its alphabetically first member so it is reported once.
+            let smallest = cycle[..cycle.len() - 1].iter().min().copied();
+            return (smallest == Some(start)).then_some(cycle);
+        }
+        if path.contains(&next) {
+            continue;
+        }
+        path.push(next);
+        if let Some(cycle) = find_cycle(spec, start, path) {
+            return Some(cycle);
+        }
+        path.pop();
+    }
+    None
+}
+
+/// Probes and resources: values that make sense.
+fn check_health_settings(spec: &PodSpec, report: &mut Report) {
+    let lists = [(ContainerList::Init, &spec.init_containers), (ContainerList::Main, &spec.containers)];
+    for (list, containers) in lists {
+        for (index, container) in containers.iter().enumerate() {
+            let at = ContainerAt { list, index };
+            if let Some(memory) = container.resources.memory
+                && memory < (1 << 20)
+            {
+                report.push(
+                    &Field::Container(at, ContainerField::Memory),
+                    format!("a memory limit of {memory} bytes is too small to run a component; give at least \"1MiB\""),
+                );
+            }
+            if let Some(cpu) = container.resources.cpu
+                && !(cpu > 0.0 && cpu <= 1024.0)
+            {
+                report.push(
+                    &Field::Container(at, ContainerField::Cpu),
+                    format!("cpu = {cpu} is not a share of a core; write a number above 0, e.g. 0.5 for half a core"),
+                );
+            }
+            let probes = [
+                (ProbeKind::Startup, &container.startup_probe),
+                (ProbeKind::Readiness, &container.readiness_probe),
+                (ProbeKind::Liveness, &container.liveness_probe),
+            ];
+            for (kind, probe) in probes {
+                let Some(probe) = probe else { continue };
+                let field = Field::Container(at, ContainerField::Probe(kind));
+                let nested = |key: &str| Field::Nested(Box::new(field.clone()), key.to_string());
+                if list == ContainerList::Init {
+                    report.push(&field, "init containers run to completion and are not probed; remove this probe".into());
+                    continue;
+                }
+                if probe.period.is_zero() {
+                    report.push(&nested("period"), "a probe period must be longer than zero, e.g. \"10s\"".into());
+                }
+                if probe.timeout.is_zero() {
+                    report.push(&nested("timeout"), "a probe timeout must be longer than zero, e.g. \"1s\"".into());
+                }
+                if probe.failure_threshold == 0 {
+                    report.push(&nested("failure_threshold"), "failure_threshold must be at least 1".into());
+                }
+                if probe.success_threshold == 0 {
+                    report.push(&nested("success_threshold"), "success_threshold must be at least 1".into());
+                } else if kind != ProbeKind::Readiness && probe.success_threshold != 1 {
+                    report.push(
+                        &nested("success_threshold"),
+                        "success_threshold must be 1 for startup and liveness probes (as in Kubernetes)".into(),
+                    );
+                }
+                if let ProbeAction::HttpGet { path, .. } = &probe.action
+                    && !path.starts_with('/')
+                {
+                    report.push(&field, format!("http_get path {path:?} must start with '/'"));
+                }
+            }
+        }
+    }
 }
 
 const DNS_LABEL_RULE: &str =

@@ -29,6 +29,7 @@
 //! - `alloc-mib N`                   allocate and touch N MiB, 1 MiB at a time; print `holding N MiB`
 //! - `recurse`                       recurse without bound (until the stack limit traps)
 //! - `spin-for MS`                   compute without yielding for MS milliseconds (wall clock)
+//! - `wait-stdin`                    read stdin to its end (wasmpod closes it to ask for a stop)
 
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
@@ -157,6 +158,10 @@ fn run_step(step: &[String]) -> Result<(), String> {
             loop {
                 counter = std::hint::black_box(counter.wrapping_add(1));
             }
+        }
+        "wait-stdin" => {
+            let mut rest = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest).map_err(|e| e.to_string())?;
         }
         "alloc-mib" => {
             let mut held: Vec<Vec<u8>> = Vec::new();
