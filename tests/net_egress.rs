@@ -364,8 +364,12 @@ async fn host_close_and_reset_reach_the_guest() {
         let (mut s, _) = listener.accept().await.expect("accept");
         s.write_all(b"bye").await.expect("write");
         drop(s);
-        // Second: an abortive close.
-        let (s, _) = listener.accept().await.expect("accept");
+        // Second: an abortive close, once the guest's bytes show its side is connected (an
+        // RST racing the connect would fail the connect instead, which is not under test).
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut got = [0u8; 5];
+        s.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"ready");
         s.set_zero_linger().expect("linger");
         drop(s);
     });
@@ -373,7 +377,7 @@ async fn host_close_and_reset_reach_the_guest() {
     let reports = Reports::default();
     let allowed = rules(&[format!("host.wasmpod.internal:{port}")]);
     let script = format!(
-        "read-until-closed host.wasmpod.internal:{port} && read-until-closed host.wasmpod.internal:{port}"
+        "read-until-closed host.wasmpod.internal:{port} && read-until-closed host.wasmpod.internal:{port} ready"
     );
     let (code, out) = run(&pod, "app", &allowed, &reports, &script).await;
     assert_eq!(code, 0, "{out}");

@@ -586,19 +586,17 @@ enum Fault {
 /// Copies bytes both ways between `stream` and the guest's pipes, with half-close in each
 /// direction, until both directions have ended or one side fails.
 async fn bridge(stream: TcpStream, host: Endpoint) {
-    let Endpoint { rx, tx, .. } = host;
-    let (rx_pipe, tx_pipe) = (rx.pipe().clone(), tx.pipe().clone());
+    // The pipe ends are borrowed, not moved, by the two directions: dropping a writer is a
+    // FIN, and a guest must never see a clean end-of-stream for a connection that failed, so
+    // they are dropped only after a failure has been turned into a reset.
     let (mut read_half, mut write_half) = stream.into_split();
     let outcome = tokio::try_join!(
-        guest_to_host(rx, &mut write_half),
-        host_to_guest(&mut read_half, tx)
+        guest_to_host(&host.rx, &mut write_half),
+        host_to_guest(&mut read_half, &host.tx)
     );
     match outcome {
         Ok(_) => {}
-        Err(Fault::Host) => {
-            rx_pipe.reset();
-            tx_pipe.reset();
-        }
+        Err(Fault::Host) => host.reset(),
         Err(Fault::Guest) => {
             // A zero linger makes the close an RST, so the host peer sees the reset too.
             if let Ok(s) = read_half.reunite(write_half) {
@@ -608,7 +606,7 @@ async fn bridge(stream: TcpStream, host: Endpoint) {
     }
 }
 
-async fn guest_to_host(rx: PipeReader, out: &mut OwnedWriteHalf) -> Result<(), Fault> {
+async fn guest_to_host(rx: &PipeReader, out: &mut OwnedWriteHalf) -> Result<(), Fault> {
     loop {
         poll_fn(|cx| rx.poll_readable(cx)).await;
         match rx.try_read(BRIDGE_CHUNK) {
@@ -624,7 +622,7 @@ async fn guest_to_host(rx: PipeReader, out: &mut OwnedWriteHalf) -> Result<(), F
     }
 }
 
-async fn host_to_guest(input: &mut OwnedReadHalf, tx: PipeWriter) -> Result<(), Fault> {
+async fn host_to_guest(input: &mut OwnedReadHalf, tx: &PipeWriter) -> Result<(), Fault> {
     let mut buf = vec![0u8; BRIDGE_CHUNK];
     loop {
         // Wait for room in the pipe first, so the host socket's own buffer is the only one

@@ -14,8 +14,8 @@
 //!                              echo back and comparing it, half-close, expect EOF; print
 //!                              `sent N echoed N fnv HASH`
 //! - `half-close ADDR TEXT`     connect, send TEXT, half-close, read to EOF; print `got: TEXT`
-//! - `read-until-closed ADDR`   connect and read until EOF or error; print `closed: eof` or
-//!                              `closed: error KIND`
+//! - `read-until-closed ADDR [TEXT]`  connect (then send TEXT, if given) and read until EOF
+//!                              or error; print `closed: eof` or `closed: error KIND`
 //! - `try-bind ADDR`            print `bind ok PORT` or `bind failed: KIND`
 //! - `try-connect ADDR`         print `connect ok` or `connect failed: KIND`
 //! - `lookup NAME`              print `addr: IP` per address or `lookup failed: KIND`
@@ -124,6 +124,11 @@ fn run_step(
             let mut s = TcpStream::connect(arg(0)?).map_err(|e| format!("connect: {e}"))?;
             println!("connected");
             let _ = std::io::stdout().flush();
+            // Sending first lets a peer know the connection is fully up before it acts on it.
+            if step.len() > 2 {
+                s.write_all(step[2..].join(" ").as_bytes())
+                    .map_err(|e| format!("write: {e}"))?;
+            }
             let mut buf = [0u8; 1024];
             loop {
                 match s.read(&mut buf) {
