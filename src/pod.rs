@@ -456,7 +456,12 @@ impl Shared {
             if let Some(entry) = status.containers.iter_mut().find(|c| c.name == container) {
                 change(entry);
             }
-            status.phase == PodPhase::Running && status.containers.iter().filter(|c| !c.init).all(|c| c.ready)
+            // A container that completed for good (a job next to the servers) does not hold
+            // the pod unready; one that is running, starting or backing off does.
+            status.phase == PodPhase::Running
+                && status.containers.iter().filter(|c| !c.init).all(|c| {
+                    c.ready || matches!(&c.state, ContainerState::Terminated { exit, .. } if exit.is_success())
+                })
         };
         self.ready.send_if_modified(|was| std::mem::replace(was, ready) != ready);
         self.status_changed.send_replace(());

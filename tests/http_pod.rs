@@ -138,3 +138,65 @@ async fn outgoing_requests_outside_the_pod_are_denied_with_an_event() {
     }));
     pod.stop().await;
 }
+
+/// A tiny HTTP/1.1 server on the host's loopback (an ephemeral port) answering every request
+/// with `body`; returns its port.
+async fn host_server(body: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn an_allowed_host_wasmpod_internal_destination_is_served_by_the_hosts_loopback() {
+    let port = host_server("from the host\n").await;
+    let mut spec = pod_spec("hostinternal", RestartPolicy::OnFailure);
+    let mut front = hello("front", 8080);
+    front.allowed_outbound_hosts = vec![format!("host.wasmpod.internal:{port}")];
+    let mut client = webserver("client", &["--get", &format!("host.wasmpod.internal:{port}"), "/"]);
+    client.allowed_outbound_hosts = vec![format!("host.wasmpod.internal:{port}")];
+    // Not allowed: the same destination from a container without the rule.
+    let denied = hello("denied", 8081);
+    spec.containers = vec![front, client, denied];
+    spec.expose = Some(Expose { port: 8080 });
+    let (pod, addr) = started(spec).await;
+
+    // wasi:http from an http container.
+    let url = format!("/fetch?url=http://host.wasmpod.internal:{port}/");
+    let (status, _, body) = request(addr, "GET", &url, Vec::new()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"from the host\n");
+
+    // Plain std::net sockets from a command container.
+    assert_eq!(wait_for_line(&pod, "client", "status: ").await, "status: 200");
+    assert!(lines(&pod, "client").contains(&"body: from the host".to_string()));
+
+    // The container without the rule is denied, with an event naming it and the URL.
+    let url = format!("/fetch?url=http://localhost:8081/fetch?url=http://host.wasmpod.internal:{port}/");
+    let (_, _, body) = request(addr, "GET", &url, Vec::new()).await;
+    assert!(String::from_utf8_lossy(&body).contains("HttpRequestDenied"), "{}", String::from_utf8_lossy(&body));
+    assert!(pod.events().all().iter().any(|e| e.container.as_deref() == Some("denied")
+        && matches!(&e.kind, EventKind::OutgoingDenied { url } if url.contains("host.wasmpod.internal"))));
+    pod.stop().await;
+}
