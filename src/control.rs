@@ -226,6 +226,8 @@ pub struct ContainerView {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub restart_count: u32,
+    /// Past its startup probe and passing its readiness probe (see `wasmpod::ContainerStatus`).
+    pub ready: bool,
     /// How the most recent run ended, for people (`exited with code 1`, `trapped: ...`).
     pub last_exit: Option<String>,
     /// The exit code of the most recent run, when it exited (rather than trapped, ...).
@@ -281,6 +283,7 @@ impl From<&ContainerStatus> for ContainerView {
             started_at,
             finished_at,
             restart_count: container.restart_count,
+            ready: container.ready,
             last_exit: container.last_exit.as_ref().map(Exit::to_string),
             last_exit_code: match container.last_exit {
                 Some(Exit::Code(code)) => Some(code),

@@ -275,11 +275,24 @@ fn list_pods(dir: &Path, running: &[String], json: bool) -> ExitCode {
 }
 
 fn status_table(status: &control::StatusView) -> String {
-    let mut rows = vec![["NAME", "KIND", "STATE", "RESTARTS", "LAST EXIT"].map(String::from).to_vec()];
+    let mut rows = vec![["NAME", "KIND", "READY", "STATE", "RESTARTS", "LAST EXIT"].map(String::from).to_vec()];
     for c in &status.containers {
         // A trap's message can span lines; the table shows its first.
         let last_exit = c.last_exit.as_deref().and_then(|exit| exit.lines().next()).unwrap_or("-");
-        rows.push(vec![c.name.clone(), c.kind.clone(), c.state_text.clone(), c.restart_count.to_string(), last_exit.into()]);
+        // Init containers run to completion; readiness is not theirs to have.
+        let ready = match (c.kind.as_str(), c.ready) {
+            ("init", _) => "-",
+            (_, true) => "yes",
+            (_, false) => "no",
+        };
+        rows.push(vec![
+            c.name.clone(),
+            c.kind.clone(),
+            ready.into(),
+            c.state_text.clone(),
+            c.restart_count.to_string(),
+            last_exit.into(),
+        ]);
     }
     format!("pod {}: {}\n{}", status.name, status.phase, table(&rows))
 }

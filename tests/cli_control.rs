@@ -236,12 +236,13 @@ fn text(bytes: &[u8]) -> String {
 fn ps_row(table: &str, container: &str) -> Option<Vec<String>> {
     let line = table.lines().find(|line| line.split_whitespace().next() == Some(container))?;
     let words: Vec<&str> = line.split_whitespace().collect();
-    // NAME KIND STATE... RESTARTS LAST-EXIT...: RESTARTS is the first number after the kind.
-    let restarts = words.iter().skip(2).position(|w| w.parse::<u32>().is_ok())? + 2;
+    // NAME KIND READY STATE... RESTARTS LAST-EXIT...: RESTARTS is the first number after READY.
+    let restarts = words.iter().skip(3).position(|w| w.parse::<u32>().is_ok())? + 3;
     Some(vec![
         words[0].to_string(),
         words[1].to_string(),
-        words[2..restarts].join(" "),
+        words[2].to_string(),
+        words[3..restarts].join(" "),
         words[restarts].to_string(),
         words[restarts + 1..].join(" "),
     ])
@@ -257,17 +258,17 @@ fn ps_shows_every_container_with_its_state_restarts_and_last_exit() {
     let mut table = String::new();
     pod.wait_until("flaky to be restarted twice", || {
         table = pod.stdout(&["ps"]);
-        ps_row(&table, "flaky").is_some_and(|row| row[3].parse::<u32>().is_ok_and(|n| n >= 2))
+        ps_row(&table, "flaky").is_some_and(|row| row[4].parse::<u32>().is_ok_and(|n| n >= 2))
     });
     assert_eq!(table.lines().next(), Some("pod busy: Running"), "{table}");
     let header: Vec<&str> = table.lines().nth(1).unwrap_or_default().split("  ").filter(|c| !c.is_empty()).collect();
-    assert_eq!(header.iter().map(|c| c.trim()).collect::<Vec<_>>(), ["NAME", "KIND", "STATE", "RESTARTS", "LAST EXIT"]);
-    assert_eq!(ps_row(&table, "prep").unwrap(), ["prep", "init", "Terminated", "0", "exited with code 0"], "{table}");
-    assert_eq!(ps_row(&table, "server").unwrap(), ["server", "app", "Running", "0", "-"], "{table}");
+    assert_eq!(header.iter().map(|c| c.trim()).collect::<Vec<_>>(), ["NAME", "KIND", "READY", "STATE", "RESTARTS", "LAST EXIT"]);
+    assert_eq!(ps_row(&table, "prep").unwrap(), ["prep", "init", "-", "Terminated", "0", "exited with code 0"], "{table}");
+    assert_eq!(ps_row(&table, "server").unwrap(), ["server", "app", "yes", "Running", "0", "-"], "{table}");
     let flaky = ps_row(&table, "flaky").unwrap();
     assert_eq!(flaky[1], "app");
-    assert!(["Running", "Terminated"].contains(&flaky[2].as_str()) || flaky[2].starts_with("Waiting (BackOff"), "{table}");
-    assert_eq!(flaky[4], "exited with code 1", "{table}");
+    assert!(["Running", "Terminated"].contains(&flaky[3].as_str()) || flaky[3].starts_with("Waiting (BackOff"), "{table}");
+    assert_eq!(flaky[5], "exited with code 1", "{table}");
 
     // The pod named explicitly, and `--json` for scripts.
     assert!(pod.stdout(&["ps", "busy"]).starts_with("pod busy: Running\n"));
