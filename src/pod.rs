@@ -279,7 +279,7 @@ impl Pod {
                         shared.events.clone(),
                     )
                     .map_err(|e| ContainerError::Link { container: name.clone(), message: e.to_string() })?
-                    .with_limits(self.http_limits.clone())
+                    .with_limits(http_limits(&self.http_limits, &container_spec.http))
                     .with_outgoing(route);
                     let http = Arc::new(http);
                     http_ports.insert(port, &http);
@@ -430,6 +430,16 @@ impl Drop for Pod {
             control.kill.cancel();
         }
         self.shared.stop.cancel();
+    }
+}
+
+/// The pod's default request limits, with what the container's spec sets.
+fn http_limits(defaults: &HttpLimits, settings: &crate::spec::HttpSettings) -> HttpLimits {
+    HttpLimits {
+        request_timeout: settings.request_timeout.unwrap_or(defaults.request_timeout),
+        max_concurrent_instances: settings.max_concurrent_instances.unwrap_or(defaults.max_concurrent_instances),
+        max_request_body_bytes: settings.max_request_body.unwrap_or(defaults.max_request_body_bytes),
+        ..defaults.clone()
     }
 }
 

@@ -140,3 +140,21 @@ fn unknown_probe_fields_and_conditions_are_errors() {
     assert!(problems.contains("healthy"), "{problems}");
     assert!(problems.contains("started") && problems.contains("ready") && problems.contains("completed"), "{problems}");
 }
+
+#[test]
+fn http_limits_parse_and_bad_values_are_located() {
+    let spec = parse(
+        "name = \"x\"\n[[containers]]\nname = \"app\"\ncomponent = \"app.wasm\"\nports = [80]\nhttp = { request_timeout = \"2s\", max_concurrent_instances = 4, max_request_body = \"1MiB\" }\n",
+    )
+    .unwrap();
+    let http = spec.containers[0].http;
+    assert_eq!(http.request_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(http.max_concurrent_instances, Some(4));
+    assert_eq!(http.max_request_body, Some(1 << 20));
+    let problems = parse(
+        "name = \"x\"\n[[containers]]\nname = \"app\"\ncomponent = \"app.wasm\"\nhttp = { max_concurrent_instances = 0, max_request_body = \"big\" }\n",
+    )
+    .unwrap_err();
+    assert!(problems.contains("5:37: max_concurrent_instances must be at least 1"), "{problems}");
+    assert!(problems.contains("5:59: `big` is not a size"), "{problems}");
+}

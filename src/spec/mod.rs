@@ -138,6 +138,19 @@ pub struct ContainerSpec {
     pub readiness_probe: Option<Probe>,
     /// Failing it `failure_threshold` times in a row restarts the container.
     pub liveness_probe: Option<Probe>,
+    /// Request limits of an http container (unset fields keep the defaults).
+    pub http: HttpSettings,
+}
+
+/// `http = { request_timeout = "30s", max_concurrent_instances = 100, max_request_body = "16MiB" }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HttpSettings {
+    /// A request whose instance runs longer is cut (504 before the response head).
+    pub request_timeout: Option<Duration>,
+    /// Instances alive at once; further requests wait briefly, then get 503.
+    pub max_concurrent_instances: Option<usize>,
+    /// Larger request bodies get 413.
+    pub max_request_body: Option<u64>,
 }
 
 /// "Start me only once `container` has reached `condition`."
@@ -225,6 +238,7 @@ impl ContainerSpec {
             startup_probe: None,
             readiness_probe: None,
             liveness_probe: None,
+            http: HttpSettings::default(),
         }
     }
 }

@@ -21,7 +21,7 @@ use toml::Spanned;
 use crate::net::egress::EgressRule;
 
 use super::{
-    Backoff, ComponentSource, ContainerSpec, Dependency, DependencyCondition, Expose, MountSpec, PodSpec, Probe,
+    Backoff, ComponentSource, ContainerSpec, Dependency, DependencyCondition, Expose, HttpSettings, MountSpec, PodSpec, Probe,
     ProbeAction, Resources, RestartPolicy, VolumeSource, VolumeSpec,
 };
 
@@ -240,6 +240,15 @@ struct RawContainer {
     startup_probe: Option<Spanned<RawProbe>>,
     readiness_probe: Option<Spanned<RawProbe>>,
     liveness_probe: Option<Spanned<RawProbe>>,
+    http: Option<RawHttp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    request_timeout: Option<Spanned<String>>,
+    max_concurrent_instances: Option<Spanned<u32>>,
+    max_request_body: Option<Spanned<RawQuantity>>,
 }
 
 #[derive(Deserialize)]
@@ -649,6 +658,7 @@ fn lower_container(
     let startup_probe = probe(ProbeKind::Startup, container.startup_probe);
     let readiness_probe = probe(ProbeKind::Readiness, container.readiness_probe);
     let liveness_probe = probe(ProbeKind::Liveness, container.liveness_probe);
+    let http = container.http.map(|raw| lower_http(raw, &field, report)).unwrap_or_default();
 
     ContainerSpec {
         name: container.name.into_inner(),
@@ -663,7 +673,32 @@ fn lower_container(
         startup_probe,
         readiness_probe,
         liveness_probe,
+        http,
     }
+}
+
+fn lower_http(raw: RawHttp, field: &dyn Fn(ContainerField) -> Field, report: &mut Report) -> HttpSettings {
+    let request_timeout = raw.request_timeout.and_then(|written| {
+        lower_duration(Field::Nested(Box::new(field(ContainerField::Http)), "request_timeout".into()), &written, report)
+    });
+    let max_concurrent_instances = raw.max_concurrent_instances.and_then(|written| {
+        if *written.get_ref() == 0 {
+            report.push_at_span(written.span(), "max_concurrent_instances must be at least 1".into());
+            return None;
+        }
+        Some(*written.get_ref() as usize)
+    });
+    let max_request_body = raw.max_request_body.and_then(|written| match written.get_ref() {
+        RawQuantity::Bytes(bytes) => Some(*bytes),
+        RawQuantity::Text(text) => parse_bytes(text).or_else(|| {
+            report.push_at_span(
+                written.span(),
+                format!("`{text}` is not a size; write it like \"16MiB\" or a number of bytes"),
+            );
+            None
+        }),
+    });
+    HttpSettings { request_timeout, max_concurrent_instances, max_request_body }
 }
 
 fn lower_resources(raw: RawResources, field: &dyn Fn(ContainerField) -> Field, report: &mut Report) -> Resources {
@@ -845,6 +880,7 @@ enum ContainerField {
     Cpu,
     DependsOn(usize),
     Probe(ProbeKind),
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -909,6 +945,7 @@ impl fmt::Display for Field {
                     ContainerField::Probe(ProbeKind::Startup) => f.write_str(".startup_probe"),
                     ContainerField::Probe(ProbeKind::Readiness) => f.write_str(".readiness_probe"),
                     ContainerField::Probe(ProbeKind::Liveness) => f.write_str(".liveness_probe"),
+                    ContainerField::Http => f.write_str(".http"),
                 }
             }
         }
