@@ -175,7 +175,9 @@ impl fmt::Display for Event {
             EventKind::Compiled { cached: true, took } => write!(f, "loaded compiled component from cache in {took:.0?}"),
             EventKind::Compiled { cached: false, took } => write!(f, "compiled in {took:.1?}"),
             EventKind::VolumeReady { volume, host_dir } => write!(f, "volume {volume} at {host_dir}"),
-            EventKind::Exposed { pod_port, host_addr } => write!(f, "port {pod_port} exposed at {host_addr}"),
+            EventKind::Exposed { pod_port, host_addr } => {
+                write!(f, "port {pod_port} exposed at {host_addr} (for HTTP: http://{host_addr}/)")
+            }
             EventKind::Started => f.write_str("started"),
             EventKind::Exited { exit } => write!(f, "{exit}"),
             EventKind::BackOff { delay } => write!(f, "restarting in {}", humantime::format_duration(*delay)),
