@@ -6,67 +6,13 @@
 //! on conditions (a container listening, a server task's result) with deadlines, and no traffic
 //! leaves the loopback interface.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use wasmpod::net::p2::{NetCtxView, NetView};
-use wasmpod::net::{ContainerNet, Denied, DeniedHook, DeniedKind, EgressPolicy, PodNetwork};
-use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
-use wasmtime_wasi::p2::bindings::Command;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
+use wasmpod::net::{Denied, DeniedHook, DeniedKind, PodNetwork};
 
-const DEADLINE: Duration = Duration::from_secs(120);
-
-struct Ctx {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    net: ContainerNet,
-}
-
-impl WasiView for Ctx {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl NetView for Ctx {
-    fn net_view(&mut self) -> NetCtxView<'_> {
-        NetCtxView {
-            table: &mut self.table,
-            net: &self.net,
-        }
-    }
-}
-
-struct Guest {
-    engine: Engine,
-    component: Component,
-    linker: Linker<Ctx>,
-}
-
-fn guest() -> &'static Guest {
-    static G: OnceLock<Guest> = OnceLock::new();
-    G.get_or_init(|| {
-        let engine = Engine::new(&Config::new()).expect("engine");
-        let wasm = PathBuf::from(env!("WASMPOD_GUESTS_DIR")).join("netcheck.wasm");
-        let component = Component::from_file(&engine, wasm).expect("compile netcheck");
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
-        wasmpod::net::p2::add_to_linker(&mut linker).expect("pod network");
-        Guest {
-            engine,
-            component,
-            linker,
-        }
-    })
-}
+mod netcheck;
+use netcheck::DEADLINE;
 
 /// Denial reports as the pod would receive them.
 #[derive(Clone, Default)]
@@ -88,61 +34,8 @@ impl Reports {
 
 /// Runs `netcheck` with `args` as container `name` of `pod`, with `rules` as its
 /// `allowed_outbound_hosts`; returns (exit code, stdout).
-async fn run(
-    pod: &Arc<PodNetwork>,
-    name: &str,
-    rules: &[String],
-    reports: &Reports,
-    args: &str,
-) -> (i32, String) {
-    let g = guest();
-    let stdout = MemoryOutputPipe::new(1 << 20);
-    let stderr = MemoryOutputPipe::new(1 << 20);
-    let mut argv = vec!["netcheck".to_string()];
-    argv.extend(args.split_whitespace().map(String::from));
-    // wasmtime-wasi's own sockets stay off: every socket call must go through the pod network.
-    let wasi = WasiCtx::builder()
-        .args(&argv)
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .build();
-    let policy = EgressPolicy::parse(rules).expect("rules parse");
-    let ctx = Ctx {
-        wasi,
-        table: ResourceTable::new(),
-        net: pod.attach_with(name, policy, Some(reports.hook())),
-    };
-    let mut store = Store::new(&g.engine, ctx);
-    let fut = async {
-        let cmd = Command::instantiate_async(&mut store, &g.component, &g.linker).await?;
-        cmd.wasi_cli_run().call_run(&mut store).await
-    };
-    let code = match tokio::time::timeout(DEADLINE, fut)
-        .await
-        .expect("guest deadline")
-    {
-        Ok(Ok(())) => 0,
-        Ok(Err(())) => 1,
-        Err(e) => match e.downcast_ref::<I32Exit>() {
-            Some(I32Exit(c)) => *c,
-            None => panic!(
-                "{name} trapped: {e:?}\nstderr: {}",
-                String::from_utf8_lossy(&stderr.contents())
-            ),
-        },
-    };
-    drop(store);
-    let err = String::from_utf8_lossy(&stderr.contents()).to_string();
-    if !err.is_empty() {
-        eprintln!("[{name} stderr] {err}");
-    }
-    (
-        code,
-        String::from_utf8_lossy(&stdout.contents()).to_string(),
-    )
+async fn run(pod: &Arc<PodNetwork>, name: &str, rules: &[String], reports: &Reports, args: &str) -> (i32, String) {
+    netcheck::run_with_egress(pod, name, rules, reports.hook(), args).await
 }
 
 /// A host server on an ephemeral loopback port: for each of `conns` connections it reads to
