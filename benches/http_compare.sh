@@ -14,7 +14,9 @@
 # `wrk -tT -cC -dD --latency http://127.0.0.1:PORT/`; then it is stopped and the next one starts.
 # With --rounds N the three are measured N times, interleaved (w, t, n, w, t, n, ...), and the
 # summary gives each one's median round (by req/s), so a burst of load from elsewhere on the
-# machine shows up as spread instead of as a wrong ratio. All traffic stays on loopback.
+# machine shows up as spread instead of as a wrong ratio. It also reports the server process's
+# own CPU time per request (median over rounds), which other load on the machine disturbs less
+# than req/s. All traffic stays on loopback.
 #
 #   benches/http_compare.sh                       # 3 rounds of wrk -t2 -c32 -d10s --latency
 #   benches/http_compare.sh --rounds 1 --duration 5s --connections 16 --threads 1
@@ -121,13 +123,18 @@ start() {
     die "$name did not answer on $addr within 30 s"
 }
 
+# cpu_ticks PID: user + system CPU time of a process so far, in clock ticks.
+cpu_ticks() {
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
 stop() {
     kill "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
     server_pid=
 }
 
-# wrk_summary FILE: "req/s p50_ms p99_ms errors" from wrk --latency output.
+# wrk_summary FILE: "req/s p50_ms p99_ms errors requests" from wrk --latency output.
 wrk_summary() {
     python3 - "$1" <<'EOF'
 import re, sys
@@ -145,7 +152,8 @@ if m:
 m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 if m:
     errors += int(m.group(1))
-print(f"{rps:.0f} {ms(lat['50']):.3f} {ms(lat['99']):.3f} {errors}")
+requests = int(re.search(r"(\d+) requests in", text).group(1))
+print(f"{rps:.0f} {ms(lat['50']):.3f} {ms(lat['99']):.3f} {errors} {requests}")
 EOF
 }
 
@@ -159,13 +167,18 @@ for round in $(seq 1 "$rounds"); do
         start "$name" "$port"
         wrk -t"$threads" -c"$connections" -d"$warmup" "http://127.0.0.1:$port/" >/dev/null
         load_before=$(cut -d' ' -f1 /proc/loadavg)
+        cpu_before=$(cpu_ticks "$server_pid")
         wrk -t"$threads" -c"$connections" -d"$duration" --latency "http://127.0.0.1:$port/" >"$work/wrk.txt"
+        cpu_after=$(cpu_ticks "$server_pid")
         load_after=$(cut -d' ' -f1 /proc/loadavg)
         stop
-        read -r rps p50 p99 errors < <(wrk_summary "$work/wrk.txt")
-        echo "$round $name $rps $p50 $p99 $errors $load_before $load_after" >>"$results"
-        printf '   round %s %-9s %8s req/s  p50 %8s ms  p99 %8s ms  errors %s  (loadavg %s -> %s)\n' \
-            "$round" "$name" "$rps" "$p50" "$p99" "$errors" "$load_before" "$load_after" >&2
+        read -r rps p50 p99 errors requests < <(wrk_summary "$work/wrk.txt")
+        # The server's own CPU time per request (user + system, USER_HZ = 100): less sensitive
+        # to other load on the machine than req/s.
+        cpu_us=$(( (cpu_after - cpu_before) * 10000 / (requests > 0 ? requests : 1) ))
+        echo "$round $name $rps $p50 $p99 $errors $load_before $load_after $cpu_us" >>"$results"
+        printf '   round %s %-9s %8s req/s  p50 %8s ms  p99 %8s ms  errors %s  server CPU %s µs/req  (loadavg %s -> %s)\n' \
+            "$round" "$name" "$rps" "$p50" "$p99" "$errors" "$cpu_us" "$load_before" "$load_after" >&2
     done
 done
 
@@ -183,13 +196,15 @@ for name in ("wasmpod", "wasmtime", "native"):
     best[name] = rs[len(rs) // 2]  # the median round by req/s
     spread = f"{float(rs[0][2]):.0f}-{float(rs[-1][2]):.0f}" if len(rs) > 1 else "-"
     best[name].append(spread)
+    cpu = sorted(int(r[8]) for r in rs)
+    best[name].append(str(cpu[len(cpu) // 2]))
 wt = float(best["wasmtime"][2])
 nat = float(best["native"][2])
 print()
-print(f"| server | req/s | p50 ms | p99 ms | errors | vs wasmtime serve | vs native | req/s over rounds |")
-print(f"|---|---:|---:|---:|---:|---:|---:|---:|")
+print(f"| server | req/s | p50 ms | p99 ms | errors | vs wasmtime serve | vs native | req/s over rounds | server CPU µs/req |")
+print(f"|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for name in ("wasmpod", "wasmtime", "native"):
     r = best[name]
     rps = float(r[2])
-    print(f"| {label[name]} | {rps:.0f} | {r[3]} | {r[4]} | {r[5]} | {rps / wt:.2f}x | {rps / nat:.2f}x | {r[8]} |")
+    print(f"| {label[name]} | {rps:.0f} | {r[3]} | {r[4]} | {r[5]} | {rps / wt:.2f}x | {rps / nat:.2f}x | {r[9]} | {r[10]} |")
 EOF

@@ -9,7 +9,9 @@
 //! - server `web`: `guests/webserver`, a `std::net` command container (one connection at a time,
 //!   `Connection: close`), `GET /hello`, a new connection per request;
 //! - sibling `none` / `spin` (`toolbox spin`: loops forever without yielding) / `spin cpu=0.25`
-//!   (the same with `resources.cpu = 0.25`, set through `wasmpod::spec::Resources`).
+//!   (the same with `resources.cpu = 0.25`, set through `wasmpod::spec::Resources`) / the
+//!   control `native thread` (no sibling container; a plain thread of the bench process spins
+//!   instead: what any busy loop costs on these cores, with wasmpod's scheduling out of it).
 //!
 //! The load comes from closed-loop clients (each sends its next request when the previous answer
 //! has arrived) on their own OS thread and current-thread runtime, so a stalled pod worker never
@@ -17,7 +19,7 @@
 //! (eight concurrent clients). Every request is timed from before it is written to after the
 //! whole body is read; the table gives the percentiles of all of them, the number of requests,
 //! errors (non-200, I/O error or no answer within 5 s), and the CPU the pod used (the process's
-//! CPU time minus the client thread's, in cores).
+//! CPU time minus the client thread's, in cores; it includes the control's spinning thread).
 //!
 //!   cargo bench --bench spinning_sibling                         # everything, 5 s per phase
 //!   cargo bench --bench spinning_sibling -- --secs 10 --clients 1,8 hello
@@ -26,13 +28,13 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::Request;
-use wasmpod::spec::{ComponentSource, ContainerSpec, Expose};
+use wasmpod::spec::Resources;
 use wasmpod::{Pod, PodOptions, PodSpec};
 use wasmtime_wasi_http::io::TokioIo;
 
@@ -53,6 +55,10 @@ enum Sibling {
     None,
     Spin,
     SpinCpu(f64),
+    /// Control: no sibling container, but a native thread of the bench process spinning for the
+    /// whole scenario. It shows what any busy loop costs on this machine's cores (the OS sharing
+    /// them), as opposed to what the spinning container costs inside wasmpod.
+    NativeThread,
 }
 
 impl Server {
@@ -76,6 +82,7 @@ impl Sibling {
             Sibling::None => "none".into(),
             Sibling::Spin => "spin".into(),
             Sibling::SpinCpu(share) => format!("spin cpu={share}"),
+            Sibling::NativeThread => "native thread".into(),
         }
     }
 }
@@ -87,25 +94,28 @@ fn guest(file: &str) -> PathBuf {
 }
 
 fn pod_spec(server: Server, sibling: Sibling) -> PodSpec {
-    let mut spec = PodSpec::new("bench");
-    spec.expose = Some(Expose { port: POD_PORT });
-    let mut serving = match server {
-        Server::Hello => ContainerSpec::new("hello", ComponentSource::File(guest("hello_http.wasm"))),
-        Server::Web => {
-            let mut c = ContainerSpec::new("web", ComponentSource::File(guest("webserver.wasm")));
-            c.args = vec![POD_PORT.to_string()];
-            c
-        }
-    };
-    serving.ports = vec![POD_PORT];
-    spec.containers.push(serving);
-    if sibling != Sibling::None {
-        let mut spin = ContainerSpec::new("spinner", ComponentSource::File(guest("toolbox.wasm")));
-        spin.args = vec!["spin".into()];
-        if let Sibling::SpinCpu(share) = sibling {
-            spin.resources.cpu = Some(share);
-        }
-        spec.containers.push(spin);
+    // The spec is written as TOML (as a user would); the CPU share is set in Rust afterwards,
+    // through `wasmpod::spec::Resources`, so the bench also builds on trees whose TOML parser
+    // does not read `resources` yet (945e165 did not).
+    let mut toml = format!("name = \"bench\"\n[expose]\nport = {POD_PORT}\n");
+    match server {
+        Server::Hello => toml += &format!(
+            "[[containers]]\nname = \"hello\"\ncomponent = {:?}\nports = [{POD_PORT}]\n",
+            guest("hello_http.wasm")
+        ),
+        Server::Web => toml += &format!(
+            "[[containers]]\nname = \"web\"\ncomponent = {:?}\nargs = [\"{POD_PORT}\"]\nports = [{POD_PORT}]\n",
+            guest("webserver.wasm")
+        ),
+    }
+    if matches!(sibling, Sibling::Spin | Sibling::SpinCpu(_)) {
+        toml += &format!("[[containers]]\nname = \"spinner\"\ncomponent = {:?}\nargs = [\"spin\"]\n", guest("toolbox.wasm"));
+    }
+    let mut spec = PodSpec::from_toml(&toml, Path::new(env!("CARGO_MANIFEST_DIR")).join("bench.toml").as_path())
+        .unwrap_or_else(|e| panic!("bench spec:\n{toml}\n{e}"));
+    if let Sibling::SpinCpu(share) = sibling {
+        let spinner = spec.containers.iter_mut().find(|c| c.name == "spinner").expect("spinner");
+        spinner.resources = Resources { cpu: Some(share), ..spinner.resources };
     }
     spec
 }
@@ -280,7 +290,7 @@ fn main() {
         "server", "sibling", "c", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors", "pod cpu"
     );
     for server in [Server::Hello, Server::Web] {
-        for sibling in [Sibling::None, Sibling::Spin, Sibling::SpinCpu(0.25)] {
+        for sibling in [Sibling::None, Sibling::Spin, Sibling::SpinCpu(0.25), Sibling::NativeThread] {
             let label = format!("{} {}", server.name(), sibling.name());
             if !filters.is_empty() && !filters.iter().any(|f| label.contains(f.as_str())) {
                 continue;
@@ -289,6 +299,16 @@ fn main() {
             let pod = Pod::with_options(pod_spec(server, sibling), options).expect("valid pod spec");
             runtime.block_on(pod.start()).expect("pod starts");
             let addr = pod.proxy_addr().expect("the pod exposes a port");
+            let spinning = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(sibling == Sibling::NativeThread));
+            let spinner = {
+                let spinning = spinning.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while spinning.load(std::sync::atomic::Ordering::Relaxed) {
+                        n = std::hint::black_box(n.wrapping_add(1));
+                    }
+                })
+            };
             // Wait until the server answers (the web guest binds its port after it starts).
             let ready = Instant::now();
             loop {
@@ -331,6 +351,8 @@ fn main() {
                     println!("    note: the spinner is not running: {:?}", spinner.state);
                 }
             }
+            spinning.store(false, std::sync::atomic::Ordering::Relaxed);
+            spinner.join().expect("spinner thread");
             runtime.block_on(pod.stop());
             drop(pod);
         }

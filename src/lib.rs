@@ -29,6 +29,7 @@ pub mod resources;
 pub mod spec;
 pub mod status;
 mod supervisor;
+pub mod testing;
 pub mod volume;
 
 pub use container::{ContainerKind, Exit};
