@@ -64,6 +64,16 @@ struct EngineInner {
     cache_dir: Option<PathBuf>,
     /// Components compiled in this process, by content digest.
     memory: Mutex<HashMap<String, Component>>,
+    /// Component files already compiled in this process, by path, with the size and
+    /// modification time they had: an unchanged file is not read and hashed again.
+    files: Mutex<HashMap<PathBuf, (FileStamp, Component)>>,
+}
+
+/// What identifies a file's version cheaply (a changed file changes its size or mtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
 }
 
 impl Engine {
@@ -98,6 +108,7 @@ impl Engine {
                 pooling,
                 cache_dir,
                 memory: Mutex::new(HashMap::new()),
+                files: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -148,13 +159,22 @@ impl Engine {
 
     /// Reads and compiles a component file (see [`Engine::compile`]).
     pub fn compile_file(&self, path: &Path, what: &str) -> Result<Compiled, CompileError> {
-        let bytes = std::fs::read(path).map_err(|source| CompileError::Read { path: path.to_path_buf(), source })?;
-        self.compile(&bytes, what)
+        let started = Instant::now();
+        let read_error = |source| CompileError::Read { path: path.to_path_buf(), source };
+        let metadata = std::fs::metadata(path).map_err(read_error)?;
+        let stamp = FileStamp { len: metadata.len(), modified: metadata.modified().ok() };
+        let known = lock(&self.inner.files).get(path).filter(|(seen, _)| *seen == stamp).map(|(_, c)| c.clone());
+        if let Some(component) = known {
+            return Ok(Compiled { component, source: CompileSource::Memory, elapsed: started.elapsed() });
+        }
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        let compiled = self.compile(&bytes, what)?;
+        lock(&self.inner.files).insert(path.to_path_buf(), (stamp, compiled.component.clone()));
+        Ok(compiled)
     }
 
     fn lock_memory(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {
-        // The map holds only finished values, so a panic elsewhere cannot leave it half-written.
-        self.inner.memory.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inner.memory)
     }
 
     /// The cache key: the component's bytes plus everything that makes compiled code compatible.
@@ -182,6 +202,11 @@ impl Engine {
         // whole. wasmtime also checks the header and version before using the code.
         unsafe { Component::deserialize_file(&self.inner.wasmtime, path) }.ok()
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps hold only finished values, so a panic elsewhere cannot leave one half-written.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Writes a compiled component atomically (temp file + rename), so readers never see half a file.

@@ -381,14 +381,17 @@ impl Pod {
         self.status()
     }
 
-    /// Restarts one running container now (a container waiting out its back-off is left alone), as a failed liveness probe or `kubectl delete pod`
-    /// of a single container would: its run is cancelled (its connections reset, its ports
-    /// released) and it starts again at once, whatever the restart policy. Returns false when
-    /// no such container exists.
+    /// Restarts one command container now, as a failed liveness probe would: its run is
+    /// cancelled (its connections reset, its ports released) and it starts again at once,
+    /// whatever the restart policy; one waiting out its back-off starts at once. Http
+    /// containers have no run to restart (each request is a fresh instance): nothing happens.
+    /// Returns false when no such container exists.
     pub fn restart(&self, container: &str) -> bool {
         match self.shared.controls.get(container) {
             Some(control) => {
-                control.restart.notify_waiters();
+                // A stored permit: a request made just before the run starts waiting for it, or
+                // during its back-off, is not lost (the back-off is cut short).
+                control.restart.notify_one();
                 true
             }
             None => false,

@@ -336,6 +336,7 @@ async fn run_with_restarts(shared: &Shared, container: &Arc<PreparedContainer>, 
         shared.events.emit(Some(name), EventKind::BackOff { delay });
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
+            () = control.restart.notified() => {}
             () = control.terminating.cancelled() => {
                 shared.update(name, |c| c.state = ContainerState::Terminated { exit: exit.clone(), finished_at: SystemTime::now() });
                 return exit;
