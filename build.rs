@@ -51,7 +51,9 @@ fn main() {
     ] {
         build.env_remove(var);
     }
-    let output = build.output().unwrap_or_else(|e| panic!("could not run cargo to build the guests: {e}"));
+    let output = build
+        .output()
+        .unwrap_or_else(|e| panic!("could not run cargo to build the guests: {e}"));
     if !output.status.success() {
         panic!(
             "building the guest components in {} failed ({}):\n{}",

@@ -59,22 +59,31 @@ async fn timed(iters: u64, engine: impl Fn() -> Engine) -> Duration {
 fn harness_start(c: &mut Criterion) {
     let cache = tempfile::tempdir().expect("cache dir");
     let engine = Engine::new(Some(cache.path().to_path_buf())).expect("engine");
-    let current = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     // Compile once (fills the memory and disk caches) and check the pod works.
     let pod = current.block_on(start_three(engine.clone()));
     drop(pod);
 
     let mut group = c.benchmark_group("harness_start/three_containers_ready");
     group.bench_function("current_thread", |b| {
-        b.to_async(&current).iter_custom(|iters| timed(iters, || engine.clone()))
+        b.to_async(&current)
+            .iter_custom(|iters| timed(iters, || engine.clone()))
     });
-    group.bench_function("multi_thread", |b| b.to_async(&multi).iter_custom(|iters| timed(iters, || engine.clone())));
+    group.bench_function("multi_thread", |b| {
+        b.to_async(&multi).iter_custom(|iters| timed(iters, || engine.clone()))
+    });
     group.sample_size(20).measurement_time(Duration::from_secs(10));
     group.bench_function("fresh_engine_disk_cache", |b| {
-        b.to_async(&current).iter_custom(|iters| {
-            timed(iters, || Engine::new(Some(cache.path().to_path_buf())).expect("engine"))
-        })
+        b.to_async(&current)
+            .iter_custom(|iters| timed(iters, || Engine::new(Some(cache.path().to_path_buf())).expect("engine")))
     });
     group.finish();
 }

@@ -47,7 +47,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap_or_else(|e| {
             eprintln!("native_hello: cannot bind {addr}: {e}");

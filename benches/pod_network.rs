@@ -107,9 +107,7 @@ async fn ping<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
     s.read_exact(&mut b).await.expect("client read");
 }
 
-async fn kernel_pair(
-    listener: &tokio::net::TcpListener,
-) -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+async fn kernel_pair(listener: &tokio::net::TcpListener) -> (tokio::net::TcpStream, tokio::net::TcpStream) {
     let addr = listener.local_addr().unwrap();
     let (c, s) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
     (c.expect("connect"), s.expect("accept").0)
@@ -140,9 +138,7 @@ fn host_benches(c: &mut Criterion) {
     });
     g.bench_function("kernel", |b| {
         b.to_async(&rt).iter_custom(|iters| async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let (client, server) = kernel_pair(&listener).await;
@@ -178,9 +174,7 @@ fn host_benches(c: &mut Criterion) {
     });
     g.bench_function("kernel", |b| {
         b.to_async(&rt).iter_custom(|iters| async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().unwrap();
             let server = tokio::spawn(async move {
                 for _ in 0..iters {
@@ -414,10 +408,7 @@ fn native_ping(addr: SocketAddr, count: u64) -> Duration {
 }
 
 /// Runs `server` on one thread and `client` on another over a fresh 127.0.0.1:0 listener.
-fn native_pair<T: Send>(
-    server: impl FnOnce(&TcpListener) + Send,
-    client: impl FnOnce(SocketAddr) -> T + Send,
-) -> T {
+fn native_pair<T: Send>(server: impl FnOnce(&TcpListener) + Send, client: impl FnOnce(SocketAddr) -> T + Send) -> T {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().unwrap();
     std::thread::scope(|s| {
@@ -471,10 +462,7 @@ fn guest_benches(c: &mut Criterion) {
                     repeat(&format!("send {addr} {STREAM_BYTES}"), iters),
                 )
                 .await;
-                assert_eq!(
-                    out.matches("sent 16777216 echoed 16777216").count() as u64,
-                    iters
-                );
+                assert_eq!(out.matches("sent 16777216 echoed 16777216").count() as u64, iters);
                 wall
             }
         })
@@ -501,11 +489,8 @@ fn guest_benches(c: &mut Criterion) {
         b.to_async(&rt).iter_custom(|iters| {
             let addr = addr.clone();
             async move {
-                let (out, _) = guest_pair(
-                    format!("listen {addr} && echo {iters}"),
-                    format!("ping {addr} {iters}"),
-                )
-                .await;
+                let (out, _) =
+                    guest_pair(format!("listen {addr} && echo {iters}"), format!("ping {addr} {iters}")).await;
                 reported(&out, 1)
             }
         })

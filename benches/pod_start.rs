@@ -25,18 +25,31 @@ fn three_container_spec() -> PodSpec {
             c
         })
         .collect();
-    PodSpec { restart_policy: RestartPolicy::Never, containers, ..PodSpec::new("bench") }
+    PodSpec {
+        restart_policy: RestartPolicy::Never,
+        containers,
+        ..PodSpec::new("bench")
+    }
 }
 
 fn pod_start(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let cache = tempfile::tempdir().expect("cache dir");
     let engine = Engine::new(Some(cache.path().to_path_buf())).expect("engine");
     let spec = three_container_spec();
     c.bench_function("pod_start/three_containers", |b| {
         b.to_async(&runtime).iter(|| async {
-            let pod = Pod::with_options(spec.clone(), PodOptions { engine: Some(engine.clone()), ..Default::default() })
-                .expect("pod");
+            let pod = Pod::with_options(
+                spec.clone(),
+                PodOptions {
+                    engine: Some(engine.clone()),
+                    ..Default::default()
+                },
+            )
+            .expect("pod");
             pod.start().await.expect("start");
             let status = pod.wait().await;
             assert_eq!(status.phase, PodPhase::Succeeded);

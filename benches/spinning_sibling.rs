@@ -88,8 +88,14 @@ impl Sibling {
 }
 
 fn guest(file: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("guests/target/wasm32-wasip2/release").join(file);
-    assert!(path.exists(), "{} is missing: `cargo build` builds the guests", path.display());
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("guests/target/wasm32-wasip2/release")
+        .join(file);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo build` builds the guests",
+        path.display()
+    );
     path
 }
 
@@ -99,26 +105,43 @@ fn pod_spec(server: Server, sibling: Sibling) -> PodSpec {
     // parse `resources` from TOML yet).
     let mut toml = format!("name = \"bench\"\n[expose]\nport = {POD_PORT}\n");
     match server {
-        Server::Hello => toml += &format!(
-            "[[containers]]\nname = \"hello\"\ncomponent = {:?}\nports = [{POD_PORT}]\n",
-            guest("hello_http.wasm")
-        ),
-        Server::Web => toml += &format!(
-            "[[containers]]\nname = \"web\"\ncomponent = {:?}\nargs = [\"{POD_PORT}\"]\nports = [{POD_PORT}]\n",
-            guest("webserver.wasm")
-        ),
+        Server::Hello => {
+            toml += &format!(
+                "[[containers]]\nname = \"hello\"\ncomponent = {:?}\nports = [{POD_PORT}]\n",
+                guest("hello_http.wasm")
+            )
+        }
+        Server::Web => {
+            toml += &format!(
+                "[[containers]]\nname = \"web\"\ncomponent = {:?}\nargs = [\"{POD_PORT}\"]\nports = [{POD_PORT}]\n",
+                guest("webserver.wasm")
+            )
+        }
     }
     if matches!(sibling, Sibling::Spin | Sibling::SpinCpu(_)) {
-        toml += &format!("[[containers]]\nname = \"spinner\"\ncomponent = {:?}\nargs = [\"spin\"]\n", guest("toolbox.wasm"));
+        toml += &format!(
+            "[[containers]]\nname = \"spinner\"\ncomponent = {:?}\nargs = [\"spin\"]\n",
+            guest("toolbox.wasm")
+        );
     }
-    let mut spec = PodSpec::from_toml(&toml, Path::new(env!("CARGO_MANIFEST_DIR")).join("bench.toml").as_path())
-        .unwrap_or_else(|e| panic!("bench spec:\n{toml}\n{e}"));
+    let mut spec = PodSpec::from_toml(
+        &toml,
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("bench.toml").as_path(),
+    )
+    .unwrap_or_else(|e| panic!("bench spec:\n{toml}\n{e}"));
     // Neither guest exits when told to stop (its stdin closes): do not wait the 30 s grace
     // period at the end of each scenario.
     spec.termination_grace_period = Duration::ZERO;
     if let Sibling::SpinCpu(share) = sibling {
-        let spinner = spec.containers.iter_mut().find(|c| c.name == "spinner").expect("spinner");
-        spinner.resources = Resources { cpu: Some(share), ..spinner.resources };
+        let spinner = spec
+            .containers
+            .iter_mut()
+            .find(|c| c.name == "spinner")
+            .expect("spinner");
+        spinner.resources = Resources {
+            cpu: Some(share),
+            ..spinner.resources
+        };
     }
     spec
 }
@@ -150,7 +173,12 @@ async fn one_request(addr: SocketAddr, server: Server, kept: &mut Option<Sender>
         .expect("valid request");
     let response = sender.send_request(request).await.map_err(|e| format!("send: {e}"))?;
     let status = response.status();
-    let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
     if status != 200 || !body.starts_with(b"hello from") {
         return Err(format!("status {status}, body {:?}", String::from_utf8_lossy(&body)));
     }
@@ -171,7 +199,10 @@ struct Phase {
 /// Runs `clients` closed-loop clients for `warmup` (not recorded) then `secs`.
 fn load(addr: SocketAddr, server: Server, clients: usize, run: Duration) -> Phase {
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("client runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("client runtime");
         let cpu0 = thread_cpu();
         let phase = rt.block_on(async move {
             let start = Instant::now();
@@ -189,10 +220,11 @@ fn load(addr: SocketAddr, server: Server, clients: usize, run: Duration) -> Phas
                         if t0 >= end {
                             break;
                         }
-                        let result = match tokio::time::timeout(REQUEST_TIMEOUT, one_request(addr, server, &mut kept)).await {
-                            Ok(result) => result,
-                            Err(_) => Err("no answer within 5 s".to_string()),
-                        };
+                        let result =
+                            match tokio::time::timeout(REQUEST_TIMEOUT, one_request(addr, server, &mut kept)).await {
+                                Ok(result) => result,
+                                Err(_) => Err("no answer within 5 s".to_string()),
+                            };
                         let took = t0.elapsed();
                         if t0 < record_from {
                             continue;
@@ -209,7 +241,13 @@ fn load(addr: SocketAddr, server: Server, clients: usize, run: Duration) -> Phas
                     (latencies, errors, first_error)
                 }));
             }
-            let mut all = Phase { latencies: Vec::new(), errors: 0, first_error: None, elapsed: run, client_cpu: Duration::ZERO };
+            let mut all = Phase {
+                latencies: Vec::new(),
+                errors: 0,
+                first_error: None,
+                elapsed: run,
+                client_cpu: Duration::ZERO,
+            };
             for task in tasks {
                 let (latencies, errors, first_error) = task.await.expect("client task");
                 all.latencies.extend(latencies);
@@ -221,7 +259,10 @@ fn load(addr: SocketAddr, server: Server, clients: usize, run: Duration) -> Phas
             all.elapsed = Instant::now().saturating_duration_since(record_from);
             all
         });
-        Phase { client_cpu: thread_cpu().saturating_sub(cpu0), ..phase }
+        Phase {
+            client_cpu: thread_cpu().saturating_sub(cpu0),
+            ..phase
+        }
     })
     .join()
     .expect("client thread")
@@ -231,11 +272,16 @@ fn load(addr: SocketAddr, server: Server, clients: usize, run: Duration) -> Phas
 /// Linux); zero where /proc is missing.
 fn proc_cpu(path: &str) -> Duration {
     let mut text = String::new();
-    if std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text)).is_err() {
+    if std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .is_err()
+    {
         return Duration::ZERO;
     }
     // Fields after the ")" that ends the command name: state is field 3, utime 14, stime 15.
-    let Some(rest) = text.rsplit_once(')').map(|(_, r)| r) else { return Duration::ZERO };
+    let Some(rest) = text.rsplit_once(')').map(|(_, r)| r) else {
+        return Duration::ZERO;
+    };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
         + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
@@ -286,19 +332,30 @@ fn main() {
     let run = Duration::from_secs(secs);
 
     // The pod's runtime, as `wasmpod run` builds it.
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
 
     println!(
         "{:<18} {:<15} {:>3} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>8}",
         "server", "sibling", "c", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors", "pod cpu"
     );
     for server in [Server::Hello, Server::Web] {
-        for sibling in [Sibling::None, Sibling::Spin, Sibling::SpinCpu(0.25), Sibling::NativeThread] {
+        for sibling in [
+            Sibling::None,
+            Sibling::Spin,
+            Sibling::SpinCpu(0.25),
+            Sibling::NativeThread,
+        ] {
             let label = format!("{} {}", server.name(), sibling.name());
             if !filters.is_empty() && !filters.iter().any(|f| label.contains(f.as_str())) {
                 continue;
             }
-            let options = PodOptions { listen: Some("127.0.0.1:0".parse().unwrap()), ..PodOptions::default() };
+            let options = PodOptions {
+                listen: Some("127.0.0.1:0".parse().unwrap()),
+                ..PodOptions::default()
+            };
             let pod = Pod::with_options(pod_spec(server, sibling), options).expect("valid pod spec");
             runtime.block_on(pod.start()).expect("pod starts");
             let addr = pod.proxy_addr().expect("the pod exposes a port");
@@ -319,7 +376,10 @@ fn main() {
                 if probe.is_ok() {
                     break;
                 }
-                assert!(ready.elapsed() < Duration::from_secs(30), "{label}: never served: {probe:?}");
+                assert!(
+                    ready.elapsed() < Duration::from_secs(30),
+                    "{label}: never served: {probe:?}"
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
             for &clients in &client_counts {
@@ -364,7 +424,10 @@ fn main() {
 
 /// One request on a fresh client runtime (readiness check).
 fn load_once(addr: SocketAddr, server: Server) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let mut kept = None;
         match tokio::time::timeout(REQUEST_TIMEOUT, one_request(addr, server, &mut kept)).await {

@@ -8,23 +8,23 @@
 use std::fmt;
 use std::sync::Arc;
 
-use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::Store;
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::engine::Engine;
-use tokio_util::sync::CancellationToken;
 use crate::http::{OutgoingHooks, OutgoingRoute};
-use crate::net::egress::{Denied, DeniedHook, DeniedKind, EgressPolicy};
-use crate::status::{EventKind, Events};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::logs::{Logs, Stream};
+use crate::net::egress::{Denied, DeniedHook, DeniedKind, EgressPolicy};
 use crate::net::p2::{NetCtxView, NetView};
 use crate::net::{ContainerNet, PodNetwork};
 use crate::resources::{CpuShare, MemoryBudget};
 use crate::spec::ContainerSpec;
+use crate::status::{EventKind, Events};
 use crate::volume::Mount;
+use tokio_util::sync::CancellationToken;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// What a component is, told from its exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +37,11 @@ pub enum ContainerKind {
 
 impl ContainerKind {
     /// Like [`ContainerKind::of`], with an error naming the container when it is neither.
-    pub fn require(engine: &wasmtime::Engine, component: &Component, container: &str) -> Result<ContainerKind, ContainerError> {
+    pub fn require(
+        engine: &wasmtime::Engine,
+        component: &Component,
+        container: &str,
+    ) -> Result<ContainerKind, ContainerError> {
         ContainerKind::of(engine, component).ok_or_else(|| ContainerError::Unsupported {
             container: container.to_string(),
             message: "the component exports neither `wasi:cli/run` (a command) nor \
@@ -93,7 +97,11 @@ impl fmt::Display for Exit {
             Exit::Code(code) => write!(f, "exited with code {code}"),
             Exit::Trapped(message) => write!(f, "trapped: {message}"),
             Exit::OutOfMemory { limit, trap } => {
-                write!(f, "OOMKilled: memory limit of {} reached ({trap})", crate::resources::format_bytes(*limit))
+                write!(
+                    f,
+                    "OOMKilled: memory limit of {} reached ({trap})",
+                    crate::resources::format_bytes(*limit)
+                )
             }
             Exit::Failed(message) => write!(f, "failed to start: {message}"),
             Exit::Stopped => write!(f, "stopped"),
@@ -125,19 +133,29 @@ pub struct ContainerData {
 
 impl WasiHttpView for ContainerData {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
 impl NetView for ContainerData {
     fn net_view(&mut self) -> NetCtxView<'_> {
-        NetCtxView { table: &mut self.table, net: &self.net }
+        NetCtxView {
+            table: &mut self.table,
+            net: &self.net,
+        }
     }
 }
 
 impl WasiView for ContainerData {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -175,12 +193,25 @@ impl PreparedContainer {
         events: Events,
         route: Arc<dyn OutgoingRoute>,
     ) -> Result<PreparedContainer, ContainerError> {
-        let link_error = |e: wasmtime::Error| ContainerError::Link { container: spec.name.clone(), message: format!("{e:#}") };
+        let link_error = |e: wasmtime::Error| ContainerError::Link {
+            container: spec.name.clone(),
+            message: format!("{e:#}"),
+        };
         let pre = linker.instantiate_pre(component).map_err(link_error)?;
         let command = CommandPre::new(pre).map_err(link_error)?;
-        let egress = EgressPolicy::parse(&spec.allowed_outbound_hosts)
-            .map_err(|e| ContainerError::Unsupported { container: spec.name.clone(), message: e.to_string() })?;
-        Ok(PreparedContainer { spec, mounts, command, engine: engine.clone(), events, route, egress })
+        let egress = EgressPolicy::parse(&spec.allowed_outbound_hosts).map_err(|e| ContainerError::Unsupported {
+            container: spec.name.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(PreparedContainer {
+            spec,
+            mounts,
+            command,
+            engine: engine.clone(),
+            events,
+            route,
+            egress,
+        })
     }
 
     /// Runs the container once, to its end, in a fresh Store attached to the pod's network.
@@ -193,7 +224,10 @@ impl PreparedContainer {
     /// SIGTERM; WASI 0.2 has no signals), and it has the pod's grace period to exit on its own.
     pub async fn run(&self, logs: &Logs, network: &Arc<PodNetwork>, terminating: &CancellationToken) -> Exit {
         let net = Arc::new(self.attach(network));
-        let mut teardown = NetTeardown { net: net.clone(), clean: false };
+        let mut teardown = NetTeardown {
+            net: net.clone(),
+            clean: false,
+        };
         let exit = self.run_attached(logs, net, terminating).await;
         teardown.clean = matches!(exit, Exit::Code(_));
         exit
@@ -207,7 +241,14 @@ impl PreparedContainer {
         };
         let memory = MemoryBudget::new(self.spec.resources.memory);
         let hooks = OutgoingHooks::new(&self.spec.name, self.events.clone(), self.route.clone());
-        let data = ContainerData { wasi, table: ResourceTable::new(), net, memory, http: WasiHttpCtx::new(), hooks };
+        let data = ContainerData {
+            wasi,
+            table: ResourceTable::new(),
+            net,
+            memory,
+            http: WasiHttpCtx::new(),
+            hooks,
+        };
         let mut store = Store::new(self.engine.wasmtime(), data);
         store.limiter(|data| &mut data.memory);
         CpuShare::new(self.spec.resources.cpu).install(&mut store);
@@ -264,7 +305,9 @@ impl PreparedContainer {
             };
             events.emit(
                 Some(&denied.container),
-                EventKind::EgressDenied { destination: format!("{what} to {}", denied.destination) },
+                EventKind::EgressDenied {
+                    destination: format!("{what} to {}", denied.destination),
+                },
             );
         });
         network.attach_with(&self.spec.name, self.egress.clone(), Some(on_denied))
@@ -275,7 +318,14 @@ impl PreparedContainer {
         let net = Arc::new(self.attach(network));
         let hooks = OutgoingHooks::new(&self.spec.name, self.events.clone(), self.route.clone());
         let memory = MemoryBudget::new(self.spec.resources.memory);
-        let data = ContainerData { wasi, table: ResourceTable::new(), net, memory, http: WasiHttpCtx::new(), hooks };
+        let data = ContainerData {
+            wasi,
+            table: ResourceTable::new(),
+            net,
+            memory,
+            http: WasiHttpCtx::new(),
+            hooks,
+        };
         let mut store = Store::new(self.engine.wasmtime(), data);
         store.limiter(|data| &mut data.memory);
         CpuShare::new(self.spec.resources.cpu).install(&mut store);
@@ -286,8 +336,12 @@ impl PreparedContainer {
             .await
             .map_err(|e| format!("cannot instantiate for the health check: {e:#}"))?;
         let missing = || format!("the component does not export `{HEALTH_INTERFACE}`");
-        let interface = instance.get_export_index(&mut store, None, HEALTH_INTERFACE).ok_or_else(missing)?;
-        let check = instance.get_export_index(&mut store, Some(&interface), "check").ok_or_else(missing)?;
+        let interface = instance
+            .get_export_index(&mut store, None, HEALTH_INTERFACE)
+            .ok_or_else(missing)?;
+        let check = instance
+            .get_export_index(&mut store, Some(&interface), "check")
+            .ok_or_else(missing)?;
         let check = instance
             .get_typed_func::<(), (Result<(), String>,)>(&mut store, &check)
             .map_err(|e| format!("`{HEALTH_INTERFACE}#check` has the wrong type: {e:#}"))?;
@@ -342,10 +396,20 @@ pub fn wasi_context(
     // Real sockets stay closed: the pod's network is provided separately, never the host's.
     builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
     for mount in mounts {
-        let perms = if mount.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+        let perms = if mount.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
         builder
             .preopened_dir(&mount.host_dir, &mount.guest_path, perms)
-            .map_err(|e| format!("cannot mount {} at {}: {e:#}", mount.host_dir.display(), mount.guest_path))?;
+            .map_err(|e| {
+                format!(
+                    "cannot mount {} at {}: {e:#}",
+                    mount.host_dir.display(),
+                    mount.guest_path
+                )
+            })?;
     }
     Ok(builder.build())
 }
@@ -368,9 +432,11 @@ pub fn classify(error: wasmtime::Error) -> Exit {
     let Some(trap) = error.downcast_ref::<wasmtime::Trap>() else {
         return Exit::Trapped(format!("{:#}", error.root_cause()));
     };
-    let function = error
-        .downcast_ref::<wasmtime::WasmBacktrace>()
-        .and_then(|bt| bt.frames().iter().find_map(|frame| frame.func_name().map(str::to_owned)));
+    let function = error.downcast_ref::<wasmtime::WasmBacktrace>().and_then(|bt| {
+        bt.frames()
+            .iter()
+            .find_map(|frame| frame.func_name().map(str::to_owned))
+    });
     match function {
         Some(function) => Exit::Trapped(format!("{trap} (in {function})")),
         None => Exit::Trapped(trap.to_string()),

@@ -32,10 +32,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::Pod;
 use crate::container::Exit;
 use crate::logs::{LogLine, Stream};
 use crate::status::{ContainerState, ContainerStatus, Event, PodStatus};
-use crate::Pod;
 
 /// A request line longer than this is refused (requests are a few words).
 pub const MAX_REQUEST_BYTES: u64 = 1024;
@@ -76,17 +76,29 @@ pub enum ControlError {
 }
 
 fn running_list(running: &[String]) -> String {
-    if running.is_empty() { "no pod is running".to_string() } else { format!("running: {}", running.join(", ")) }
+    if running.is_empty() {
+        "no pod is running".to_string()
+    } else {
+        format!("running: {}", running.join(", "))
+    }
 }
 
 fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ControlError + 'a {
-    move |source| ControlError::Io { what, path: path.to_path_buf(), source }
+    move |source| ControlError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The directory that holds the control sockets: `$WASMPOD_RUNTIME_DIR`, else
 /// `$XDG_RUNTIME_DIR/wasmpod`, else `/tmp/wasmpod-$UID`.
 pub fn runtime_dir() -> PathBuf {
-    let set = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
+    let set = |name: &str| {
+        std::env::var_os(name)
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = set("WASMPOD_RUNTIME_DIR") {
         return dir;
     }
@@ -109,9 +121,18 @@ pub fn socket_path(dir: &Path, pod: &str) -> PathBuf {
 /// Creates the runtime directory (0700) and checks that nobody else can plant or swap sockets in
 /// it: in a shared place like `/tmp`, another user could have made it first.
 fn prepare_dir(dir: &Path) -> Result<(), ControlError> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_error("cannot create", dir))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_error("cannot create", dir))?;
     let meta = std::fs::symlink_metadata(dir).map_err(io_error("cannot read", dir))?;
-    let unsafe_dir = |reason: String| Err(ControlError::UnsafeDir { dir: dir.to_path_buf(), reason });
+    let unsafe_dir = |reason: String| {
+        Err(ControlError::UnsafeDir {
+            dir: dir.to_path_buf(),
+            reason,
+        })
+    };
     if !meta.is_dir() {
         return unsafe_dir("not a directory (a symlink is not accepted either)".into());
     }
@@ -119,14 +140,21 @@ fn prepare_dir(dir: &Path) -> Result<(), ControlError> {
         return unsafe_dir(format!("owned by uid {}, not by this user", meta.uid()));
     }
     if meta.mode() & 0o022 != 0 {
-        return unsafe_dir(format!("others may write to it (mode {:o}); make it 0700", meta.mode() & 0o777));
+        return unsafe_dir(format!(
+            "others may write to it (mode {:o}); make it 0700",
+            meta.mode() & 0o777
+        ));
     }
     Ok(())
 }
 
 /// Whether `name` can be a pod name (the spec's rule), so a client-given name never escapes `dir`.
 fn is_pod_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 63 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -136,8 +164,15 @@ fn is_pod_name(name: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Status,
-    Logs { container: String, tail: Option<usize>, follow: bool },
-    Events { tail: Option<usize>, follow: bool },
+    Logs {
+        container: String,
+        tail: Option<usize>,
+        follow: bool,
+    },
+    Events {
+        tail: Option<usize>,
+        follow: bool,
+    },
 }
 
 impl Request {
@@ -155,16 +190,26 @@ impl Request {
                 "--follow" => follow = true,
                 "--tail" => {
                     let value = words.next().ok_or("--tail needs a number")?;
-                    tail = Some(value.parse::<usize>().map_err(|_| format!("--tail {value:?}: not a number"))?);
+                    tail = Some(
+                        value
+                            .parse::<usize>()
+                            .map_err(|_| format!("--tail {value:?}: not a number"))?,
+                    );
                 }
-                _ if verb == "logs" && container.is_none() && !word.starts_with('-') => container = Some(word.to_string()),
+                _ if verb == "logs" && container.is_none() && !word.starts_with('-') => {
+                    container = Some(word.to_string())
+                }
                 _ => return Err(format!("unexpected {word:?} in a {verb} request")),
             }
         }
         match verb {
             "status" if tail.is_none() && !follow => Ok(Request::Status),
             "status" => Err("status takes no options".into()),
-            "logs" => Ok(Request::Logs { container: container.ok_or("logs needs a container name")?, tail, follow }),
+            "logs" => Ok(Request::Logs {
+                container: container.ok_or("logs needs a container name")?,
+                tail,
+                follow,
+            }),
             _ => Ok(Request::Events { tail, follow }),
         }
     }
@@ -183,13 +228,20 @@ impl Request {
         };
         match self {
             Request::Status => "status".to_string(),
-            Request::Logs { container, tail, follow } => format!("logs {container}{}", options(tail, *follow)),
+            Request::Logs {
+                container,
+                tail,
+                follow,
+            } => format!("logs {container}{}", options(tail, *follow)),
             Request::Events { tail, follow } => format!("events{}", options(tail, *follow)),
         }
     }
 
     fn follows(&self) -> bool {
-        matches!(self, Request::Logs { follow: true, .. } | Request::Events { follow: true, .. })
+        matches!(
+            self,
+            Request::Logs { follow: true, .. } | Request::Events { follow: true, .. }
+        )
     }
 }
 
@@ -201,8 +253,12 @@ pub enum Response {
     Line(LineView),
     Event(EventView),
     /// This many lines or events left the pod's buffer before this client read them.
-    Missed { count: u64 },
-    Error { message: String },
+    Missed {
+        count: u64,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,9 +327,13 @@ impl From<&ContainerStatus> for ContainerView {
     fn from(container: &ContainerStatus) -> ContainerView {
         let (state, state_text, started_at, finished_at) = match &container.state {
             ContainerState::Waiting { .. } => ("waiting", container.state.to_string(), None, None),
-            ContainerState::Running { started_at } => ("running", container.state.to_string(), Some(time(*started_at)), None),
+            ContainerState::Running { started_at } => {
+                ("running", container.state.to_string(), Some(time(*started_at)), None)
+            }
             // How it ended is `last_exit`; saying it twice only widens the table.
-            ContainerState::Terminated { finished_at, .. } => ("terminated", "Terminated".into(), None, Some(time(*finished_at))),
+            ContainerState::Terminated { finished_at, .. } => {
+                ("terminated", "Terminated".into(), None, Some(time(*finished_at)))
+            }
         };
         ContainerView {
             name: container.name.clone(),
@@ -311,8 +371,17 @@ impl From<&LogLine> for LineView {
 impl From<&Event> for EventView {
     fn from(event: &Event) -> EventView {
         // The event's own Display without the `container: ` prefix, which has its own field.
-        let message = Event { container: None, ..event.clone() }.to_string();
-        EventView { at: time(event.at), container: event.container.clone(), kind: kind_name(event), message }
+        let message = Event {
+            container: None,
+            ..event.clone()
+        }
+        .to_string();
+        EventView {
+            at: time(event.at),
+            container: event.container.clone(),
+            kind: kind_name(event),
+            message,
+        }
     }
 }
 
@@ -320,7 +389,10 @@ impl From<&Event> for EventView {
 /// with the variant's name, so that kinds added to the library show up here without a change.
 fn kind_name(event: &Event) -> String {
     let debug = format!("{:?}", event.kind);
-    let variant = debug.split(|c: char| !c.is_ascii_alphanumeric()).next().unwrap_or_default();
+    let variant = debug
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or_default();
     let mut name = String::with_capacity(variant.len() + 4);
     for (i, c) in variant.chars().enumerate() {
         if c.is_ascii_uppercase() {
@@ -365,11 +437,20 @@ impl PodClaim {
             .open(&lock_path)
             .map_err(io_error("cannot open", &lock_path))?;
         match lock.try_lock() {
-            Ok(()) => Ok(PodClaim { dir: dir.to_path_buf(), pod: pod.to_string(), _lock: lock }),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                Err(ControlError::AlreadyRunning { pod: pod.to_string(), socket: socket_path(dir, pod) })
-            }
-            Err(std::fs::TryLockError::Error(source)) => Err(ControlError::Io { what: "cannot lock", path: lock_path, source }),
+            Ok(()) => Ok(PodClaim {
+                dir: dir.to_path_buf(),
+                pod: pod.to_string(),
+                _lock: lock,
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ControlError::AlreadyRunning {
+                pod: pod.to_string(),
+                socket: socket_path(dir, pod),
+            }),
+            Err(std::fs::TryLockError::Error(source)) => Err(ControlError::Io {
+                what: "cannot lock",
+                path: lock_path,
+                source,
+            }),
         }
     }
 
@@ -381,7 +462,13 @@ impl PodClaim {
         match std::fs::remove_file(&socket) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(ControlError::Io { what: "cannot replace the stale socket", path: socket, source }),
+            Err(source) => {
+                return Err(ControlError::Io {
+                    what: "cannot replace the stale socket",
+                    path: socket,
+                    source,
+                });
+            }
         }
         let listener = UnixListener::bind(&socket).map_err(io_error("cannot listen on", &socket))?;
         // The directory is private already; this also covers a user-chosen shared directory.
@@ -389,7 +476,12 @@ impl PodClaim {
             .map_err(io_error("cannot restrict", &socket))?;
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept_loop(listener, pod, stop.clone()));
-        Ok(ControlServer { socket, stop, task: Some(task), _claim: self })
+        Ok(ControlServer {
+            socket,
+            stop,
+            task: Some(task),
+            _claim: self,
+        })
     }
 }
 
@@ -479,7 +571,12 @@ async fn accept_loop(listener: UnixListener, pod: Arc<Pod>, stop: CancellationTo
     }
     drop(listener);
     ended.cancel();
-    if tokio::time::timeout(SHUTDOWN_GRACE, async { while connections.join_next().await.is_some() {} }).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
         // Clients that do not read: cut them off, and wait until their tasks released the pod.
         connections.shutdown().await;
     }
@@ -507,9 +604,11 @@ async fn serve_connection(stream: UnixStream, pod: &Pod, ended: &CancellationTok
     let _ = match request {
         Err(message) => send(&mut out, &[Response::Error { message }]).await,
         Ok(Request::Status) => send(&mut out, &[Response::Status(StatusView::from(&pod.status()))]).await,
-        Ok(Request::Logs { container, tail, follow }) => {
-            serve_logs(pod, &container, tail, follow, reader, &mut out, ended).await
-        }
+        Ok(Request::Logs {
+            container,
+            tail,
+            follow,
+        }) => serve_logs(pod, &container, tail, follow, reader, &mut out, ended).await,
         Ok(Request::Events { tail, follow }) => serve_events(pod, tail, follow, reader, &mut out, ended).await,
     };
     let _ = out.shutdown().await;
@@ -519,14 +618,20 @@ async fn serve_connection(stream: UnixStream, pod: &Pod, ended: &CancellationTok
 async fn read_request(reader: &mut (impl AsyncBufReadExt + Unpin)) -> Result<Option<String>, String> {
     let mut line = Vec::new();
     // `take` bounds what a client can make us buffer.
-    let read = reader.take(MAX_REQUEST_BYTES + 1).read_until(b'\n', &mut line).await.map_err(|e| e.to_string())?;
+    let read = reader
+        .take(MAX_REQUEST_BYTES + 1)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| e.to_string())?;
     if read == 0 {
         return Ok(None);
     }
     if line.len() as u64 > MAX_REQUEST_BYTES {
         return Err(format!("request longer than {MAX_REQUEST_BYTES} bytes"));
     }
-    String::from_utf8(line).map(Some).map_err(|_| "the request is not UTF-8".to_string())
+    String::from_utf8(line)
+        .map(Some)
+        .map_err(|_| "the request is not UTF-8".to_string())
 }
 
 async fn send(out: &mut (impl AsyncWrite + Unpin), responses: &[Response]) -> std::io::Result<()> {
@@ -555,13 +660,20 @@ async fn serve_logs(
     let status = pod.status();
     if status.container(container).is_none() {
         let names: Vec<&str> = status.containers.iter().map(|c| c.name.as_str()).collect();
-        let message = format!("no container named {container} in pod {} (containers: {})", status.name, names.join(", "));
+        let message = format!(
+            "no container named {container} in pod {} (containers: {})",
+            status.name,
+            names.join(", ")
+        );
         return send(out, &[Response::Error { message }]).await;
     }
     let mut cursor = pod.output().tail(container, tail);
     let lines = |read: crate::logs::TailRead| {
         let missed = (read.missed > 0).then_some(Response::Missed { count: read.missed });
-        missed.into_iter().chain(read.lines.iter().map(|line| Response::Line(LineView::from(line)))).collect::<Vec<_>>()
+        missed
+            .into_iter()
+            .chain(read.lines.iter().map(|line| Response::Line(LineView::from(line))))
+            .collect::<Vec<_>>()
     };
     send(out, &lines(cursor.read())).await?;
     if !follow {
@@ -590,7 +702,10 @@ async fn serve_events(
     let mut cursor = pod.events().tail(tail);
     let events = |(events, missed): (Vec<Event>, u64)| {
         let missed = (missed > 0).then_some(Response::Missed { count: missed });
-        missed.into_iter().chain(events.iter().map(|event| Response::Event(EventView::from(event)))).collect::<Vec<_>>()
+        missed
+            .into_iter()
+            .chain(events.iter().map(|event| Response::Event(EventView::from(event))))
+            .collect::<Vec<_>>()
     };
     send(out, &events(cursor.read())).await?;
     if !follow {
@@ -643,7 +758,10 @@ impl Client {
                 _ => Err(ControlError::Ambiguous { running }),
             };
         };
-        let not_running = || ControlError::NotRunning { pod: pod.to_string(), running: running_pods(dir) };
+        let not_running = || ControlError::NotRunning {
+            pod: pod.to_string(),
+            running: running_pods(dir),
+        };
         if !is_pod_name(pod) {
             return Err(not_running());
         }
@@ -655,7 +773,10 @@ impl Client {
     }
 
     fn new(dir: &Path, pod: String) -> Client {
-        Client { socket: socket_path(dir, &pod), pod }
+        Client {
+            socket: socket_path(dir, &pod),
+            pod,
+        }
     }
 
     pub fn pod(&self) -> &str {
@@ -664,13 +785,23 @@ impl Client {
 
     /// Sends `request`; the replies are read as they are iterated.
     pub fn request(&self, request: &Request) -> Result<Replies, ControlError> {
-        let gone = |source: std::io::Error| ControlError::Io { what: "cannot reach pod at", path: self.socket.clone(), source };
+        let gone = |source: std::io::Error| ControlError::Io {
+            what: "cannot reach pod at",
+            path: self.socket.clone(),
+            source,
+        };
         let mut stream = std::os::unix::net::UnixStream::connect(&self.socket).map_err(gone)?;
         // A follow may be quiet for as long as the pod is; anything else answers at once.
         let timeout = (!request.follows()).then_some(REPLY_TIMEOUT);
         stream.set_read_timeout(timeout).map_err(gone)?;
-        stream.write_all(format!("{}\n", request.to_line()).as_bytes()).map_err(gone)?;
-        Ok(Replies { pod: self.pod.clone(), socket: self.socket.clone(), reader: BufReader::new(stream) })
+        stream
+            .write_all(format!("{}\n", request.to_line()).as_bytes())
+            .map_err(gone)?;
+        Ok(Replies {
+            pod: self.pod.clone(),
+            socket: self.socket.clone(),
+            reader: BufReader::new(stream),
+        })
     }
 
     /// The pod's status.
@@ -682,7 +813,10 @@ impl Client {
                 _ => {}
             }
         }
-        Err(ControlError::Protocol { pod: self.pod.clone(), message: "no status in the reply".into() })
+        Err(ControlError::Protocol {
+            pod: self.pod.clone(),
+            message: "no status in the reply".into(),
+        })
     }
 }
 
@@ -704,10 +838,17 @@ impl Replies {
                 Some(
                     serde_json::from_str(&line)
                         .map(|response| (line, response))
-                        .map_err(|e| ControlError::Protocol { pod: self.pod.clone(), message: e.to_string() }),
+                        .map_err(|e| ControlError::Protocol {
+                            pod: self.pod.clone(),
+                            message: e.to_string(),
+                        }),
                 )
             }
-            Err(source) => Some(Err(ControlError::Io { what: "lost the connection to", path: self.socket.clone(), source })),
+            Err(source) => Some(Err(ControlError::Io {
+                what: "lost the connection to",
+                path: self.socket.clone(),
+                source,
+            })),
         }
     }
 }
@@ -727,28 +868,57 @@ mod tests {
 
     #[test]
     fn requests_parse_and_print_back() {
-        for line in ["status", "logs app", "logs app --tail 2", "logs app --follow", "events", "events --follow"] {
+        for line in [
+            "status",
+            "logs app",
+            "logs app --tail 2",
+            "logs app --follow",
+            "events",
+            "events --follow",
+        ] {
             let request = Request::parse(line).unwrap();
             assert_eq!(Request::parse(&request.to_line()), Ok(request), "{line}");
         }
         assert_eq!(
             Request::parse("logs web --follow --tail 5\n"),
-            Ok(Request::Logs { container: "web".into(), tail: Some(5), follow: true })
+            Ok(Request::Logs {
+                container: "web".into(),
+                tail: Some(5),
+                follow: true
+            })
         );
-        for bad in ["", "logs", "logs a b", "logs a --tail", "logs a --tail -1", "events x", "status --follow", "rm -rf"] {
+        for bad in [
+            "",
+            "logs",
+            "logs a b",
+            "logs a --tail",
+            "logs a --tail -1",
+            "events x",
+            "status --follow",
+            "rm -rf",
+        ] {
             assert!(Request::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }
 
     #[test]
     fn event_kinds_are_snake_case_variant_names() {
-        let event = |kind| Event { at: SystemTime::UNIX_EPOCH, container: Some("app".into()), kind };
-        let view = EventView::from(&event(EventKind::BackOff { delay: Duration::from_millis(20) }));
+        let event = |kind| Event {
+            at: SystemTime::UNIX_EPOCH,
+            container: Some("app".into()),
+            kind,
+        };
+        let view = EventView::from(&event(EventKind::BackOff {
+            delay: Duration::from_millis(20),
+        }));
         assert_eq!(view.kind, "back_off");
         assert_eq!(view.message, "restarting in 20ms");
         assert_eq!(view.container.as_deref(), Some("app"));
         assert_eq!(view.at, "1970-01-01T00:00:00.000Z");
-        assert_eq!(EventView::from(&event(EventKind::Exited { exit: Exit::Code(1) })).kind, "exited");
+        assert_eq!(
+            EventView::from(&event(EventKind::Exited { exit: Exit::Code(1) })).kind,
+            "exited"
+        );
         assert_eq!(EventView::from(&event(EventKind::PodRunning)).kind, "pod_running");
     }
 
@@ -773,7 +943,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = PodClaim::acquire_in(dir.path(), "demo").unwrap();
         let again = PodClaim::acquire_in(dir.path(), "demo");
-        assert!(matches!(again, Err(ControlError::AlreadyRunning { ref pod, .. }) if pod == "demo"), "{:?}", again.err());
+        assert!(
+            matches!(again, Err(ControlError::AlreadyRunning { ref pod, .. }) if pod == "demo"),
+            "{:?}",
+            again.err()
+        );
         assert!(PodClaim::acquire_in(dir.path(), "other").is_ok());
         drop(first);
         assert!(PodClaim::acquire_in(dir.path(), "demo").is_ok());

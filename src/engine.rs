@@ -96,8 +96,8 @@ impl Engine {
         let (wasmtime, pooling) = match wasmtime::Engine::new(&engine_config(Some(pooling_config()))) {
             Ok(engine) => (engine, true),
             Err(_) => {
-                let engine = wasmtime::Engine::new(&engine_config(None))
-                    .map_err(|e| CompileError::Engine(format!("{e:#}")))?;
+                let engine =
+                    wasmtime::Engine::new(&engine_config(None)).map_err(|e| CompileError::Engine(format!("{e:#}")))?;
                 (engine, false)
             }
         };
@@ -136,14 +136,22 @@ impl Engine {
         let started = Instant::now();
         let digest = self.digest(bytes);
         if let Some(component) = self.lock_memory().get(&digest).cloned() {
-            return Ok(Compiled { component, source: CompileSource::Memory, elapsed: started.elapsed() });
+            return Ok(Compiled {
+                component,
+                source: CompileSource::Memory,
+                elapsed: started.elapsed(),
+            });
         }
         let cached = self.cache_path(&digest);
         if let Some(path) = &cached
             && let Some(component) = self.load_cached(path)
         {
             self.lock_memory().insert(digest, component.clone());
-            return Ok(Compiled { component, source: CompileSource::DiskCache, elapsed: started.elapsed() });
+            return Ok(Compiled {
+                component,
+                source: CompileSource::DiskCache,
+                elapsed: started.elapsed(),
+            });
         }
         let component = Component::new(&self.inner.wasmtime, bytes).map_err(|e| CompileError::Invalid {
             what: what.to_string(),
@@ -154,18 +162,35 @@ impl Engine {
             let _ = store_cached(&component, path);
         }
         self.lock_memory().insert(digest, component.clone());
-        Ok(Compiled { component, source: CompileSource::Compiled, elapsed: started.elapsed() })
+        Ok(Compiled {
+            component,
+            source: CompileSource::Compiled,
+            elapsed: started.elapsed(),
+        })
     }
 
     /// Reads and compiles a component file (see [`Engine::compile`]).
     pub fn compile_file(&self, path: &Path, what: &str) -> Result<Compiled, CompileError> {
         let started = Instant::now();
-        let read_error = |source| CompileError::Read { path: path.to_path_buf(), source };
+        let read_error = |source| CompileError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
         let metadata = std::fs::metadata(path).map_err(read_error)?;
-        let stamp = FileStamp { len: metadata.len(), modified: metadata.modified().ok() };
-        let known = lock(&self.inner.files).get(path).filter(|(seen, _)| *seen == stamp).map(|(_, c)| c.clone());
+        let stamp = FileStamp {
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+        };
+        let known = lock(&self.inner.files)
+            .get(path)
+            .filter(|(seen, _)| *seen == stamp)
+            .map(|(_, c)| c.clone());
         if let Some(component) = known {
-            return Ok(Compiled { component, source: CompileSource::Memory, elapsed: started.elapsed() });
+            return Ok(Compiled {
+                component,
+                source: CompileSource::Memory,
+                elapsed: started.elapsed(),
+            });
         }
         let bytes = std::fs::read(path).map_err(read_error)?;
         let compiled = self.compile(&bytes, what)?;
@@ -189,7 +214,10 @@ impl Engine {
     }
 
     fn cache_path(&self, digest: &str) -> Option<PathBuf> {
-        self.inner.cache_dir.as_ref().map(|dir| dir.join(format!("{digest}.cwasm")))
+        self.inner
+            .cache_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{digest}.cwasm")))
     }
 
     fn load_cached(&self, path: &Path) -> Option<Component> {
@@ -211,8 +239,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Writes a compiled component atomically (temp file + rename), so readers never see half a file.
 fn store_cached(component: &Component, path: &Path) -> std::io::Result<()> {
-    let bytes = component.serialize().map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-    let dir = path.parent().ok_or_else(|| std::io::Error::other("cache path has no parent"))?;
+    let bytes = component
+        .serialize()
+        .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("cache path has no parent"))?;
     std::fs::create_dir_all(dir)?;
     let mut temp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut temp, &bytes)?;
@@ -276,15 +308,13 @@ const KEEP_RESIDENT_TABLE_BYTES: usize = 64 << 10;
 /// One thread per engine advances its epoch; it ends when the engine is dropped.
 fn spawn_epoch_ticker(engine: &wasmtime::Engine) {
     let weak = engine.weak();
-    let spawned = std::thread::Builder::new()
-        .name("wasmpod-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        });
+    let spawned = std::thread::Builder::new().name("wasmpod-epoch".into()).spawn(move || {
+        while let Some(engine) = weak.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            std::thread::sleep(EPOCH_TICK);
+        }
+    });
     // Without a ticker, guests still run; they just cannot be preempted, so say so loudly.
     if let Err(e) = spawned {
         eprintln!("wasmpod: could not start the epoch ticker thread: {e}");

@@ -118,13 +118,20 @@ pub struct RequestState {
 
 impl WasiView for RequestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for RequestState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -155,7 +162,10 @@ impl HttpContainer {
         logs: Logs,
         events: Events,
     ) -> Result<HttpContainer, HttpError> {
-        let link_error = |e: wasmtime::Error| HttpError::Link { container: spec.name.clone(), message: format!("{e:#}") };
+        let link_error = |e: wasmtime::Error| HttpError::Link {
+            container: spec.name.clone(),
+            message: format!("{e:#}"),
+        };
         let linker = linker(engine).map_err(link_error)?;
         let pre = linker.instantiate_pre(component).map_err(link_error)?;
         let pre = ProxyPre::new(pre).map_err(link_error)?;
@@ -205,7 +215,10 @@ impl HttpContainer {
 
     /// Instances alive now (requests being served, response bodies still streaming).
     pub fn in_flight(&self) -> usize {
-        self.limits.max_concurrent_instances.max(1).saturating_sub(self.permits.available_permits())
+        self.limits
+            .max_concurrent_instances
+            .max(1)
+            .saturating_sub(self.permits.available_permits())
     }
 
     /// Requests waiting for an instance slot now.
@@ -257,10 +270,14 @@ impl HttpContainer {
         // timeout can drop it; the container's CPU share applies per request too.
         crate::resources::CpuShare::new(self.spec.resources.cpu).install(&mut store);
         let (response_tx, response_rx) = oneshot::channel();
-        let resources = store.data_mut().http().new_incoming_request(Scheme::Http, request).and_then(|incoming| {
-            let outparam = store.data_mut().http().new_response_outparam(response_tx)?;
-            Ok((incoming, outparam))
-        });
+        let resources = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .and_then(|incoming| {
+                let outparam = store.data_mut().http().new_response_outparam(response_tx)?;
+                Ok((incoming, outparam))
+            });
         let (incoming, outparam) = match resources {
             Ok(resources) => resources,
             Err(e) => {
@@ -302,7 +319,9 @@ impl HttpContainer {
                 }
                 self.events.emit(
                     Some(&self.name),
-                    EventKind::RequestFailed { message: format!("the handler answered with error {code:?}") },
+                    EventKind::RequestFailed {
+                        message: format!("the handler answered with error {code:?}"),
+                    },
                 );
                 plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
             }
@@ -319,7 +338,9 @@ impl HttpContainer {
                     Outcome::Finished => {
                         self.events.emit(
                             Some(&self.name),
-                            EventKind::RequestFailed { message: "the handler returned without a response".into() },
+                            EventKind::RequestFailed {
+                                message: "the handler returned without a response".into(),
+                            },
                         );
                         plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
                     }
@@ -366,7 +387,10 @@ impl HttpContainer {
                 connection.await
             }
         };
-        result.map_err(|source| HttpError::Connection { container: name, source })
+        result.map_err(|source| HttpError::Connection {
+            container: name,
+            source,
+        })
     }
 
     /// Waits for an instance slot, within the queue bounds; `None` means answer 503.
@@ -393,7 +417,10 @@ impl HttpContainer {
 
 impl fmt::Debug for HttpContainer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpContainer").field("name", &self.name).field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("HttpContainer")
+            .field("name", &self.name)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -473,7 +500,16 @@ struct GuestRun {
 
 impl GuestRun {
     async fn run(self, outcome_tx: oneshot::Sender<Outcome>) {
-        let GuestRun { pre, mut store, incoming, outparam, timeout, container, events, permit } = self;
+        let GuestRun {
+            pre,
+            mut store,
+            incoming,
+            outparam,
+            timeout,
+            container,
+            events,
+            permit,
+        } = self;
         let call = async {
             let proxy = match pre.instantiate_async(&mut store).await {
                 Ok(proxy) => proxy,
@@ -482,7 +518,11 @@ impl GuestRun {
                 }
                 Err(e) => return Outcome::Failed(format!("cannot instantiate: {e:#}")),
             };
-            match proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, outparam).await {
+            match proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, outparam)
+                .await
+            {
                 Ok(()) => Outcome::Finished,
                 Err(e) => match container::classify(e) {
                     Exit::Trapped(message) => Outcome::Trapped(message),
@@ -493,18 +533,28 @@ impl GuestRun {
                 },
             }
         };
-        let outcome = tokio::time::timeout(timeout, call).await.unwrap_or(Outcome::TimedOut(timeout));
+        let outcome = tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or(Outcome::TimedOut(timeout));
         match &outcome {
-            Outcome::Trapped(message) => {
-                events.emit(Some(&container), EventKind::RequestTrapped { message: message.clone() })
-            }
+            Outcome::Trapped(message) => events.emit(
+                Some(&container),
+                EventKind::RequestTrapped {
+                    message: message.clone(),
+                },
+            ),
             Outcome::TimedOut(after) => events.emit(Some(&container), EventKind::RequestTimedOut { after: *after }),
-            Outcome::Failed(message) => {
-                events.emit(Some(&container), EventKind::RequestFailed { message: message.clone() })
-            }
+            Outcome::Failed(message) => events.emit(
+                Some(&container),
+                EventKind::RequestFailed {
+                    message: message.clone(),
+                },
+            ),
             Outcome::Overloaded => events.emit(
                 Some(&container),
-                EventKind::RequestFailed { message: "the engine's instance pool is full".into() },
+                EventKind::RequestFailed {
+                    message: "the engine's instance pool is full".into(),
+                },
             ),
             Outcome::Finished | Outcome::Lost => {}
         }
@@ -535,11 +585,23 @@ enum BodyKind {
 
 impl ResponseBody {
     fn text(text: Bytes) -> ResponseBody {
-        ResponseBody { kind: BodyKind::Text(Some(text)) }
+        ResponseBody {
+            kind: BodyKind::Text(Some(text)),
+        }
     }
 
-    fn guest(body: HyperOutgoingBody, outcome: oneshot::Receiver<Outcome>, over_limit: Arc<AtomicBool>) -> ResponseBody {
-        ResponseBody { kind: BodyKind::Guest { body, outcome: Some(outcome), over_limit } }
+    fn guest(
+        body: HyperOutgoingBody,
+        outcome: oneshot::Receiver<Outcome>,
+        over_limit: Arc<AtomicBool>,
+    ) -> ResponseBody {
+        ResponseBody {
+            kind: BodyKind::Guest {
+                body,
+                outcome: Some(outcome),
+                over_limit,
+            },
+        }
     }
 }
 
@@ -550,10 +612,16 @@ impl Body for ResponseBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().kind {
             BodyKind::Text(text) => Poll::Ready(text.take().map(|bytes| Ok(Frame::data(bytes)))),
-            BodyKind::Guest { body, outcome, over_limit } => match Pin::new(body).poll_frame(cx) {
+            BodyKind::Guest {
+                body,
+                outcome,
+                over_limit,
+            } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(None) => {
                     // The end of the guest's stream: a `finish`, or the store going away.
-                    let Some(mut outcome) = outcome.take() else { return Poll::Ready(None) };
+                    let Some(mut outcome) = outcome.take() else {
+                        return Poll::Ready(None);
+                    };
                     if over_limit.load(Ordering::Acquire) {
                         return Poll::Ready(Some(Err(BodyError::HttpRequestBodySize(None))));
                     }
@@ -601,7 +669,9 @@ impl fmt::Debug for ResponseBody {
 fn plain(status: StatusCode, text: &str) -> hyper::Response<ResponseBody> {
     let mut response = hyper::Response::new(ResponseBody::text(Bytes::copy_from_slice(text.as_bytes())));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
@@ -687,9 +757,18 @@ impl Destination {
     pub fn of(uri: &hyper::Uri) -> Option<Destination> {
         let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
         let host = uri.host()?;
-        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host).to_ascii_lowercase();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .to_ascii_lowercase();
         let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
-        Some(Destination { scheme, host, port, url: uri.to_string() })
+        Some(Destination {
+            scheme,
+            host,
+            port,
+            url: uri.to_string(),
+        })
     }
 
     /// Whether the host names the pod itself: `localhost` (and `*.localhost`), 127.0.0.0/8 or
@@ -743,7 +822,11 @@ pub struct DenyAll;
 
 impl OutgoingRoute for DenyAll {
     fn route(&self, destination: &Destination) -> Route {
-        if destination.is_loopback() { Route::Refused } else { Route::Denied }
+        if destination.is_loopback() {
+            Route::Refused
+        } else {
+            Route::Denied
+        }
     }
 }
 
@@ -781,8 +864,15 @@ impl OutgoingRoute for LocalRoutes {
                 None => Route::Refused,
             };
         }
-        let allowed = self.allowed_hosts.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if allowed.contains(&destination.host) { Route::External } else { Route::Denied }
+        let allowed = self
+            .allowed_hosts
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if allowed.contains(&destination.host) {
+            Route::External
+        } else {
+            Route::Denied
+        }
     }
 }
 
@@ -792,8 +882,15 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 type SendFuture = Box<
-    dyn Future<Output = Result<(hyper::Response<WasiBody>, Box<dyn Future<Output = Result<(), BodyError>> + Send>), BodyError>>
-        + Send,
+    dyn Future<
+            Output = Result<
+                (
+                    hyper::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), BodyError>> + Send>,
+                ),
+                BodyError,
+            >,
+        > + Send,
 >;
 
 /// The wasi:http hooks of every wasmpod Store: outgoing requests are routed by the pod, never
@@ -806,7 +903,11 @@ pub struct OutgoingHooks {
 
 impl OutgoingHooks {
     pub fn new(container: &str, events: Events, route: Arc<dyn OutgoingRoute>) -> OutgoingHooks {
-        OutgoingHooks { container: container.into(), events, route }
+        OutgoingHooks {
+            container: container.into(),
+            events,
+            route,
+        }
     }
 }
 
@@ -831,13 +932,19 @@ impl WasiHttpHooks for OutgoingHooks {
             Route::Container(_) if destination.scheme != "http" => failed(BodyError::TlsProtocolError),
             Route::Container(target) => Box::new(async move {
                 let response = target.handle(request).await.map(|body| body.boxed_unsync());
-                Ok((response, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
+                Ok((
+                    response,
+                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                ))
             }),
             Route::PodPort { .. } if destination.scheme != "http" => failed(BodyError::TlsProtocolError),
             Route::PodPort { network, port } => Box::new(send_over_pod_network(network, port, request)),
             Route::Refused => failed(BodyError::ConnectionRefused),
             Route::Denied => {
-                self.events.emit(Some(&self.container), EventKind::OutgoingDenied { url: destination.url });
+                self.events.emit(
+                    Some(&self.container),
+                    EventKind::OutgoingDenied { url: destination.url },
+                );
                 failed(BodyError::HttpRequestDenied)
             }
             Route::External => Box::new(async move {
@@ -864,15 +971,26 @@ async fn send_over_pod_network(
     network: Arc<PodNetwork>,
     port: u16,
     mut request: hyper::Request<WasiBody>,
-) -> Result<(hyper::Response<WasiBody>, Box<dyn Future<Output = Result<(), BodyError>> + Send>), BodyError> {
+) -> Result<
+    (
+        hyper::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), BodyError>> + Send>,
+    ),
+    BodyError,
+> {
     let stream = network.connect(port).map_err(|_| BodyError::ConnectionRefused)?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(BodyError::from)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(BodyError::from)?;
     // The connection is driven by its own task from the start (the response cannot arrive
     // otherwise); the future handed back to wasmtime owns it, so it ends with the exchange.
     let driver = AbortOnDrop(tokio::spawn(connection));
     // An origin-form request line, as a server behind a port expects.
-    let path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
     *request.uri_mut() = path.parse().map_err(|_| BodyError::HttpRequestUriInvalid)?;
     let response = sender.send_request(request).await.map_err(BodyError::from)?;
     let response = response.map(|body| body.map_err(BodyError::from).boxed_unsync());
@@ -917,7 +1035,11 @@ impl HttpPorts {
     }
 
     pub fn get(&self, port: u16) -> Option<Arc<HttpContainer>> {
-        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&port).and_then(Weak::upgrade)
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&port)
+            .and_then(Weak::upgrade)
     }
 }
 
@@ -935,16 +1057,26 @@ impl PodRoutes {
 impl OutgoingRoute for PodRoutes {
     fn route(&self, destination: &Destination) -> Route {
         let in_pod = destination.is_loopback()
-            || destination.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified())
+            || destination
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified())
             || self.network.has_name(&destination.host);
         if !in_pod {
-            return if (self.egress)(&destination.host, destination.port) { Route::External } else { Route::Denied };
+            return if (self.egress)(&destination.host, destination.port) {
+                Route::External
+            } else {
+                Route::Denied
+            };
         }
         if let Some(container) = self.http.get(destination.port) {
             return Route::Container(container);
         }
         if self.network.is_listening(destination.port) {
-            return Route::PodPort { network: self.network.clone(), port: destination.port };
+            return Route::PodPort {
+                network: self.network.clone(),
+                port: destination.port,
+            };
         }
         Route::Refused
     }

@@ -89,7 +89,10 @@ impl Logs {
 
     /// The buffered lines of one container, oldest first (stdout and stderr interleaved).
     pub fn lines(&self, container: &str) -> Vec<LogLine> {
-        lock(&self.inner.buffers).get(container).map(|buffer| buffer.lines.iter().cloned().collect()).unwrap_or_default()
+        lock(&self.inner.buffers)
+            .get(container)
+            .map(|buffer| buffer.lines.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The buffered lines of one container, as text, oldest first.
@@ -116,12 +119,21 @@ impl Logs {
             }
             None => 0,
         };
-        LogTail { logs: self.clone(), container: container.into(), next, recorded }
+        LogTail {
+            logs: self.clone(),
+            container: container.into(),
+            next,
+            recorded,
+        }
     }
 
     /// The stdout or stderr stream to give a container's WASI context.
     pub fn output(&self, container: &str, stream: Stream) -> ContainerOutput {
-        ContainerOutput { logs: self.clone(), container: container.into(), stream }
+        ContainerOutput {
+            logs: self.clone(),
+            container: container.into(),
+            stream,
+        }
     }
 
     fn record(&self, line: LogLine) {
@@ -363,7 +375,10 @@ mod tests {
         let mut everything = logs.tail("app", None);
         let mut other = logs.tail("other", None);
         assert_eq!(texts(last_one.read()), (vec!["two".to_string()], 0));
-        assert_eq!(texts(everything.read()), (vec!["one".to_string(), "two".to_string()], 0));
+        assert_eq!(
+            texts(everything.read()),
+            (vec!["one".to_string(), "two".to_string()], 0)
+        );
 
         let waiting = tokio::spawn(async move { texts(last_one.next().await) });
         writer.write_all(b"three\n").await.unwrap();
@@ -372,7 +387,10 @@ mod tests {
         // Four more lines into a buffer of three: the reader that stopped after "two" missed
         // "three" and "4", and says so.
         writer.write_all(b"4\n5\n6\n7\n").await.unwrap();
-        assert_eq!(texts(everything.next().await), (vec!["5".to_string(), "6".to_string(), "7".to_string()], 2));
+        assert_eq!(
+            texts(everything.next().await),
+            (vec!["5".to_string(), "6".to_string(), "7".to_string()], 2)
+        );
         assert_eq!(texts(other.read()), (vec![], 0));
     }
 

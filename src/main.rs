@@ -13,7 +13,11 @@ use wasmpod::control::{self, Client, ControlError, PodClaim, Request, Response};
 use wasmpod::{Event, EventKind, LogLine, Pod, PodError, PodOptions, PodPhase, PodSpec, Stream};
 
 #[derive(Parser)]
-#[command(name = "wasmpod", version, about = "Run a pod of WebAssembly components in one process")]
+#[command(
+    name = "wasmpod",
+    version,
+    about = "Run a pod of WebAssembly components in one process"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,7 +85,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { spec } => validate(&spec),
         Command::Ps { pod, json } => ps(pod.as_deref(), json),
-        Command::Logs { names, tail, follow, json } => logs(&names, tail, follow, json),
+        Command::Logs {
+            names,
+            tail,
+            follow,
+            json,
+        } => logs(&names, tail, follow, json),
         Command::Events { pod, follow, json } => events(pod.as_deref(), follow, json),
         Command::Run { spec, no_color, listen } => {
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -111,8 +120,14 @@ fn validate(spec: &Path) -> ExitCode {
 }
 
 async fn run(spec: &Path, color: bool, listen: Option<std::net::SocketAddr>) -> ExitCode {
-    let options = PodOptions { listen, ..PodOptions::default() };
-    let pod = match PodSpec::from_file(spec).map_err(PodError::from).and_then(|spec| Pod::with_options(spec, options)) {
+    let options = PodOptions {
+        listen,
+        ..PodOptions::default()
+    };
+    let pod = match PodSpec::from_file(spec)
+        .map_err(PodError::from)
+        .and_then(|spec| Pod::with_options(spec, options))
+    {
         // Shared with the control server's connections; `shutdown` below hands it back.
         Ok(pod) => Arc::new(pod),
         Err(e) => {
@@ -167,7 +182,11 @@ async fn run(spec: &Path, color: bool, listen: Option<std::net::SocketAddr>) -> 
     let control = match claim.map(|claim| claim.serve(pod.clone())) {
         Some(Ok(server)) => Some(server),
         Some(Err(e)) => {
-            printer.note(&format!("warning: no control socket (`wasmpod ps/logs/events` will not see this pod): {e}")).await;
+            printer
+                .note(&format!(
+                    "warning: no control socket (`wasmpod ps/logs/events` will not see this pod): {e}"
+                ))
+                .await;
             None
         }
         None => None,
@@ -176,15 +195,15 @@ async fn run(spec: &Path, color: bool, listen: Option<std::net::SocketAddr>) -> 
         let wait = pod.wait();
         tokio::pin!(wait);
         loop {
-        tokio::select! {
-            status = &mut wait => break status,
-            Some(line) = output.recv() => printer.line(&line).await,
-            Some(event) = events.recv() => printer.event(&event).await,
-            () = signal.received() => {
-                printer.note("stopping the pod").await;
-                break pod.stop().await;
+            tokio::select! {
+                status = &mut wait => break status,
+                Some(line) = output.recv() => printer.line(&line).await,
+                Some(event) = events.recv() => printer.event(&event).await,
+                () = signal.received() => {
+                    printer.note("stopping the pod").await;
+                    break pod.stop().await;
+                }
             }
-        }
         }
     };
     while let Ok(line) = output.try_recv() {
@@ -266,7 +285,11 @@ fn list_pods(dir: &Path, running: &[String], json: bool) -> ExitCode {
         }
         let apps: Vec<_> = status.containers.iter().filter(|c| c.kind == "app").collect();
         let running = apps.iter().filter(|c| c.state == "running").count();
-        rows.push(vec![status.name, status.phase, format!("{running}/{} running", apps.len())]);
+        rows.push(vec![
+            status.name,
+            status.phase,
+            format!("{running}/{} running", apps.len()),
+        ]);
     }
     if !json {
         out(&table(&rows));
@@ -275,10 +298,18 @@ fn list_pods(dir: &Path, running: &[String], json: bool) -> ExitCode {
 }
 
 fn status_table(status: &control::StatusView) -> String {
-    let mut rows = vec![["NAME", "KIND", "READY", "STATE", "RESTARTS", "LAST EXIT"].map(String::from).to_vec()];
+    let mut rows = vec![
+        ["NAME", "KIND", "READY", "STATE", "RESTARTS", "LAST EXIT"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for c in &status.containers {
         // A trap's message can span lines; the table shows its first.
-        let last_exit = c.last_exit.as_deref().and_then(|exit| exit.lines().next()).unwrap_or("-");
+        let last_exit = c
+            .last_exit
+            .as_deref()
+            .and_then(|exit| exit.lines().next())
+            .unwrap_or("-");
         // Init containers run to completion; readiness is not theirs to have.
         let ready = match (c.kind.as_str(), c.ready) {
             ("init", _) => "-",
@@ -300,12 +331,23 @@ fn status_table(status: &control::StatusView) -> String {
 /// Left-aligned columns two spaces apart, like `docker ps`.
 fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..columns).map(|i| rows.iter().filter_map(|row| row.get(i)).map(|cell| cell.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|row| row.get(i))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let lines: Vec<String> = rows
         .iter()
         .map(|row| {
-            let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
             cells.join("  ").trim_end().to_string()
         })
         .collect();
@@ -318,7 +360,11 @@ fn logs(names: &[String], tail: Option<usize>, follow: bool, json: bool) -> Exit
         [pod, container] => (Some(pod.as_str()), container),
         _ => return fail("usage: wasmpod logs [POD] CONTAINER"),
     };
-    let request = Request::Logs { container: container.clone(), tail, follow };
+    let request = Request::Logs {
+        container: container.clone(),
+        tail,
+        follow,
+    };
     print_replies(pod, &request, json, |reply| match reply {
         Response::Line(line) if line.stream == "stderr" => {
             eprintln!("{}", line.text);
@@ -330,18 +376,28 @@ fn logs(names: &[String], tail: Option<usize>, follow: bool, json: bool) -> Exit
 }
 
 fn events(pod: Option<&str>, follow: bool, json: bool) -> ExitCode {
-    print_replies(pod, &Request::Events { tail: None, follow }, json, |reply| match reply {
-        Response::Event(event) => match &event.container {
-            Some(container) => out(&format!("{}  {container}: {}", event.at, event.message)),
-            None => out(&format!("{}  {}", event.at, event.message)),
+    print_replies(
+        pod,
+        &Request::Events { tail: None, follow },
+        json,
+        |reply| match reply {
+            Response::Event(event) => match &event.container {
+                Some(container) => out(&format!("{}  {container}: {}", event.at, event.message)),
+                None => out(&format!("{}  {}", event.at, event.message)),
+            },
+            _ => true,
         },
-        _ => true,
-    })
+    )
 }
 
 /// Sends `request` to the pod and prints every reply with `print` (or as JSON) until the pod
 /// closes the connection; `print` returns false when stdout is gone.
-fn print_replies(pod: Option<&str>, request: &Request, json: bool, mut print: impl FnMut(&Response) -> bool) -> ExitCode {
+fn print_replies(
+    pod: Option<&str>,
+    request: &Request,
+    json: bool,
+    mut print: impl FnMut(&Response) -> bool,
+) -> ExitCode {
     let mut replies = match Client::find(&control::runtime_dir(), pod).and_then(|client| client.request(request)) {
         Ok(replies) => replies,
         Err(e) => return fail(e),
@@ -400,7 +456,12 @@ const PALETTE: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
 
 impl Printer {
     fn new(names: Vec<String>, color: bool) -> Printer {
-        let width = names.iter().map(String::len).chain(["wasmpod".len()]).max().unwrap_or(7);
+        let width = names
+            .iter()
+            .map(String::len)
+            .chain(["wasmpod".len()])
+            .max()
+            .unwrap_or(7);
         Printer { names, width, color }
     }
 
@@ -409,7 +470,12 @@ impl Printer {
         if !self.color {
             return padded;
         }
-        let code = self.names.iter().position(|n| n == name).map(|i| PALETTE[i % PALETTE.len()]).unwrap_or("2");
+        let code = self
+            .names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| PALETTE[i % PALETTE.len()])
+            .unwrap_or("2");
         format!("\x1b[{code}m{padded}\x1b[0m")
     }
 

@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::container::ContainerKind;
 use crate::container::{self, ContainerError, PreparedContainer};
 use crate::engine::{CompileError, CompileSource, Engine};
+use crate::http::{HttpContainer, HttpLimits, HttpPorts, PodRoutes};
 use crate::logs::{DEFAULT_LINES_PER_CONTAINER, LogLine, Logs};
 use crate::net::PodNetwork;
 use crate::proxy::{FrontProxy, ProxyError, ProxyLimits, ProxyTarget};
-use crate::http::{HttpContainer, HttpLimits, HttpPorts, PodRoutes};
-use crate::container::ContainerKind;
 use crate::spec::{ComponentSource, ContainerSpec, PodSpec, SpecError};
 use crate::status::{
     ContainerState, ContainerStatus, DEFAULT_EVENT_CAPACITY, EventKind, Events, PodPhase, PodStatus, WaitingReason,
@@ -161,15 +161,23 @@ impl Pod {
             .map(|(c, init)| ContainerStatus {
                 name: c.name.clone(),
                 init,
-                state: ContainerState::Waiting { reason: WaitingReason::PodInitializing },
+                state: ContainerState::Waiting {
+                    reason: WaitingReason::PodInitializing,
+                },
                 restart_count: 0,
                 ready: false,
                 last_exit: None,
             })
             .collect();
-        let status = PodStatus { name: spec.name.clone(), phase: PodPhase::Pending, containers };
+        let status = PodStatus {
+            name: spec.name.clone(),
+            phase: PodPhase::Pending,
+            containers,
+        };
         let (phase, _) = watch::channel(PodPhase::Pending);
-        let controls = spec_names(&spec).map(|name| (name, Arc::new(ContainerControl::default()))).collect();
+        let controls = spec_names(&spec)
+            .map(|name| (name, Arc::new(ContainerControl::default())))
+            .collect();
         let network = PodNetwork::new();
         for container in spec.all_containers() {
             network.register_name(&container.name);
@@ -222,7 +230,13 @@ impl Pod {
         for volume in &shared.spec.volumes {
             if let Some(dir) = volumes.host_dir(&volume.name) {
                 let host_dir = dir.display().to_string();
-                shared.events.emit(None, EventKind::VolumeReady { volume: volume.name.clone(), host_dir });
+                shared.events.emit(
+                    None,
+                    EventKind::VolumeReady {
+                        volume: volume.name.clone(),
+                        host_dir,
+                    },
+                );
             }
         }
         let http_ports = shared.http_ports.clone();
@@ -232,8 +246,13 @@ impl Pod {
             let compiled = self.compile(container_spec).await?;
             let mounts = volumes.mounts_for(container_spec)?;
             let name = container_spec.name.clone();
-            let egress = crate::net::egress::EgressPolicy::parse(&container_spec.allowed_outbound_hosts)
-                .map_err(|e| ContainerError::Unsupported { container: name.clone(), message: e.to_string() })?;
+            let egress =
+                crate::net::egress::EgressPolicy::parse(&container_spec.allowed_outbound_hosts).map_err(|e| {
+                    ContainerError::Unsupported {
+                        container: name.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
             let route = Arc::new(PodRoutes::new(
                 shared.network.clone(),
                 http_ports.clone(),
@@ -255,7 +274,8 @@ impl Pod {
                         (true, _) => {
                             return Err(ContainerError::Unsupported {
                                 container: name,
-                                message: "an init container must be a command (`wasi:cli/run`), not an http handler".into(),
+                                message: "an init container must be a command (`wasi:cli/run`), not an http handler"
+                                    .into(),
                             }
                             .into());
                         }
@@ -278,7 +298,10 @@ impl Pod {
                         shared.logs.clone(),
                         shared.events.clone(),
                     )
-                    .map_err(|e| ContainerError::Link { container: name.clone(), message: e.to_string() })?
+                    .map_err(|e| ContainerError::Link {
+                        container: name.clone(),
+                        message: e.to_string(),
+                    })?
                     .with_limits(http_limits(&self.http_limits, &container_spec.http))
                     .with_outgoing(route);
                     let http = Arc::new(http);
@@ -290,7 +313,9 @@ impl Pod {
         }
         *lock(&shared.volumes) = Some(volumes);
         if let Some(expose) = shared.spec.expose {
-            let addr = self.listen.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], expose.port)));
+            let addr = self
+                .listen
+                .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], expose.port)));
             let target = prepared
                 .iter()
                 .find_map(|runnable| match runnable {
@@ -299,10 +324,23 @@ impl Pod {
                     }
                     _ => None,
                 })
-                .unwrap_or(ProxyTarget::PodPort { network: shared.network.clone(), port: expose.port });
-            let limits = ProxyLimits { readiness_wait: shared.spec.readiness_wait, ..self.proxy_limits };
-            let proxy = FrontProxy::start(addr, target, limits, shared.ready.subscribe(), shared.events.clone()).await?;
-            shared.events.emit(None, EventKind::Exposed { pod_port: expose.port, host_addr: proxy.local_addr() });
+                .unwrap_or(ProxyTarget::PodPort {
+                    network: shared.network.clone(),
+                    port: expose.port,
+                });
+            let limits = ProxyLimits {
+                readiness_wait: shared.spec.readiness_wait,
+                ..self.proxy_limits
+            };
+            let proxy =
+                FrontProxy::start(addr, target, limits, shared.ready.subscribe(), shared.events.clone()).await?;
+            shared.events.emit(
+                None,
+                EventKind::Exposed {
+                    pod_port: expose.port,
+                    host_addr: proxy.local_addr(),
+                },
+            );
             *lock(&shared.proxy) = Some(proxy);
         }
         let init_count = shared.spec.init_containers.len();
@@ -331,9 +369,18 @@ impl Pod {
         })
         .await
         .map_err(|e| PodError::Engine(format!("compilation panicked: {e}")))?
-        .map_err(|source| PodError::Compile { container: name.clone(), source })?;
+        .map_err(|source| PodError::Compile {
+            container: name.clone(),
+            source,
+        })?;
         let cached = compiled.source != CompileSource::Compiled;
-        shared.events.emit(Some(&name), EventKind::Compiled { cached, took: compiled.elapsed });
+        shared.events.emit(
+            Some(&name),
+            EventKind::Compiled {
+                cached,
+                took: compiled.elapsed,
+            },
+        );
         Ok(compiled.component)
     }
 
@@ -370,7 +417,9 @@ impl Pod {
     /// The host directory behind a volume while the pod holds it (`empty_dir`s and secrets are
     /// removed when the pod ends).
     pub fn volume_dir(&self, volume: &str) -> Option<PathBuf> {
-        lock(&self.shared.volumes).as_ref().and_then(|v| v.host_dir(volume).map(Path::to_path_buf))
+        lock(&self.shared.volumes)
+            .as_ref()
+            .and_then(|v| v.host_dir(volume).map(Path::to_path_buf))
     }
 
     /// Waits until the pod has ended (succeeded, failed or stopped) and returns its final status.
@@ -416,7 +465,12 @@ impl Pod {
         if let Some(handle) = handle
             && let Err(e) = handle.await
         {
-            self.shared.events.emit(None, EventKind::Warning { message: format!("the supervisor ended abnormally: {e}") });
+            self.shared.events.emit(
+                None,
+                EventKind::Warning {
+                    message: format!("the supervisor ended abnormally: {e}"),
+                },
+            );
             self.shared.set_phase(PodPhase::Stopped);
         }
         self.shared.remove_volumes().await;
@@ -440,7 +494,9 @@ impl Drop for Pod {
 fn http_limits(defaults: &HttpLimits, settings: &crate::spec::HttpSettings) -> HttpLimits {
     HttpLimits {
         request_timeout: settings.request_timeout.unwrap_or(defaults.request_timeout),
-        max_concurrent_instances: settings.max_concurrent_instances.unwrap_or(defaults.max_concurrent_instances),
+        max_concurrent_instances: settings
+            .max_concurrent_instances
+            .unwrap_or(defaults.max_concurrent_instances),
         max_request_body_bytes: settings.max_request_body.unwrap_or(defaults.max_request_body_bytes),
         ..defaults.clone()
     }
@@ -476,13 +532,18 @@ impl Shared {
                     c.ready || matches!(&c.state, ContainerState::Terminated { exit, .. } if exit.is_success())
                 })
         };
-        self.ready.send_if_modified(|was| std::mem::replace(was, ready) != ready);
+        self.ready
+            .send_if_modified(|was| std::mem::replace(was, ready) != ready);
         self.status_changed.send_replace(());
     }
 
     /// A snapshot of one container's status.
     pub(crate) fn container_status(&self, container: &str) -> Option<ContainerStatus> {
-        lock(&self.status).containers.iter().find(|c| c.name == container).cloned()
+        lock(&self.status)
+            .containers
+            .iter()
+            .find(|c| c.name == container)
+            .cloned()
     }
 
     /// Waits until `condition` holds for the pod's status (checked after every change).
@@ -508,9 +569,13 @@ impl Shared {
         if let Some(volumes) = volumes {
             let removed = tokio::task::spawn_blocking(move || volumes.remove()).await;
             if let Ok(Err(e)) = removed {
-                self.events.emit(None, EventKind::Warning { message: format!("could not remove the pod's volumes: {e}") });
+                self.events.emit(
+                    None,
+                    EventKind::Warning {
+                        message: format!("could not remove the pod's volumes: {e}"),
+                    },
+                );
             }
         }
     }
 }
-

@@ -117,18 +117,29 @@ enum Verdict {
 
 impl Thresholds {
     fn new() -> Thresholds {
-        Thresholds { successes: 0, failures: 0 }
+        Thresholds {
+            successes: 0,
+            failures: 0,
+        }
     }
 
     fn record(&mut self, probe: &Probe, passed: bool) -> Verdict {
         if passed {
             self.failures = 0;
             self.successes = self.successes.saturating_add(1);
-            if self.successes >= probe.success_threshold.max(1) { Verdict::Passing } else { Verdict::Undecided }
+            if self.successes >= probe.success_threshold.max(1) {
+                Verdict::Passing
+            } else {
+                Verdict::Undecided
+            }
         } else {
             self.successes = 0;
             self.failures = self.failures.saturating_add(1);
-            if self.failures >= probe.failure_threshold.max(1) { Verdict::Failing } else { Verdict::Undecided }
+            if self.failures >= probe.failure_threshold.max(1) {
+                Verdict::Failing
+            } else {
+                Verdict::Undecided
+            }
         }
     }
 }
@@ -153,7 +164,10 @@ pub async fn watch(probes: Probes<'_>, target: &ProbeTarget, set_ready: impl Fn(
             match thresholds.record(startup, result.is_ok()) {
                 Verdict::Passing => break,
                 Verdict::Failing => {
-                    return ProbeFailure { probe: "startup", message: result.err().unwrap_or_default() };
+                    return ProbeFailure {
+                        probe: "startup",
+                        message: result.err().unwrap_or_default(),
+                    };
                 }
                 Verdict::Undecided => tokio::time::sleep(startup.period).await,
             }
@@ -163,7 +177,9 @@ pub async fn watch(probes: Probes<'_>, target: &ProbeTarget, set_ready: impl Fn(
         set_ready(true, None);
     }
     let readiness = async {
-        let Some(readiness) = probes.readiness else { return std::future::pending().await };
+        let Some(readiness) = probes.readiness else {
+            return std::future::pending().await;
+        };
         tokio::time::sleep(readiness.initial_delay).await;
         let mut thresholds = Thresholds::new();
         let mut ready = false;
@@ -184,13 +200,18 @@ pub async fn watch(probes: Probes<'_>, target: &ProbeTarget, set_ready: impl Fn(
         }
     };
     let liveness = async {
-        let Some(liveness) = probes.liveness else { return std::future::pending().await };
+        let Some(liveness) = probes.liveness else {
+            return std::future::pending().await;
+        };
         tokio::time::sleep(liveness.initial_delay).await;
         let mut thresholds = Thresholds::new();
         loop {
             let result = check(&liveness.action, target, liveness.timeout).await;
             if thresholds.record(liveness, result.is_ok()) == Verdict::Failing {
-                return ProbeFailure { probe: "liveness", message: result.err().unwrap_or_default() };
+                return ProbeFailure {
+                    probe: "liveness",
+                    message: result.err().unwrap_or_default(),
+                };
             }
             tokio::time::sleep(liveness.period).await;
         }
@@ -213,7 +234,11 @@ mod tests {
         let mut t = Thresholds::new();
         assert_eq!(t.record(&probe, false), Verdict::Undecided);
         assert_eq!(t.record(&probe, false), Verdict::Undecided);
-        assert_eq!(t.record(&probe, true), Verdict::Undecided, "a success resets the failures");
+        assert_eq!(
+            t.record(&probe, true),
+            Verdict::Undecided,
+            "a success resets the failures"
+        );
         assert_eq!(t.record(&probe, false), Verdict::Undecided);
         assert_eq!(t.record(&probe, false), Verdict::Undecided);
         assert_eq!(t.record(&probe, false), Verdict::Failing);

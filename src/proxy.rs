@@ -92,11 +92,21 @@ impl FrontProxy {
         ready: watch::Receiver<bool>,
         events: Events,
     ) -> Result<FrontProxy, ProxyError> {
-        let bind_error = |source| ProxyError::Bind { addr, target: target.describe(), source };
+        let bind_error = |source| ProxyError::Bind {
+            addr,
+            target: target.describe(),
+            source,
+        };
         let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
         let stop = CancellationToken::new();
-        let forwarder = Forwarder { target, limits, ready, events, stop: stop.clone() };
+        let forwarder = Forwarder {
+            target,
+            limits,
+            ready,
+            events,
+            stop: stop.clone(),
+        };
         tokio::spawn(forwarder.accept_loop(listener));
         Ok(FrontProxy { local_addr, stop })
     }
@@ -135,7 +145,12 @@ impl Forwarder {
                 Err(e) => {
                     // Per-connection failures (e.g. the client reset before accept) are not
                     // fatal; back off briefly on resource exhaustion so the loop cannot spin.
-                    this.events.emit(None, EventKind::Warning { message: format!("front proxy accept failed: {e}") });
+                    this.events.emit(
+                        None,
+                        EventKind::Warning {
+                            message: format!("front proxy accept failed: {e}"),
+                        },
+                    );
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -195,7 +210,12 @@ impl Forwarder {
                     NetError::ConnectionRefused => format!("nothing listens on pod port {port}"),
                     other => other.to_string(),
                 };
-                self.events.emit(None, EventKind::Warning { message: format!("front proxy closed {peer}: {why}") });
+                self.events.emit(
+                    None,
+                    EventKind::Warning {
+                        message: format!("front proxy closed {peer}: {why}"),
+                    },
+                );
                 return;
             }
         };
@@ -222,7 +242,13 @@ where
     let _ = tokio::join!(outbound, inbound);
 }
 
-async fn copy_one_way<R, W>(mut from: R, mut to: W, idle: Duration, started: Instant, last_activity: &AtomicU64) -> std::io::Result<()>
+async fn copy_one_way<R, W>(
+    mut from: R,
+    mut to: W,
+    idle: Duration,
+    started: Instant,
+    last_activity: &AtomicU64,
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

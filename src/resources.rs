@@ -34,7 +34,11 @@ pub struct MemoryBudget {
 impl MemoryBudget {
     /// `None`: no limit beyond the engine's.
     pub fn new(limit: Option<u64>) -> MemoryBudget {
-        MemoryBudget { limit, used: 0, exceeded: false }
+        MemoryBudget {
+            limit,
+            used: 0,
+            exceeded: false,
+        }
     }
 
     /// Whether some growth was refused for lack of budget.
@@ -71,7 +75,10 @@ impl ResourceLimiter for MemoryBudget {
         if maximum.is_some_and(|max| desired > max) {
             return Ok(false);
         }
-        Ok(self.grow(current as u64 * TABLE_ELEMENT_BYTES, desired as u64 * TABLE_ELEMENT_BYTES))
+        Ok(self.grow(
+            current as u64 * TABLE_ELEMENT_BYTES,
+            desired as u64 * TABLE_ELEMENT_BYTES,
+        ))
     }
 }
 

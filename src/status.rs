@@ -76,11 +76,17 @@ pub enum ContainerState {
 impl fmt::Display for ContainerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ContainerState::Waiting { reason: WaitingReason::PodInitializing } => f.write_str("Waiting (PodInitializing)"),
-            ContainerState::Waiting { reason: WaitingReason::BackOff { delay } } => {
+            ContainerState::Waiting {
+                reason: WaitingReason::PodInitializing,
+            } => f.write_str("Waiting (PodInitializing)"),
+            ContainerState::Waiting {
+                reason: WaitingReason::BackOff { delay },
+            } => {
                 write!(f, "Waiting (BackOff {})", humantime::format_duration(*delay))
             }
-            ContainerState::Waiting { reason: WaitingReason::InitFailed { init_container } } => {
+            ContainerState::Waiting {
+                reason: WaitingReason::InitFailed { init_container },
+            } => {
                 write!(f, "Waiting (init container {init_container} failed)")
             }
             ContainerState::Running { .. } => f.write_str("Running"),
@@ -133,36 +139,69 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventKind {
     Compiling,
-    Compiled { cached: bool, took: Duration },
-    VolumeReady { volume: String, host_dir: String },
+    Compiled {
+        cached: bool,
+        took: Duration,
+    },
+    VolumeReady {
+        volume: String,
+        host_dir: String,
+    },
     /// The front proxy forwards `host_addr` to the pod port.
-    Exposed { pod_port: u16, host_addr: std::net::SocketAddr },
+    Exposed {
+        pod_port: u16,
+        host_addr: std::net::SocketAddr,
+    },
     Started,
-    Exited { exit: Exit },
-    BackOff { delay: Duration },
-    Restarting { restart_count: u32 },
+    Exited {
+        exit: Exit,
+    },
+    BackOff {
+        delay: Duration,
+    },
+    Restarting {
+        restart_count: u32,
+    },
     /// Its startup probe passed (or it has none) and its readiness probe passes.
     Ready,
     /// Its readiness probe fails.
-    NotReady { message: String },
+    NotReady {
+        message: String,
+    },
     /// A startup or liveness probe failed for good.
-    Unhealthy { message: String },
+    Unhealthy {
+        message: String,
+    },
     /// A connection or lookup outside the pod that `allowed_outbound_hosts` does not allow.
-    EgressDenied { destination: String },
+    EgressDenied {
+        destination: String,
+    },
     PodRunning,
     PodSucceeded,
-    PodFailed { reason: String },
+    PodFailed {
+        reason: String,
+    },
     Stopping,
     PodStopped,
-    Warning { message: String },
+    Warning {
+        message: String,
+    },
     /// An http container's request trapped; the client got a 500.
-    RequestTrapped { message: String },
+    RequestTrapped {
+        message: String,
+    },
     /// An http container's request ran past the request timeout and was cut.
-    RequestTimedOut { after: Duration },
+    RequestTimedOut {
+        after: Duration,
+    },
     /// An http container's request failed in the host (instantiation, no response, ...).
-    RequestFailed { message: String },
+    RequestFailed {
+        message: String,
+    },
     /// A container's outgoing HTTP request was refused by the pod's egress policy.
-    OutgoingDenied { url: String },
+    OutgoingDenied {
+        url: String,
+    },
 }
 
 impl fmt::Display for Event {
@@ -172,11 +211,16 @@ impl fmt::Display for Event {
         }
         match &self.kind {
             EventKind::Compiling => f.write_str("compiling"),
-            EventKind::Compiled { cached: true, took } => write!(f, "loaded compiled component from cache in {took:.0?}"),
+            EventKind::Compiled { cached: true, took } => {
+                write!(f, "loaded compiled component from cache in {took:.0?}")
+            }
             EventKind::Compiled { cached: false, took } => write!(f, "compiled in {took:.1?}"),
             EventKind::VolumeReady { volume, host_dir } => write!(f, "volume {volume} at {host_dir}"),
             EventKind::Exposed { pod_port, host_addr } => {
-                write!(f, "port {pod_port} exposed at {host_addr} (for HTTP: http://{host_addr}/)")
+                write!(
+                    f,
+                    "port {pod_port} exposed at {host_addr} (for HTTP: http://{host_addr}/)"
+                )
             }
             EventKind::Started => f.write_str("started"),
             EventKind::Exited { exit } => write!(f, "{exit}"),
@@ -185,7 +229,9 @@ impl fmt::Display for Event {
             EventKind::Ready => f.write_str("ready"),
             EventKind::NotReady { message } => write!(f, "not ready: {message}"),
             EventKind::Unhealthy { message } => write!(f, "unhealthy: {message}"),
-            EventKind::EgressDenied { destination } => write!(f, "denied {destination} (not in allowed_outbound_hosts)"),
+            EventKind::EgressDenied { destination } => {
+                write!(f, "denied {destination} (not in allowed_outbound_hosts)")
+            }
             EventKind::PodRunning => f.write_str("pod running"),
             EventKind::PodSucceeded => f.write_str("pod succeeded"),
             EventKind::PodFailed { reason } => write!(f, "pod failed: {reason}"),
@@ -194,10 +240,16 @@ impl fmt::Display for Event {
             EventKind::Warning { message } => write!(f, "warning: {message}"),
             EventKind::RequestTrapped { message } => write!(f, "request trapped: {message}"),
             EventKind::RequestTimedOut { after } => {
-                write!(f, "request cut after {} (request timeout)", humantime::format_duration(*after))
+                write!(
+                    f,
+                    "request cut after {} (request timeout)",
+                    humantime::format_duration(*after)
+                )
             }
             EventKind::RequestFailed { message } => write!(f, "request failed: {message}"),
-            EventKind::OutgoingDenied { url } => write!(f, "outgoing request to {url} denied (not an allowed outbound host)"),
+            EventKind::OutgoingDenied { url } => {
+                write!(f, "outgoing request to {url} denied (not an allowed outbound host)")
+            }
         }
     }
 }
@@ -238,7 +290,11 @@ impl Events {
 
     /// Records an event about a container (`None`: about the pod).
     pub fn emit(&self, container: Option<&str>, kind: EventKind) {
-        let event = Event { at: SystemTime::now(), container: container.map(str::to_owned), kind };
+        let event = Event {
+            at: SystemTime::now(),
+            container: container.map(str::to_owned),
+            kind,
+        };
         let mut inner = self.lock();
         if inner.log.len() == inner.capacity {
             inner.log.pop_front();
@@ -272,7 +328,11 @@ impl Events {
         let kept = inner.log.len() as u64;
         let next = inner.recorded - last.map_or(kept, |last| (last as u64).min(kept));
         // Subscribed under the lock that `emit` holds while it bumps, so no event slips past.
-        EventTail { events: self.clone(), next, changed: inner.changed.subscribe() }
+        EventTail {
+            events: self.clone(),
+            next,
+            changed: inner.changed.subscribe(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, EventsInner> {
@@ -328,13 +388,20 @@ mod tests {
         events.emit(Some("app"), EventKind::Stopping);
         let mut last = events.tail(Some(1));
         let mut slow = events.tail(None);
-        assert_eq!(last.read().0.iter().map(|e| e.kind.clone()).collect::<Vec<_>>(), vec![EventKind::Stopping]);
+        assert_eq!(
+            last.read().0.iter().map(|e| e.kind.clone()).collect::<Vec<_>>(),
+            vec![EventKind::Stopping]
+        );
         let waiting = tokio::spawn(async move { last.next().await });
         events.emit(None, EventKind::PodStopped);
         let (new, missed) = waiting.await.unwrap();
         assert_eq!((new.len(), missed), (1, 0));
         assert_eq!(new[0].kind, EventKind::PodStopped);
         let (kept, missed) = slow.next().await;
-        assert_eq!((kept.len(), missed), (2, 1), "the log holds two; the first of three was dropped");
+        assert_eq!(
+            (kept.len(), missed),
+            (2, 1),
+            "the log holds two; the first of three was dropped"
+        );
     }
 }

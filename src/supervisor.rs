@@ -59,7 +59,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>, inits: Vec<Runnable>, apps: V
             for app in &apps {
                 let init_container = init.name().to_string();
                 shared.update(app.name(), |c| {
-                    c.state = ContainerState::Waiting { reason: WaitingReason::InitFailed { init_container } }
+                    c.state = ContainerState::Waiting {
+                        reason: WaitingReason::InitFailed { init_container },
+                    }
                 });
             }
             return finish(&shared, PodPhase::Failed { reason }).await;
@@ -104,7 +106,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>, inits: Vec<Runnable>, apps: V
     } else if failures.is_empty() {
         PodPhase::Succeeded
     } else {
-        PodPhase::Failed { reason: failures.join("; ") }
+        PodPhase::Failed {
+            reason: failures.join("; "),
+        }
     };
     finish(&shared, phase).await
 }
@@ -121,9 +125,10 @@ fn start_order(apps: &[Runnable]) -> Vec<String> {
     let mut remaining: Vec<&Runnable> = apps.iter().collect();
     while !remaining.is_empty() {
         let ready = remaining.iter().position(|app| {
-            app.spec().depends_on.iter().all(|dep| {
-                ordered.contains(&dep.container) || !apps.iter().any(|other| other.name() == dep.container)
-            })
+            app.spec()
+                .depends_on
+                .iter()
+                .all(|dep| ordered.contains(&dep.container) || !apps.iter().any(|other| other.name() == dep.container))
         });
         let next = remaining.remove(ready.unwrap_or(0));
         ordered.push(next.name().to_string());
@@ -143,7 +148,10 @@ async fn stop_in_order(shared: &Shared, start_order: &[String]) {
             shared.events.emit(
                 Some(name),
                 EventKind::Warning {
-                    message: format!("did not exit within the {} grace period; cancelled", humantime::format_duration(grace)),
+                    message: format!(
+                        "did not exit within the {} grace period; cancelled",
+                        humantime::format_duration(grace)
+                    ),
                 },
             );
         }
@@ -158,7 +166,11 @@ async fn finish(shared: &Shared, phase: PodPhase) {
         PodPhase::Failed { reason } => EventKind::PodFailed { reason: reason.clone() },
         _ => EventKind::PodStopped,
     };
-    shared.proxy.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    shared
+        .proxy
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
     shared.remove_volumes().await;
     shared.events.emit(None, event);
     shared.set_phase(phase);
@@ -192,7 +204,9 @@ async fn run_app(shared: &Shared, app: &Runnable, control: &ContainerControl) ->
 
 /// Whether `container` has reached `condition` (a container not in the pod never does).
 fn holds(status: &PodStatus, container: &str, condition: DependencyCondition) -> bool {
-    let Some(dependency) = status.container(container) else { return false };
+    let Some(dependency) = status.container(container) else {
+        return false;
+    };
     let ever_ran = dependency.last_exit.is_some() || matches!(dependency.state, ContainerState::Running { .. });
     match condition {
         DependencyCondition::Started => ever_ran || dependency.init,
@@ -210,7 +224,11 @@ async fn serve_http(shared: &Shared, container: &Arc<HttpContainer>, port: u16, 
         Ok(listener) => listener,
         Err(e) => return record_exit(shared, name, Exit::Failed(format!("cannot serve pod port {port}: {e}"))),
     };
-    shared.update(name, |c| c.state = ContainerState::Running { started_at: SystemTime::now() });
+    shared.update(name, |c| {
+        c.state = ContainerState::Running {
+            started_at: SystemTime::now(),
+        }
+    });
     shared.events.emit(Some(name), EventKind::Started);
     let target = probe_target(shared, None);
     let spec = container.spec();
@@ -252,7 +270,11 @@ async fn serve_http(shared: &Shared, container: &Arc<HttpContainer>, port: u16, 
 }
 
 fn probe_target(shared: &Shared, health: Option<probe::HealthCheck>) -> ProbeTarget {
-    ProbeTarget { network: shared.network.clone(), http_ports: shared.http_ports.clone(), health }
+    ProbeTarget {
+        network: shared.network.clone(),
+        http_ports: shared.http_ports.clone(),
+        health,
+    }
 }
 
 fn set_ready(shared: &Shared, name: &str, ready: bool, why: Option<String>) {
@@ -260,14 +282,23 @@ fn set_ready(shared: &Shared, name: &str, ready: bool, why: Option<String>) {
     shared.update(name, |c| c.ready = ready);
     // A probe that fails before the container was ever ready still says why, once.
     if changed || (!ready && why.is_some()) {
-        let kind = if ready { EventKind::Ready } else { EventKind::NotReady { message: why.unwrap_or_default() } };
+        let kind = if ready {
+            EventKind::Ready
+        } else {
+            EventKind::NotReady {
+                message: why.unwrap_or_default(),
+            }
+        };
         shared.events.emit(Some(name), kind);
     }
 }
 
 fn record_exit(shared: &Shared, name: &str, exit: Exit) -> Exit {
     shared.update(name, |c| {
-        c.state = ContainerState::Terminated { exit: exit.clone(), finished_at: SystemTime::now() };
+        c.state = ContainerState::Terminated {
+            exit: exit.clone(),
+            finished_at: SystemTime::now(),
+        };
         c.last_exit = Some(exit.clone());
         c.ready = false;
     });
@@ -278,7 +309,12 @@ fn record_exit(shared: &Shared, name: &str, exit: Exit) -> Exit {
 /// Runs one container until the restart policy says it is done, or the pod stops; returns its
 /// last exit. Init containers restart only on failure (as in Kubernetes and ACI), and not at all
 /// under `never`.
-async fn run_with_restarts(shared: &Shared, container: &Arc<PreparedContainer>, control: &ContainerControl, init: bool) -> Exit {
+async fn run_with_restarts(
+    shared: &Shared,
+    container: &Arc<PreparedContainer>,
+    control: &ContainerControl,
+    init: bool,
+) -> Exit {
     let name = container.spec.name.as_str();
     let backoff = shared.spec.restart_backoff;
     let mut restarts_in_a_row = 0u32;
@@ -286,7 +322,9 @@ async fn run_with_restarts(shared: &Shared, container: &Arc<PreparedContainer>, 
     loop {
         let started_at = Instant::now();
         shared.update(name, |c| {
-            c.state = ContainerState::Running { started_at: SystemTime::now() };
+            c.state = ContainerState::Running {
+                started_at: SystemTime::now(),
+            };
             c.ready = false;
         });
         shared.events.emit(Some(name), EventKind::Started);
@@ -332,7 +370,11 @@ async fn run_with_restarts(shared: &Shared, container: &Arc<PreparedContainer>, 
         }
         restarts_in_a_row = restarts_in_a_row.saturating_add(1);
         let delay: Duration = backoff.delay(restarts_in_a_row);
-        shared.update(name, |c| c.state = ContainerState::Waiting { reason: WaitingReason::BackOff { delay } });
+        shared.update(name, |c| {
+            c.state = ContainerState::Waiting {
+                reason: WaitingReason::BackOff { delay },
+            }
+        });
         shared.events.emit(Some(name), EventKind::BackOff { delay });
         tokio::select! {
             () = tokio::time::sleep(delay) => {}

@@ -224,7 +224,10 @@ pub enum TestPodError {
         explanation: String,
     },
     /// A connection into the pod failed.
-    #[error("test pod {pod:?}: cannot connect to pod port {port}: {source}{}", section(explanation))]
+    #[error(
+        "test pod {pod:?}: cannot connect to pod port {port}: {source}{}",
+        section(explanation)
+    )]
     Connect {
         pod: String,
         port: u16,
@@ -265,7 +268,11 @@ impl fmt::Debug for TestPodError {
 }
 
 fn section(text: &str) -> String {
-    if text.is_empty() { String::new() } else { format!("\n\n{text}") }
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!("\n\n{text}")
+    }
 }
 
 fn bullets(items: &[String]) -> String {
@@ -368,18 +375,30 @@ pub struct TestPodBuilder {
 
 impl TestPodBuilder {
     fn new(name: &str) -> TestPodBuilder {
-        TestPodBuilder { spec: with_test_timings(PodSpec::new(name)), deadline: DEFAULT_DEADLINE, engine: None }
+        TestPodBuilder {
+            spec: with_test_timings(PodSpec::new(name)),
+            deadline: DEFAULT_DEADLINE,
+            engine: None,
+        }
     }
 
     /// Adds an app container running `component` (a path or bytes, see [`IntoComponent`]).
     pub fn container(self, name: &str, component: impl IntoComponent) -> TestContainerBuilder {
-        TestContainerBuilder { pod: self, container: ContainerSpec::new(name, component.into_component()), init: false }
+        TestContainerBuilder {
+            pod: self,
+            container: ContainerSpec::new(name, component.into_component()),
+            init: false,
+        }
     }
 
     /// Adds an init container: init containers run one after another, each to exit 0, before
     /// the app containers start.
     pub fn init_container(self, name: &str, component: impl IntoComponent) -> TestContainerBuilder {
-        TestContainerBuilder { pod: self, container: ContainerSpec::new(name, component.into_component()), init: true }
+        TestContainerBuilder {
+            pod: self,
+            container: ContainerSpec::new(name, component.into_component()),
+            init: true,
+        }
     }
 
     /// Adds a container spec as is.
@@ -413,13 +432,20 @@ impl TestPodBuilder {
     }
 
     /// Declares a `secret` volume: one read-only file per `(name, contents)`.
-    pub fn secret<K: Into<String>, V: Into<String>>(self, volume: &str, files: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub fn secret<K: Into<String>, V: Into<String>>(
+        self,
+        volume: &str,
+        files: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
         let files = files.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         self.volume(volume, VolumeSource::Secret(files))
     }
 
     fn volume(mut self, name: &str, source: VolumeSource) -> Self {
-        self.spec.volumes.push(VolumeSpec { name: name.to_string(), source });
+        self.spec.volumes.push(VolumeSpec {
+            name: name.to_string(),
+            source,
+        });
         self
     }
 
@@ -513,7 +539,9 @@ impl TestContainerBuilder {
 
     /// Sets environment variables.
     pub fn envs<K: Into<String>, V: Into<String>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
-        self.container.env.extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self.container
+            .env
+            .extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
 
@@ -531,13 +559,21 @@ impl TestContainerBuilder {
 
     /// Mounts a volume of the pod read-write at `path` (e.g. `/data`).
     pub fn mount(mut self, volume: &str, path: &str) -> Self {
-        self.container.volume_mounts.push(MountSpec { volume: volume.into(), mount_path: path.into(), read_only: false });
+        self.container.volume_mounts.push(MountSpec {
+            volume: volume.into(),
+            mount_path: path.into(),
+            read_only: false,
+        });
         self
     }
 
     /// Mounts a volume of the pod read-only at `path`.
     pub fn mount_read_only(mut self, volume: &str, path: &str) -> Self {
-        self.container.volume_mounts.push(MountSpec { volume: volume.into(), mount_path: path.into(), read_only: true });
+        self.container.volume_mounts.push(MountSpec {
+            volume: volume.into(),
+            mount_path: path.into(),
+            read_only: true,
+        });
         self
     }
 
@@ -550,7 +586,10 @@ impl TestContainerBuilder {
 
     /// Starts this container only once `container` has reached `condition`.
     pub fn depends_on(mut self, container: &str, condition: DependencyCondition) -> Self {
-        self.container.depends_on.push(Dependency { container: container.into(), condition });
+        self.container.depends_on.push(Dependency {
+            container: container.into(),
+            condition,
+        });
         self
     }
 
@@ -592,7 +631,11 @@ impl TestContainerBuilder {
 
     /// Done with this container; back to the pod.
     pub fn done(self) -> TestPodBuilder {
-        let TestContainerBuilder { mut pod, container, init } = self;
+        let TestContainerBuilder {
+            mut pod,
+            container,
+            init,
+        } = self;
         if init {
             pod.spec.init_containers.push(container);
         } else {
@@ -741,7 +784,9 @@ impl TestPod {
         };
         let pod = Pod::with_options(spec, options).map_err(|error| match error {
             PodError::Spec(error) => TestPodError::Spec(error),
-            other => TestPodError::Engine { message: other.to_string() },
+            other => TestPodError::Engine {
+                message: other.to_string(),
+            },
         })?;
         let pod = TestPod {
             pod,
@@ -755,7 +800,11 @@ impl TestPod {
         };
         if let Err(source) = pod.pod.start().await {
             let explanation = pod.explained();
-            return Err(TestPodError::Start { pod: pod.name().to_string(), source, explanation });
+            return Err(TestPodError::Start {
+                pod: pod.name().to_string(),
+                source,
+                explanation,
+            });
         }
         Ok(pod)
     }
@@ -792,8 +841,15 @@ impl TestPod {
 
     /// [`TestPod::wait_ready`] with another deadline.
     pub async fn wait_ready_within(&self, deadline: Duration) -> Result<(), TestPodError> {
-        let ports: Vec<u16> = self.pod.spec().containers.iter().flat_map(|c| c.ports.iter().copied()).collect();
-        self.wait("the pod to be ready", deadline, &ports, |this| this.readiness()).await
+        let ports: Vec<u16> = self
+            .pod
+            .spec()
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().copied())
+            .collect();
+        self.wait("the pod to be ready", deadline, &ports, |this| this.readiness())
+            .await
     }
 
     fn readiness(&self) -> Check<()> {
@@ -834,11 +890,17 @@ impl TestPod {
             if let Some(&wanted) = restarts.get(name)
                 && container.restart_count < wanted
             {
-                missing.push(format!("container {name:?} has not restarted yet (asked with restart())"));
+                missing.push(format!(
+                    "container {name:?} has not restarted yet (asked with restart())"
+                ));
             } else if !container.ready {
                 missing.push(format!("container {name:?} is not ready: {}", describe(container)));
             } else {
-                let ports = spec.containers.iter().filter(|c| &c.name == name).flat_map(|c| c.ports.iter());
+                let ports = spec
+                    .containers
+                    .iter()
+                    .filter(|c| &c.name == name)
+                    .flat_map(|c| c.ports.iter());
                 for &port in ports {
                     if !self.pod.network().is_listening(port) {
                         missing.push(format!(
@@ -849,7 +911,11 @@ impl TestPod {
                 }
             }
         }
-        if missing.is_empty() { Check::Done(()) } else { Check::NotYet(missing) }
+        if missing.is_empty() {
+            Check::Done(())
+        } else {
+            Check::NotYet(missing)
+        }
     }
 
     /// Waits until the pod has ended (every container done, or the pod failed) and returns its
@@ -902,16 +968,21 @@ impl TestPod {
                 }
                 match network.connect(port) {
                     Ok(stream) => Check::Done(Ok(stream)),
-                    Err(NetError::ConnectionRefused) => {
-                        Check::NotYet(vec![format!("nothing listens on pod port {port} (or its backlog is full)")])
-                    }
+                    Err(NetError::ConnectionRefused) => Check::NotYet(vec![format!(
+                        "nothing listens on pod port {port} (or its backlog is full)"
+                    )]),
                     Err(error) => Check::Done(Err(error)),
                 }
             })
             .await?;
         connected.map_err(|source| {
             let explanation = self.explained();
-            TestPodError::Connect { pod: self.name().to_string(), port, source, explanation }
+            TestPodError::Connect {
+                pod: self.name().to_string(),
+                port,
+                source,
+                explanation,
+            }
         })
     }
 
@@ -979,7 +1050,9 @@ impl TestPod {
     /// such container.
     pub fn restart(&self, container: &str) {
         self.expect_container(container, "restart");
-        let Some(status) = self.pod.status().container(container).cloned() else { return };
+        let Some(status) = self.pod.status().container(container).cloned() else {
+            return;
+        };
         let restartable = !status.init
             && matches!(status.state, ContainerState::Running { .. })
             && self.kind(container) == Some(ContainerKind::Command);
@@ -999,7 +1072,9 @@ impl TestPod {
             ComponentSource::File(path) => self.engine.compile_file(path, container),
             ComponentSource::Bytes(bytes) => self.engine.compile(bytes, container),
         };
-        let kind = compiled.ok().and_then(|compiled| ContainerKind::of(self.engine.wasmtime(), &compiled.component));
+        let kind = compiled
+            .ok()
+            .and_then(|compiled| ContainerKind::of(self.engine.wasmtime(), &compiled.component));
         lock(&self.kinds).insert(container.to_string(), kind);
         kind
     }
@@ -1061,7 +1136,8 @@ impl TestPod {
     ) -> Result<TestResponse, TestPodError> {
         let io = self.connect(port).await?;
         let described = format!("{method} {path} on pod port {port}");
-        self.send(io, &format!("localhost:{port}"), method, path, body, &described).await
+        self.send(io, &format!("localhost:{port}"), method, path, body, &described)
+            .await
     }
 
     async fn send<IO>(
@@ -1091,8 +1167,16 @@ impl TestPod {
             let result = async {
                 let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
                 let (parts, body) = response.into_parts();
-                let body = body.collect().await.map_err(|e| format!("reading the body: {e}"))?.to_bytes();
-                Ok::<_, String>(TestResponse { status: parts.status, headers: parts.headers, body })
+                let body = body
+                    .collect()
+                    .await
+                    .map_err(|e| format!("reading the body: {e}"))?
+                    .to_bytes();
+                Ok::<_, String>(TestResponse {
+                    status: parts.status,
+                    headers: parts.headers,
+                    body,
+                })
             }
             .await;
             driver.abort();
@@ -1117,7 +1201,12 @@ impl TestPod {
 
     fn http_error(&self, request: &str, message: String) -> TestPodError {
         let explanation = self.explained();
-        TestPodError::Http { pod: self.name().to_string(), request: request.to_string(), message, explanation }
+        TestPodError::Http {
+            pod: self.name().to_string(),
+            request: request.to_string(),
+            message,
+            explanation,
+        }
     }
 
     /// The pod's status, its recent events and the last lines of every container: what a
@@ -1143,13 +1232,21 @@ impl TestPod {
                     c.state.to_string(),
                     if c.ready { "yes" } else { "no" }.to_string(),
                     c.restart_count.to_string(),
-                    c.last_exit.as_ref().map_or_else(|| "-".to_string(), ToString::to_string),
+                    c.last_exit
+                        .as_ref()
+                        .map_or_else(|| "-".to_string(), ToString::to_string),
                 ]
             })
             .collect();
         let header = ["CONTAINER", "KIND", "STATE", "READY", "RESTARTS", "LAST EXIT"].map(String::from);
         let widths: Vec<usize> = (0..6)
-            .map(|i| std::iter::once(&header).chain(&rows).map(|row| row[i].chars().count()).max().unwrap_or(0))
+            .map(|i| {
+                std::iter::once(&header)
+                    .chain(&rows)
+                    .map(|row| row[i].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         for row in std::iter::once(&header).chain(&rows) {
             let mut line = String::from(" ");
@@ -1175,7 +1272,11 @@ impl TestPod {
                 continue;
             }
             let shown = lines.len().min(EXPLAIN_LOG_LINES);
-            let which = if lines.len() > shown { format!("last {shown} of {} lines", lines.len()) } else { "all".into() };
+            let which = if lines.len() > shown {
+                format!("last {shown} of {} lines", lines.len())
+            } else {
+                "all".into()
+            };
             let _ = writeln!(text, "logs of {} ({which}; `!` = stderr):", container.name);
             for line in &lines[lines.len() - shown..] {
                 let mark = if line.stream == Stream::Stderr { '!' } else { '|' };
@@ -1301,7 +1402,11 @@ impl Drop for TestPod {
                     self.name()
                 );
             } else {
-                eprintln!("wasmpod: test pod {:?} dropped while the test panicked:\n{}", self.name(), self.explain());
+                eprintln!(
+                    "wasmpod: test pod {:?} dropped while the test panicked:\n{}",
+                    self.name(),
+                    self.explain()
+                );
             }
         }
         // Dropping the `Pod` stops it at once.
@@ -1337,7 +1442,11 @@ impl TestResponse {
 fn describe(container: &crate::status::ContainerStatus) -> String {
     let mut text = container.state.to_string();
     if container.restart_count > 0 {
-        let times = if container.restart_count == 1 { "once".to_string() } else { format!("{} times", container.restart_count) };
+        let times = if container.restart_count == 1 {
+            "once".to_string()
+        } else {
+            format!("{} times", container.restart_count)
+        };
         text.push_str(&format!(", restarted {times}"));
     }
     if let Some(exit) = &container.last_exit {

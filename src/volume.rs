@@ -58,7 +58,10 @@ impl Volumes {
     /// Creates every `empty_dir` and secret and checks every `host_path`. Blocking file-system
     /// work: run it on a blocking thread.
     pub fn prepare(spec: &PodSpec) -> Result<Volumes, VolumeError> {
-        let needs_runtime_dir = spec.volumes.iter().any(|v| !matches!(v.source, VolumeSource::HostPath(_)));
+        let needs_runtime_dir = spec
+            .volumes
+            .iter()
+            .any(|v| !matches!(v.source, VolumeSource::HostPath(_)));
         let runtime_dir = if needs_runtime_dir {
             Some(
                 tempfile::Builder::new()
@@ -79,7 +82,10 @@ impl Volumes {
             let (host_dir, always_read_only) = match &volume.source {
                 VolumeSource::HostPath(path) => {
                     if !path.is_dir() {
-                        return Err(VolumeError::HostPathMissing { volume: volume.name.clone(), path: path.clone() });
+                        return Err(VolumeError::HostPathMissing {
+                            volume: volume.name.clone(),
+                            path: path.clone(),
+                        });
                     }
                     (path.clone(), false)
                 }
@@ -99,7 +105,13 @@ impl Volumes {
                     (dir, true)
                 }
             };
-            prepared.insert(volume.name.clone(), PreparedVolume { host_dir, always_read_only });
+            prepared.insert(
+                volume.name.clone(),
+                PreparedVolume {
+                    host_dir,
+                    always_read_only,
+                },
+            );
         }
         Ok(Volumes { runtime_dir, prepared })
     }
@@ -110,10 +122,13 @@ impl Volumes {
             .volume_mounts
             .iter()
             .map(|mount| {
-                let volume = self.prepared.get(&mount.volume).ok_or_else(|| VolumeError::UnknownVolume {
-                    container: container.name.clone(),
-                    volume: mount.volume.clone(),
-                })?;
+                let volume = self
+                    .prepared
+                    .get(&mount.volume)
+                    .ok_or_else(|| VolumeError::UnknownVolume {
+                        container: container.name.clone(),
+                        volume: mount.volume.clone(),
+                    })?;
                 Ok(Mount {
                     host_dir: volume.host_dir.clone(),
                     guest_path: mount.mount_path.clone(),
@@ -144,7 +159,10 @@ impl Volumes {
 
 fn runtime_subdir(runtime_dir: &Option<tempfile::TempDir>, kind: &str, volume: &str) -> PathBuf {
     // `prepare` creates the runtime directory whenever a volume needs one.
-    let root = runtime_dir.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_else(std::env::temp_dir);
+    let root = runtime_dir
+        .as_ref()
+        .map(|d| d.path().to_path_buf())
+        .unwrap_or_else(std::env::temp_dir);
     root.join(kind).join(volume)
 }
 

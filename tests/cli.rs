@@ -22,7 +22,8 @@ fn wasmpod() -> Command {
 /// Statics are never dropped, so it lives under cargo's target tmp dir rather than `/tmp`.
 fn runtime_dir() -> &'static Path {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a temp dir")).path()
+    DIR.get_or_init(|| tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a temp dir"))
+        .path()
 }
 
 fn write_spec(dir: &Path, body: &str) -> std::path::PathBuf {
@@ -34,7 +35,11 @@ fn write_spec(dir: &Path, body: &str) -> std::path::PathBuf {
 
 /// Runs to the end with a deadline; returns (success, stdout, stderr).
 fn run_to_end(mut command: Command) -> (bool, String, String) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("wasmpod runs");
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wasmpod runs");
     let lines = follow(&mut child);
     let status = wait_with_deadline(&mut child);
     let (stdout, stderr) = drain(&lines);
@@ -46,7 +51,10 @@ fn follow(child: &mut Child) -> mpsc::Receiver<(bool, String)> {
     let (send, receive) = mpsc::channel();
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
-    for (is_stdout, stream) in [(true, Box::new(stdout) as Box<dyn std::io::Read + Send>), (false, Box::new(stderr))] {
+    for (is_stdout, stream) in [
+        (true, Box::new(stdout) as Box<dyn std::io::Read + Send>),
+        (false, Box::new(stderr)),
+    ] {
         let send = send.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -61,7 +69,8 @@ fn follow(child: &mut Child) -> mpsc::Receiver<(bool, String)> {
 
 /// Whether `line` is `CONTAINER | TEXT`, whatever the padding of the name column.
 fn is_output(line: &str, container: &str, text: &str) -> bool {
-    line.split_once(" | ").is_some_and(|(name, rest)| name.trim_end() == container && rest == text)
+    line.split_once(" | ")
+        .is_some_and(|(name, rest)| name.trim_end() == container && rest == text)
 }
 
 fn has_output(output: &str, container: &str, text: &str) -> bool {
@@ -96,7 +105,10 @@ fn drain(lines: &mpsc::Receiver<(bool, String)>) -> (String, String) {
 #[test]
 fn validate_prints_ok_or_every_problem_with_its_position() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(dir.path(), "name = \"ok\"\n[[containers]]\nname = \"app\"\ncomponent = \"TOOLBOX\"\n");
+    let spec = write_spec(
+        dir.path(),
+        "name = \"ok\"\n[[containers]]\nname = \"app\"\ncomponent = \"TOOLBOX\"\n",
+    );
     let out = wasmpod().arg("validate").arg(&spec).output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
@@ -129,7 +141,10 @@ args = ["print", "hello from app"]
 "#,
     );
     let mut command = wasmpod();
-    command.arg("run").arg(&spec).env("WASMPOD_CACHE_DIR", dir.path().join("cache"));
+    command
+        .arg("run")
+        .arg(&spec)
+        .env("WASMPOD_CACHE_DIR", dir.path().join("cache"));
     let (ok, stdout, stderr) = run_to_end(command);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(has_output(&stdout, "app", "hello from app"), "{stdout}");
@@ -149,7 +164,10 @@ args = ["print", "fine"]
 "#,
     );
     let mut command = wasmpod();
-    command.arg("run").arg(&spec).env("WASMPOD_CACHE_DIR", dir.path().join("cache"));
+    command
+        .arg("run")
+        .arg(&spec)
+        .env("WASMPOD_CACHE_DIR", dir.path().join("cache"));
     let (ok, stdout, stderr) = run_to_end(command);
     assert!(!ok, "{stdout}\n{stderr}");
     assert!(has_output(&stderr, "app", "giving up"), "{stderr}");
@@ -169,14 +187,20 @@ fn a_second_start_loads_compiled_components_from_the_disk_cache() {
         command.arg("run").arg(&spec).env("WASMPOD_CACHE_DIR", &cache);
         let (ok, stdout, stderr) = run_to_end(command);
         assert!(ok, "{stdout}\n{stderr}");
-        assert!(stderr.contains(&format!("app: {expected}")), "expected {expected:?}:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("app: {expected}")),
+            "expected {expected:?}:\n{stderr}"
+        );
     }
 }
 
 #[test]
 fn a_missing_component_names_the_container_and_the_path() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(dir.path(), "name = \"gone\"\n[[containers]]\nname = \"web\"\ncomponent = \"build/web.wasm\"\n");
+    let spec = write_spec(
+        dir.path(),
+        "name = \"gone\"\n[[containers]]\nname = \"web\"\ncomponent = \"build/web.wasm\"\n",
+    );
     let (ok, _, stderr) = run_to_end({
         let mut command = wasmpod();
         command.arg("run").arg(&spec);
@@ -219,7 +243,9 @@ volume_mounts = [{ volume = "scratch", mount_path = "/data" }]
     let deadline = Instant::now() + DEADLINE;
     while !(alive && volume_dir.is_some()) {
         let left = deadline.saturating_duration_since(Instant::now());
-        let (_, line) = lines.recv_timeout(left).expect("wasmpod prints the volume and the server's output");
+        let (_, line) = lines
+            .recv_timeout(left)
+            .expect("wasmpod prints the volume and the server's output");
         if let Some(path) = line.split("volume scratch at ").nth(1) {
             volume_dir = Some(std::path::PathBuf::from(path.trim()));
         }
@@ -227,7 +253,11 @@ volume_mounts = [{ volume = "scratch", mount_path = "/data" }]
     }
     let volume_dir = volume_dir.unwrap();
     assert!(volume_dir.join("state").exists());
-    let killed = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(killed.success());
     let status = wait_with_deadline(&mut child);
     let (_, stderr) = drain(&lines);

@@ -68,7 +68,10 @@ impl RunningPod {
             .expect("wasmpod run starts");
         // Drained all the time, so a full pipe never slows the pod; kept for failure messages.
         let output = Arc::new(Mutex::new(String::new()));
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let output = output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -78,7 +81,12 @@ impl RunningPod {
                 }
             });
         }
-        let pod = RunningPod { child, name: name.to_string(), runtime, output };
+        let pod = RunningPod {
+            child,
+            name: name.to_string(),
+            runtime,
+            output,
+        };
         pod.wait_until("the pod to answer `ps`", || pod.wasmpod(&["ps", name]).status.success());
         pod
     }
@@ -99,14 +107,23 @@ impl RunningPod {
     /// `wasmpod ARGS`, which must succeed; its stdout.
     fn stdout(&self, args: &[&str]) -> String {
         let out = self.wasmpod(args);
-        assert!(out.status.success(), "wasmpod {args:?} failed: {}\n{}", text(&out.stderr), self.explain());
+        assert!(
+            out.status.success(),
+            "wasmpod {args:?} failed: {}\n{}",
+            text(&out.stderr),
+            self.explain()
+        );
         text(&out.stdout)
     }
 
     fn wait_until(&self, what: &str, mut condition: impl FnMut() -> bool) {
         let deadline = Instant::now() + DEADLINE;
         while !condition() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", self.explain());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.explain()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -116,7 +133,11 @@ impl RunningPod {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let killed = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let killed = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(killed.success());
         wait_with_deadline(&mut self.child, "wasmpod run after SIGTERM")
     }
@@ -187,7 +208,9 @@ impl Drop for Follower {
 /// One compile cache for every `wasmpod run` here (entries are written atomically), so each
 /// test does not compile the toolbox again.
 fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("wasmpod-cli-control-cache")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("wasmpod-cli-control-cache")
 }
 
 fn wasmpod_in(dir: &Path, args: &[&str]) -> Output {
@@ -210,7 +233,11 @@ fn wasmpod_in(dir: &Path, args: &[&str]) -> Output {
     };
     let (stdout, stderr) = (read(Box::new(stdout)), read(Box::new(stderr)));
     let status = wait_with_deadline(&mut child, &format!("wasmpod {args:?}"));
-    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 fn wait_with_deadline(child: &mut Child, what: &str) -> std::process::ExitStatus {
@@ -234,7 +261,9 @@ fn text(bytes: &[u8]) -> String {
 
 /// The `ps` table row of `container`, split into its columns (LAST EXIT may hold spaces).
 fn ps_row(table: &str, container: &str) -> Option<Vec<String>> {
-    let line = table.lines().find(|line| line.split_whitespace().next() == Some(container))?;
+    let line = table
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(container))?;
     let words: Vec<&str> = line.split_whitespace().collect();
     // NAME KIND READY STATE... RESTARTS LAST-EXIT...: RESTARTS is the first number after READY.
     let restarts = words.iter().skip(3).position(|w| w.parse::<u32>().is_ok())? + 3;
@@ -261,13 +290,33 @@ fn ps_shows_every_container_with_its_state_restarts_and_last_exit() {
         ps_row(&table, "flaky").is_some_and(|row| row[4].parse::<u32>().is_ok_and(|n| n >= 2))
     });
     assert_eq!(table.lines().next(), Some("pod busy: Running"), "{table}");
-    let header: Vec<&str> = table.lines().nth(1).unwrap_or_default().split("  ").filter(|c| !c.is_empty()).collect();
-    assert_eq!(header.iter().map(|c| c.trim()).collect::<Vec<_>>(), ["NAME", "KIND", "READY", "STATE", "RESTARTS", "LAST EXIT"]);
-    assert_eq!(ps_row(&table, "prep").unwrap(), ["prep", "init", "-", "Terminated", "0", "exited with code 0"], "{table}");
-    assert_eq!(ps_row(&table, "server").unwrap(), ["server", "app", "yes", "Running", "0", "-"], "{table}");
+    let header: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split("  ")
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header.iter().map(|c| c.trim()).collect::<Vec<_>>(),
+        ["NAME", "KIND", "READY", "STATE", "RESTARTS", "LAST EXIT"]
+    );
+    assert_eq!(
+        ps_row(&table, "prep").unwrap(),
+        ["prep", "init", "-", "Terminated", "0", "exited with code 0"],
+        "{table}"
+    );
+    assert_eq!(
+        ps_row(&table, "server").unwrap(),
+        ["server", "app", "yes", "Running", "0", "-"],
+        "{table}"
+    );
     let flaky = ps_row(&table, "flaky").unwrap();
     assert_eq!(flaky[1], "app");
-    assert!(["Running", "Terminated"].contains(&flaky[3].as_str()) || flaky[3].starts_with("Waiting (BackOff"), "{table}");
+    assert!(
+        ["Running", "Terminated"].contains(&flaky[3].as_str()) || flaky[3].starts_with("Waiting (BackOff"),
+        "{table}"
+    );
     assert_eq!(flaky[5], "exited with code 1", "{table}");
 
     // The pod named explicitly, and `--json` for scripts.
@@ -283,10 +332,19 @@ fn ps_shows_every_container_with_its_state_restarts_and_last_exit() {
 #[test]
 fn logs_prints_a_containers_lines_and_tail_the_last_ones() {
     let pod = RunningPod::start("chatty", BUSY_POD);
-    pod.wait_until("server to print three lines", || pod.stdout(&["logs", "server"]).lines().count() >= 3);
+    pod.wait_until("server to print three lines", || {
+        pod.stdout(&["logs", "server"]).lines().count() >= 3
+    });
     let all = pod.stdout(&["logs", "server"]);
-    assert_eq!(all.lines().next(), Some("alive 1"), "lines are printed as they were written, oldest first:\n{all}");
-    assert!(all.lines().all(|line| alive_number(line).is_some()), "no prefix, no other lines:\n{all}");
+    assert_eq!(
+        all.lines().next(),
+        Some("alive 1"),
+        "lines are printed as they were written, oldest first:\n{all}"
+    );
+    assert!(
+        all.lines().all(|line| alive_number(line).is_some()),
+        "no prefix, no other lines:\n{all}"
+    );
 
     let tail = pod.stdout(&["logs", "chatty", "server", "--tail", "2"]);
     let numbers: Vec<u64> = tail.lines().filter_map(alive_number).collect();
@@ -298,7 +356,10 @@ fn logs_prints_a_containers_lines_and_tail_the_last_ones() {
     // A container's stderr goes to stderr, as with `docker logs`.
     pod.wait_until("flaky's output", || !pod.wasmpod(&["logs", "flaky"]).stderr.is_empty());
     let flaky = pod.wasmpod(&["logs", "flaky", "-n", "1"]);
-    assert_eq!((text(&flaky.stdout), text(&flaky.stderr)), (String::new(), "oops\n".to_string()));
+    assert_eq!(
+        (text(&flaky.stdout), text(&flaky.stderr)),
+        (String::new(), "oops\n".to_string())
+    );
 }
 
 #[test]
@@ -321,8 +382,16 @@ fn events_lists_started_and_exited_events_and_follows_new_ones() {
         events = pod.stdout(&["events"]);
         events.contains("flaky: exited with code 1")
     });
-    for expected in ["prep: started", "prep: exited with code 0", "server: started", "pod running"] {
-        assert!(events.lines().any(|line| line.ends_with(expected)), "{expected:?} missing:\n{events}");
+    for expected in [
+        "prep: started",
+        "prep: exited with code 0",
+        "server: started",
+        "pod running",
+    ] {
+        assert!(
+            events.lines().any(|line| line.ends_with(expected)),
+            "{expected:?} missing:\n{events}"
+        );
     }
     // Each line: an RFC 3339 time, then the event.
     let first = events.lines().next().unwrap_or_default();
@@ -348,15 +417,27 @@ fn a_missing_pod_or_container_is_a_clear_error() {
     for args in [&["ps"][..], &["logs", "app"], &["events"]] {
         let out = wasmpod_in(empty.path(), args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
-        assert!(text(&out.stderr).contains("no pod is running"), "{args:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("no pod is running"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
     }
 
     let pod = RunningPod::start("present", BUSY_POD);
-    for args in [&["ps", "absent"][..], &["logs", "absent", "server"], &["events", "absent"], &["ps", "../x"]] {
+    for args in [
+        &["ps", "absent"][..],
+        &["logs", "absent", "server"],
+        &["events", "absent"],
+        &["ps", "../x"],
+    ] {
         let out = pod.wasmpod(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let stderr = text(&out.stderr);
-        assert!(stderr.contains("no running pod named ") && stderr.contains("(running: present)"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no running pod named ") && stderr.contains("(running: present)"),
+            "{args:?}: {stderr}"
+        );
     }
     let out = pod.wasmpod(&["logs", "nosuch"]);
     assert_eq!(out.status.code(), Some(1));
@@ -373,20 +454,31 @@ fn with_two_pods_running_ps_lists_them_and_the_others_need_a_name() {
 
     let list = first.stdout(&["ps"]);
     let mut lines = list.lines();
-    assert_eq!(lines.next().map(|l| l.split_whitespace().collect::<Vec<_>>()), Some(vec!["POD", "PHASE", "CONTAINERS"]));
+    assert_eq!(
+        lines.next().map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["POD", "PHASE", "CONTAINERS"])
+    );
     assert!(lines.next().is_some_and(|l| l.starts_with("first ")), "{list}");
     assert!(lines.next().is_some_and(|l| l.starts_with("second ")), "{list}");
 
     let out = first.wasmpod(&["logs", "server"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("several pods are running (first, second): name one"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("several pods are running (first, second): name one"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(first.stdout(&["logs", "second", "prep"]).contains("prepared"));
 
     // The same pod name twice in one runtime directory is refused before anything runs.
     let spec = second.dir().join("second.toml");
     let again = second.wasmpod(&["run", spec.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(text(&again.stderr).contains("another `wasmpod run` already runs pod second"), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("another `wasmpod run` already runs pod second"),
+        "{}",
+        text(&again.stderr)
+    );
 }
 
 #[test]
@@ -419,7 +511,11 @@ args = ["print", "bye", "&&", "exit", "1"]
 
     let out = pod.wasmpod(&["ps", "ending"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no running pod named ending (no pod is running)"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no running pod named ending (no pod is running)"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -451,5 +547,8 @@ fn the_socket_answers_bad_requests_with_an_error_and_keeps_serving() {
         other => panic!("expected a status, got {other:?}"),
     }
     let lines = ask(b"logs prep\n");
-    assert!(matches!(lines.as_slice(), [Response::Line(line)] if line.text == "prepared" && line.stream == "stdout"), "{lines:?}");
+    assert!(
+        matches!(lines.as_slice(), [Response::Line(line)] if line.text == "prepared" && line.stream == "stdout"),
+        "{lines:?}"
+    );
 }

@@ -19,7 +19,10 @@ use wasmpod::testing::{TestPod, with_test_timings};
 
 /// An example's spec, with the test timings (quick restarts, a short grace period on stop).
 fn example(name: &str) -> PodSpec {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name).join("wasmpod.toml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
+        .join("wasmpod.toml");
     let spec = PodSpec::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     with_test_timings(spec)
 }
@@ -36,10 +39,12 @@ fn container<'a>(spec: &'a mut PodSpec, name: &str) -> &'a mut ContainerSpec {
 /// that flag: the test then no longer matches the example and must say so, not drift.
 fn set_flag(container: &mut ContainerSpec, flag: &str, value: impl Into<String>) {
     let name = container.name.clone();
-    let at =
-        container.args.iter().position(|arg| arg == flag).unwrap_or_else(|| {
-            panic!("container {name:?} of the example has no {flag} argument: {:?}", container.args)
-        });
+    let at = container.args.iter().position(|arg| arg == flag).unwrap_or_else(|| {
+        panic!(
+            "container {name:?} of the example has no {flag} argument: {:?}",
+            container.args
+        )
+    });
     container.args[at + 1] = value.into();
 }
 
@@ -50,7 +55,11 @@ fn set_host_path(spec: &mut PodSpec, volume: &str, dir: &Path) {
         .iter_mut()
         .find(|v| v.name == volume)
         .unwrap_or_else(|| panic!("the example has no volume {volume:?}"));
-    assert!(matches!(volume.source, VolumeSource::HostPath(_)), "volume {:?} is not a host_path", volume.name);
+    assert!(
+        matches!(volume.source, VolumeSource::HostPath(_)),
+        "volume {:?} is not a host_path",
+        volume.name
+    );
     volume.source = VolumeSource::HostPath(dir.to_path_buf());
 }
 
@@ -80,12 +89,18 @@ fn archives(storage: &Path, stream: &str) -> Vec<PathBuf> {
 }
 
 fn concatenated(files: &[PathBuf]) -> Vec<u8> {
-    files.iter().flat_map(|file| std::fs::read(file).unwrap_or_default()).collect()
+    files
+        .iter()
+        .flat_map(|file| std::fs::read(file).unwrap_or_default())
+        .collect()
 }
 
 /// Whole lines archived so far (a partly written last line is not counted).
 fn archived_lines(storage: &Path) -> usize {
-    concatenated(&archives(storage, "app")).iter().filter(|&&b| b == b'\n').count()
+    concatenated(&archives(storage, "app"))
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
 }
 
 #[tokio::test]
@@ -112,32 +127,54 @@ async fn logging_sidecar_loses_and_duplicates_no_line_across_shipper_restarts() 
     // shipper happens to be: reading, writing an archive, checkpointing or rotating.
     for restart in 1..=RESTARTS {
         let threshold = (LINES * restart / (RESTARTS + 1)) as usize;
-        pod.wait_until(&format!("{threshold} lines archived"), |_| archived_lines(storage.path()) >= threshold)
-            .await
-            .unwrap();
+        pod.wait_until(&format!("{threshold} lines archived"), |_| {
+            archived_lines(storage.path()) >= threshold
+        })
+        .await
+        .unwrap();
         pod.restart("shipper");
         pod.wait_ready().await.unwrap();
     }
-    pod.wait_for_log("app", |line| line == format!("wrote {LINES} lines; idle")).await.unwrap();
-    pod.wait_until(&format!("all {LINES} lines archived"), |_| archived_lines(storage.path()) >= LINES as usize)
+    pod.wait_for_log("app", |line| line == format!("wrote {LINES} lines; idle"))
         .await
         .unwrap();
+    pod.wait_until(&format!("all {LINES} lines archived"), |_| {
+        archived_lines(storage.path()) >= LINES as usize
+    })
+    .await
+    .unwrap();
     // The metrics stream too: the app writes nothing more, so the archive must catch up with it.
-    let logs = pod.volume_dir("logs").expect("the logs volume exists while the pod runs");
+    let logs = pod
+        .volume_dir("logs")
+        .expect("the logs volume exists while the pod runs");
     let metrics_source = std::fs::read(logs.join("metrics.log")).unwrap();
-    pod.wait_until("the metrics archived", |_| concatenated(&archives(storage.path(), "metrics")) == metrics_source)
-        .await
-        .unwrap();
+    pod.wait_until("the metrics archived", |_| {
+        concatenated(&archives(storage.path(), "metrics")) == metrics_source
+    })
+    .await
+    .unwrap();
     let app_source = std::fs::read(logs.join("app.log")).unwrap();
-    let shipper_runs = pod.logs("shipper").iter().filter(|l| l.starts_with("app: resuming")).count();
+    let shipper_runs = pod
+        .logs("shipper")
+        .iter()
+        .filter(|l| l.starts_with("app: resuming"))
+        .count();
     // How many restarts landed between an archive write and its checkpoint (the case the
     // truncation on start is for): timing decides, so it is reported, not asserted.
-    let torn = pod.logs("shipper").iter().filter(|l| l.starts_with("app: dropping")).count();
+    let torn = pod
+        .logs("shipper")
+        .iter()
+        .filter(|l| l.starts_with("app: dropping"))
+        .count();
     let restarts = pod.status().container("shipper").map(|c| c.restart_count);
     pod.stop().await;
 
     assert_eq!(restarts, Some(RESTARTS as u32));
-    assert_eq!(shipper_runs as u64, RESTARTS + 1, "each run of the shipper resumed from its checkpoint");
+    assert_eq!(
+        shipper_runs as u64,
+        RESTARTS + 1,
+        "each run of the shipper resumed from its checkpoint"
+    );
     let files = archives(storage.path(), "app");
     let archived = concatenated(&files);
     let text = String::from_utf8(archived.clone()).expect("the archives are text");
@@ -152,8 +189,11 @@ async fn logging_sidecar_loses_and_duplicates_no_line_across_shipper_restarts() 
         .collect();
     let expected: Vec<u64> = (1..=LINES).collect();
     if seqs != expected {
-        let first_wrong =
-            seqs.iter().zip(&expected).position(|(a, b)| a != b).unwrap_or(seqs.len().min(expected.len()));
+        let first_wrong = seqs
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(seqs.len().min(expected.len()));
         panic!(
             "the archives hold {} lines, not seq 1..={LINES} once each in order; first difference at line {}: {:?}",
             seqs.len(),
@@ -161,7 +201,10 @@ async fn logging_sidecar_loses_and_duplicates_no_line_across_shipper_restarts() 
             &seqs[first_wrong.saturating_sub(2)..(first_wrong + 3).min(seqs.len())]
         );
     }
-    assert!(archived == app_source, "the archives hold exactly the bytes the app wrote");
+    assert!(
+        archived == app_source,
+        "the archives hold exactly the bytes the app wrote"
+    );
     eprintln!(
         "logging sidecar: {RESTARTS} shipper restarts, {torn} between data and checkpoint; {} archive files",
         files.len()
@@ -170,7 +213,12 @@ async fn logging_sidecar_loses_and_duplicates_no_line_across_shipper_restarts() 
     assert!(files.len() >= 3, "expected several archive files, got {files:?}");
     for file in &files {
         let bytes = std::fs::read(file).unwrap();
-        assert!(bytes.len() as u64 <= ROTATE_BYTES, "{} holds {} bytes", file.display(), bytes.len());
+        assert!(
+            bytes.len() as u64 <= ROTATE_BYTES,
+            "{} holds {} bytes",
+            file.display(),
+            bytes.len()
+        );
         assert!(bytes.ends_with(b"\n"), "{} ends mid-line", file.display());
     }
 }
@@ -179,7 +227,11 @@ async fn logging_sidecar_loses_and_duplicates_no_line_across_shipper_restarts() 
 
 /// How many lines of `container` start with `prefix`.
 fn count_lines(pod: &wasmpod::Pod, container: &str, prefix: &str) -> usize {
-    pod.output().text(container).iter().filter(|line| line.starts_with(prefix)).count()
+    pod.output()
+        .text(container)
+        .iter()
+        .filter(|line| line.starts_with(prefix))
+        .count()
 }
 
 #[tokio::test]
@@ -199,33 +251,66 @@ async fn monitoring_sidecar_raises_an_alert_while_the_app_fails_and_clears_it() 
 
     let pod = TestPod::start(spec).await.unwrap();
     pod.wait_ready().await.unwrap();
-    pod.wait_for_log("monitor", |line| line.starts_with("OK http://localhost:8080/health")).await.unwrap();
-    assert_eq!(pod.get("/health").await.unwrap().text(), "ok\n", "the app answers through the front proxy");
+    pod.wait_for_log("monitor", |line| line.starts_with("OK http://localhost:8080/health"))
+        .await
+        .unwrap();
+    assert_eq!(
+        pod.get("/health").await.unwrap().text(),
+        "ok\n",
+        "the app answers through the front proxy"
+    );
     assert!(!alert.exists());
 
     // Missing: the app answers 404.
     std::fs::remove_file(&health).unwrap();
-    let line = pod.wait_for_log("monitor", |line| line.starts_with("ALERT ")).await.unwrap();
+    let line = pod
+        .wait_for_log("monitor", |line| line.starts_with("ALERT "))
+        .await
+        .unwrap();
     assert!(line.contains("status 404"), "{line}");
     pod.wait_until("alert.txt", |_| alert.exists()).await.unwrap();
     let text = std::fs::read_to_string(&alert).unwrap();
-    assert!(text.starts_with("ALERT\n") && text.contains("reason=wrong answer: status 404"), "{text}");
+    assert!(
+        text.starts_with("ALERT\n") && text.contains("reason=wrong answer: status 404"),
+        "{text}"
+    );
 
     std::fs::write(&health, "ok\n").unwrap();
-    pod.wait_for_log("monitor", |line| line.starts_with("RECOVERED ")).await.unwrap();
-    pod.wait_until("alert.txt to be removed", |_| !alert.exists()).await.unwrap();
+    pod.wait_for_log("monitor", |line| line.starts_with("RECOVERED "))
+        .await
+        .unwrap();
+    pod.wait_until("alert.txt to be removed", |_| !alert.exists())
+        .await
+        .unwrap();
 
     // Wrong: the app answers 200, but not what it should.
     std::fs::write(&health, "degraded\n").unwrap();
-    pod.wait_until("a second ALERT", |pod| count_lines(pod, "monitor", "ALERT ") == 2).await.unwrap();
-    let line = pod.logs("monitor").into_iter().rfind(|line| line.starts_with("ALERT ")).unwrap_or_default();
+    pod.wait_until("a second ALERT", |pod| count_lines(pod, "monitor", "ALERT ") == 2)
+        .await
+        .unwrap();
+    let line = pod
+        .logs("monitor")
+        .into_iter()
+        .rfind(|line| line.starts_with("ALERT "))
+        .unwrap_or_default();
     assert!(line.contains("does not contain \"ok\""), "{line}");
     pod.wait_until("alert.txt", |_| alert.exists()).await.unwrap();
 
     std::fs::write(&health, "ok\n").unwrap();
-    pod.wait_until("a second RECOVERED", |pod| count_lines(pod, "monitor", "RECOVERED ") == 2).await.unwrap();
-    pod.wait_until("alert.txt to be removed", |_| !alert.exists()).await.unwrap();
-    assert_eq!(count_lines(pod.pod(), "monitor", "ALERT "), 2, "no alert while healthy: {:?}", pod.logs("monitor"));
+    pod.wait_until("a second RECOVERED", |pod| {
+        count_lines(pod, "monitor", "RECOVERED ") == 2
+    })
+    .await
+    .unwrap();
+    pod.wait_until("alert.txt to be removed", |_| !alert.exists())
+        .await
+        .unwrap();
+    assert_eq!(
+        count_lines(pod.pod(), "monitor", "ALERT "),
+        2,
+        "no alert while healthy: {:?}",
+        pod.logs("monitor")
+    );
     pod.stop().await;
 }
 
@@ -255,7 +340,11 @@ fn which_version(body: &[u8]) -> Result<u32, String> {
     if body == version(v).as_slice() {
         Ok(v)
     } else {
-        Err(format!("version {v} is incomplete or mixed: {} of {} bytes", body.len(), version(v).len()))
+        Err(format!(
+            "version {v} is incomplete or mixed: {} of {} bytes",
+            body.len(),
+            version(v).len()
+        ))
     }
 }
 
@@ -327,7 +416,11 @@ async fn content_puller_replaces_the_site_atomically() {
             }
         }
     }
-    let updates = pod.logs("puller").iter().filter(|line| line.starts_with("updated index.html")).count();
+    let updates = pod
+        .logs("puller")
+        .iter()
+        .filter(|line| line.starts_with("updated index.html"))
+        .count();
     pod.stop().await;
     assert_eq!(updates as u32, VERSIONS, "one update per version");
     eprintln!("content puller: {polls} polls over {VERSIONS} versions, none half-written");

@@ -27,10 +27,10 @@ async fn the_shop_answers() -> Result<(), wasmpod::testing::TestPodError> {
     let guests = Path::new(env!("WASMPOD_GUESTS_DIR"));
     let pod = TestPod::builder("shop")
         .container("web", guests.join("webserver.wasm"))
-            .args(["8080"])
-            .port(8080)
+        .args(["8080"])
+        .port(8080)
         .container("api", std::fs::read(guests.join("hello_http.wasm")).unwrap())
-            .port(9000)
+        .port(9000)
         .expose(8080)
         .start()
         .await?;
@@ -40,7 +40,10 @@ async fn the_shop_answers() -> Result<(), wasmpod::testing::TestPodError> {
     assert_eq!(hello.text(), "hello from web\n");
     let api = pod.get_port(9000, "/").await?; // straight into a pod port
     assert_eq!(api.text(), "hello from wasmpod\n");
-    assert_eq!(pod.wait_for_log("web", |line| line.starts_with("GET")).await?, "GET /hello");
+    assert_eq!(
+        pod.wait_for_log("web", |line| line.starts_with("GET")).await?,
+        "GET /hello"
+    );
 
     pod.restart("web");
     pod.wait_ready().await?; // the new run is up
@@ -52,8 +55,15 @@ async fn the_shop_answers() -> Result<(), wasmpod::testing::TestPodError> {
 fn the_readme_shows_the_test_above() {
     let squash = |text: &str| text.chars().filter(|c| !c.is_whitespace()).collect::<String>();
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let section = readme.split("## Testing components from `cargo test`").nth(1).expect("the README has the section");
-    let snippet = section.split("```rust").nth(1).and_then(|s| s.split("```").next()).expect("a rust block");
+    let section = readme
+        .split("## Testing components from `cargo test`")
+        .nth(1)
+        .expect("the README has the section");
+    let snippet = section
+        .split("```rust")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a rust block");
     // The test function itself (the `use` lines above it differ: this file imports more).
     let snippet = &snippet[snippet.find("#[tokio::test]").expect("a #[tokio::test] in the block")..];
     let this_file = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness.rs")).unwrap();
@@ -92,10 +102,16 @@ async fn three_containers_from_paths_and_bytes_with_a_shared_volume() {
     let env = pod.get_port(9000, "/env").await.unwrap();
     assert_eq!(env.text(), "GREETING=hi\n");
     assert_eq!(pod.logs("prepare"), Vec::<String>::new());
-    assert_eq!(pod.wait_for_log("ticker", |line| line == "alive 3").await.unwrap(), "alive 3");
+    assert_eq!(
+        pod.wait_for_log("ticker", |line| line == "alive 3").await.unwrap(),
+        "alive 3"
+    );
     assert_eq!(pod.logs("ticker")[0], "up");
     let scratch = pod.volume_dir("scratch").expect("an empty_dir while the pod runs");
-    assert_eq!(std::fs::read_to_string(scratch.join("banner.txt")).unwrap(), "prepared\n");
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("banner.txt")).unwrap(),
+        "prepared\n"
+    );
 
     let status = pod.stop().await;
     assert_eq!(status.phase, PodPhase::Stopped);
@@ -109,7 +125,11 @@ async fn from_a_spec_file() {
     pod.wait_ready().await.unwrap();
     let page = pod.get("/").await.unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.text().contains("Served by a WebAssembly component"), "{}", page.text());
+    assert!(
+        page.text().contains("Served by a WebAssembly component"),
+        "{}",
+        page.text()
+    );
     assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
     // The example's fixed port 8080 is not taken on the host: the proxy is on a free port.
     assert_ne!(pod.proxy_addr().unwrap().port(), 8080);
@@ -117,7 +137,8 @@ async fn from_a_spec_file() {
 
 #[tokio::test]
 async fn a_spec_edited_in_rust() {
-    let mut spec = PodSpec::from_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello/wasmpod.toml")).unwrap();
+    let mut spec =
+        PodSpec::from_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello/wasmpod.toml")).unwrap();
     spec.containers.retain(|c| c.name == "writer");
     spec.containers[0].args = vec!["print".into(), "edited".into()];
     let pod = TestPod::start(spec).await.unwrap();
@@ -138,7 +159,10 @@ async fn connect_goes_straight_into_an_unexposed_pod_port() {
         .unwrap();
     // No wait_ready first: connect waits for the listener itself.
     let mut stream = pod.connect(7000).await.unwrap();
-    stream.write_all(b"GET /hello HTTP/1.1\r\nhost: web\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /hello HTTP/1.1\r\nhost: web\r\n\r\n")
+        .await
+        .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
@@ -166,7 +190,9 @@ async fn restart_then_wait_ready_waits_for_the_new_run() {
         assert_eq!(counter.restart_count, expected);
         assert_eq!(counter.last_exit, Some(Exit::Restarted));
         assert!(matches!(counter.state, ContainerState::Running { .. }));
-        pod.wait_for_log("counter", |line| line == format!("run {}", expected + 1)).await.unwrap();
+        pod.wait_for_log("counter", |line| line == format!("run {}", expected + 1))
+            .await
+            .unwrap();
     }
 }
 
@@ -185,20 +211,29 @@ async fn a_crash_looping_container_times_out_with_its_logs_and_events_in_the_mes
         .await
         .unwrap();
     let error = pod.wait_ready_within(Duration::from_millis(300)).await.unwrap_err();
-    let TestPodError::Timeout { ref missing, .. } = error else { panic!("a timeout, not {error}") };
-    assert!(!missing.is_empty() && missing.iter().all(|m| m.starts_with("container \"crasher\"")), "{missing:?}");
+    let TestPodError::Timeout { ref missing, .. } = error else {
+        panic!("a timeout, not {error}")
+    };
+    assert!(
+        !missing.is_empty() && missing.iter().all(|m| m.starts_with("container \"crasher\"")),
+        "{missing:?}"
+    );
     let message = format!("{error:?}"); // what `.unwrap()` prints
     for expected in [
         "test pod \"crashy\": timed out after 300ms waiting for the pod to be ready",
-        "  - container \"crasher\" ",       // what is missing
-        "crasher: exited with code 1",        // the events
-        "! cannot read /config/app.toml",     // its stderr
-        "| listening on port 8080",           // and the other container's output
+        "  - container \"crasher\" ",     // what is missing
+        "crasher: exited with code 1",    // the events
+        "! cannot read /config/app.toml", // its stderr
+        "| listening on port 8080",       // and the other container's output
         "CONTAINER",
     ] {
         assert!(message.contains(expected), "{expected:?} missing from:\n{message}");
     }
-    assert_eq!(error.explanation().map(|e| e.starts_with("pod \"crashy\": Running")), Some(true), "{message}");
+    assert_eq!(
+        error.explanation().map(|e| e.starts_with("pod \"crashy\": Running")),
+        Some(true),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -217,7 +252,10 @@ async fn a_wait_that_can_no_longer_succeed_fails_at_once() {
         .unwrap();
     let started = std::time::Instant::now();
     let error = pod.wait_ready().await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(60), "did not wait out the deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "did not wait out the deadline"
+    );
     let message = error.to_string();
     assert!(
         message.contains("container \"job\" exited with code 0 and will not run again (restart policy Never)"),
@@ -241,7 +279,11 @@ async fn wait_for_log_fails_when_the_pod_ended_and_names_what_it_saw() {
     assert!(matches!(error, TestPodError::Impossible { .. }), "{message}");
     assert!(message.contains("the pod ended (Succeeded)"), "{message}");
     assert!(message.contains("| one\n  | two"), "{message}");
-    assert_eq!(pod.wait_for_log("job", |line| line == "two").await.unwrap(), "two", "kept lines still match");
+    assert_eq!(
+        pod.wait_for_log("job", |line| line == "two").await.unwrap(),
+        "two",
+        "kept lines still match"
+    );
 }
 
 #[tokio::test]
@@ -255,23 +297,39 @@ async fn wait_until_and_connect_time_out_with_a_clear_message() {
     pod.set_deadline(Duration::from_millis(100));
     let error = pod.connect(4444).await.unwrap_err();
     let message = error.to_string();
-    assert!(message.contains("timed out after 100ms waiting for a listener on pod port 4444"), "{message}");
+    assert!(
+        message.contains("timed out after 100ms waiting for a listener on pod port 4444"),
+        "{message}"
+    );
     assert!(message.contains("nothing listens on pod port 4444"), "{message}");
 
-    let error = pod.wait_until("idle to restart", |pod| pod.status().containers[0].restart_count > 0).await.unwrap_err();
+    let error = pod
+        .wait_until("idle to restart", |pod| pod.status().containers[0].restart_count > 0)
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("waiting for idle to restart"), "{error}");
     assert!(error.to_string().contains("| alive 1"), "{error}");
 
     pod.set_deadline(Duration::from_secs(30));
-    pod.wait_until("two lines", |pod| pod.logs("idle").len() >= 2).await.unwrap();
+    pod.wait_until("two lines", |pod| pod.logs("idle").len() >= 2)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn start_errors_name_the_problem() {
-    let error = TestPod::builder("Not_A_Name").container("x", guest("toolbox")).start().await.unwrap_err();
+    let error = TestPod::builder("Not_A_Name")
+        .container("x", guest("toolbox"))
+        .start()
+        .await
+        .unwrap_err();
     assert!(matches!(error, TestPodError::Spec(_)), "{error}");
 
-    let error = TestPod::builder("garbage").container("junk", b"not a component".to_vec()).start().await.unwrap_err();
+    let error = TestPod::builder("garbage")
+        .container("junk", b"not a component".to_vec())
+        .start()
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("component"), "{error}");
 
     let error = TestPod::from_file("no/such/wasmpod.toml").await.unwrap_err();
@@ -281,14 +339,24 @@ async fn start_errors_name_the_problem() {
 #[tokio::test]
 #[should_panic(expected = "its spec exposes no port")]
 async fn url_panics_when_nothing_is_exposed() {
-    let pod = TestPod::builder("hidden").container("idle", guest("toolbox")).args(["serve-forever", "1000"]).start().await.unwrap();
+    let pod = TestPod::builder("hidden")
+        .container("idle", guest("toolbox"))
+        .args(["serve-forever", "1000"])
+        .start()
+        .await
+        .unwrap();
     let _ = pod.url();
 }
 
 #[tokio::test]
 #[should_panic(expected = "restart(\"nope\"): test pod \"names\" has no container \"nope\"; its containers are: idle")]
 async fn restarting_an_unknown_container_panics_with_the_known_ones() {
-    let pod = TestPod::builder("names").container("idle", guest("toolbox")).args(["serve-forever", "1000"]).start().await.unwrap();
+    let pod = TestPod::builder("names")
+        .container("idle", guest("toolbox"))
+        .args(["serve-forever", "1000"])
+        .start()
+        .await
+        .unwrap();
     pod.restart("nope");
 }
 
@@ -323,7 +391,10 @@ async fn parallel_pods_never_collide() {
 #[test]
 fn a_pod_dropped_during_a_panic_explains_itself_without_aborting() {
     let joined = std::thread::spawn(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async {
             let pod = TestPod::builder("panicky")
                 .container("idle", guest("toolbox"))

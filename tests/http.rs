@@ -18,8 +18,8 @@ use hyper::{HeaderMap, Request, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use wasmpod::http::{HttpContainer, HttpLimits, LocalRoutes};
 use wasmpod::spec::ContainerSpec;
-use wasmpod::{EventKind, Logs};
 use wasmpod::status::Events;
+use wasmpod::{EventKind, Logs};
 use wasmtime_wasi_http::io::TokioIo;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,16 +43,30 @@ async fn web(name: &str, limits: HttpLimits, env: &[(&str, &str)], routes: Optio
     .expect("compile task")
     .expect("hello-http compiles");
     let mut spec = ContainerSpec::new(name, guest("hello_http"));
-    spec.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+    spec.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect::<BTreeMap<_, _>>();
     let logs = Logs::new(100);
     let events = Events::new(100);
-    let mut container = HttpContainer::new(&engine, &compiled.component, spec, Vec::new(), logs.clone(), events.clone())
-        .expect("hello-http links as an http handler")
-        .with_limits(limits);
+    let mut container = HttpContainer::new(
+        &engine,
+        &compiled.component,
+        spec,
+        Vec::new(),
+        logs.clone(),
+        events.clone(),
+    )
+    .expect("hello-http links as an http handler")
+    .with_limits(limits);
     if let Some(routes) = routes {
         container = container.with_outgoing(routes);
     }
-    Web { container: Arc::new(container), events, logs }
+    Web {
+        container: Arc::new(container),
+        events,
+        logs,
+    }
 }
 
 /// Serves the container on a fresh 127.0.0.1 port, one task per connection.
@@ -73,7 +87,9 @@ async fn serve(container: &Arc<HttpContainer>) -> SocketAddr {
 
 async fn connect(addr: SocketAddr) -> SendRequest<RequestBody> {
     let stream = TcpStream::connect(addr).await.expect("connect");
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
     tokio::spawn(connection);
     sender
 }
@@ -83,7 +99,12 @@ fn full(bytes: impl Into<Bytes>) -> RequestBody {
 }
 
 fn request(method: &str, path: &str, body: RequestBody) -> Request<RequestBody> {
-    Request::builder().method(method).uri(path).header("host", "localhost").body(body).expect("valid request")
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .body(body)
+        .expect("valid request")
 }
 
 /// Sends a request and reads the whole answer, failing the test after [`DEADLINE`].
@@ -129,7 +150,10 @@ async fn hello_over_tcp_with_keep_alive() {
         let (status, headers, body) = get(&mut client, "/").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers.get("x-wasmpod").map(|v| v.as_bytes()), Some(&b"hello"[..]));
-        assert_eq!(headers.get("content-type").map(|v| v.as_bytes()), Some(&b"text/plain"[..]));
+        assert_eq!(
+            headers.get("content-type").map(|v| v.as_bytes()),
+            Some(&b"text/plain"[..])
+        );
         assert_eq!(text(&body), "hello from wasmpod\n");
     }
     let (status, _, _) = get(&mut client, "/no-such-route").await;
@@ -141,7 +165,9 @@ async fn serves_any_byte_stream() {
     let web = web("web", HttpLimits::default(), &[], None).await;
     let (client_io, server_io) = tokio::io::duplex(16 * 1024);
     tokio::spawn(web.container.clone().serve_connection(server_io));
-    let (mut client, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io)).await.expect("handshake");
+    let (mut client, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+        .await
+        .expect("handshake");
     tokio::spawn(connection);
     let (status, _, body) = get(&mut client, "/").await;
     assert_eq!(status, StatusCode::OK);
@@ -173,14 +199,21 @@ async fn echo_streams_before_the_request_body_ends() {
     let first = Bytes::from(pattern(32 * 1024));
     body_tx.send_data(first.clone()).await.expect("first chunk queued");
     tokio::time::timeout(DEADLINE, async {
-        let response = client.send_request(request("POST", "/echo", body.boxed())).await.expect("response head");
+        let response = client
+            .send_request(request("POST", "/echo", body.boxed()))
+            .await
+            .expect("response head");
         assert_eq!(response.status(), StatusCode::OK);
         let mut response_body = response.into_body();
         // The first chunk comes back while the request body is still open: nothing buffers
         // the whole body, neither the host nor the guest.
         let mut echoed = Vec::new();
         while echoed.len() < first.len() {
-            let frame = response_body.frame().await.expect("a frame before the end").expect("frame ok");
+            let frame = response_body
+                .frame()
+                .await
+                .expect("a frame before the end")
+                .expect("frame ok");
             if let Ok(data) = frame.into_data() {
                 echoed.extend_from_slice(&data);
             }
@@ -221,7 +254,10 @@ async fn a_trapping_request_answers_500_and_the_next_one_works() {
 /// Reads a response whose head arrived but whose body must end with an error, not cleanly.
 async fn body_is_aborted(sender: &mut SendRequest<RequestBody>, path: &str) -> Bytes {
     tokio::time::timeout(DEADLINE, async {
-        let response = sender.send_request(request("GET", path, full(Bytes::new()))).await.expect("response head");
+        let response = sender
+            .send_request(request("GET", path, full(Bytes::new())))
+            .await
+            .expect("response head");
         assert_eq!(response.status(), StatusCode::OK);
         let mut body = response.into_body();
         let mut received = Vec::new();
@@ -229,7 +265,10 @@ async fn body_is_aborted(sender: &mut SendRequest<RequestBody>, path: &str) -> B
             match body.frame().await {
                 Some(Ok(frame)) => received.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..])),
                 Some(Err(_)) => return Bytes::from(received),
-                None => panic!("{path}: the body ended cleanly after {:?}", String::from_utf8_lossy(&received)),
+                None => panic!(
+                    "{path}: the body ended cleanly after {:?}",
+                    String::from_utf8_lossy(&received)
+                ),
             }
         }
     })
@@ -239,7 +278,10 @@ async fn body_is_aborted(sender: &mut SendRequest<RequestBody>, path: &str) -> B
 
 #[tokio::test]
 async fn a_body_cut_by_a_trap_or_timeout_is_aborted_not_short() {
-    let limits = HttpLimits { request_timeout: Duration::from_millis(300), ..HttpLimits::default() };
+    let limits = HttpLimits {
+        request_timeout: Duration::from_millis(300),
+        ..HttpLimits::default()
+    };
     let web = web("web", limits, &[], None).await;
     let addr = serve(&web.container).await;
     let received = body_is_aborted(&mut connect(addr).await, "/trap-midway").await;
@@ -247,13 +289,22 @@ async fn a_body_cut_by_a_trap_or_timeout_is_aborted_not_short() {
     let received = body_is_aborted(&mut connect(addr).await, "/loop-midway").await;
     assert_eq!(&received[..], b"partial");
     let kinds: Vec<EventKind> = web.events.all().into_iter().map(|e| e.kind).collect();
-    assert!(kinds.iter().any(|k| matches!(k, EventKind::RequestTrapped { .. })), "{kinds:?}");
-    assert!(kinds.iter().any(|k| matches!(k, EventKind::RequestTimedOut { .. })), "{kinds:?}");
+    assert!(
+        kinds.iter().any(|k| matches!(k, EventKind::RequestTrapped { .. })),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().any(|k| matches!(k, EventKind::RequestTimedOut { .. })),
+        "{kinds:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_looping_request_is_cut_at_the_timeout_while_others_are_served() {
-    let limits = HttpLimits { request_timeout: Duration::from_millis(300), ..HttpLimits::default() };
+    let limits = HttpLimits {
+        request_timeout: Duration::from_millis(300),
+        ..HttpLimits::default()
+    };
     let web = web("web", limits, &[], None).await;
     let addr = serve(&web.container).await;
     let mut looping_client = connect(addr).await;
@@ -276,7 +327,10 @@ async fn a_looping_request_is_cut_at_the_timeout_while_others_are_served() {
     let (status, _, _) = looping.await.expect("looping request task");
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert!(
-        web.events.all().iter().any(|event| matches!(event.kind, EventKind::RequestTimedOut { .. })),
+        web.events
+            .all()
+            .iter()
+            .any(|event| matches!(event.kind, EventKind::RequestTimedOut { .. })),
         "{:?}",
         web.events.all()
     );
@@ -290,7 +344,10 @@ async fn a_looping_request_is_cut_at_the_timeout_while_others_are_served() {
 /// would take longer than the looping request's whole 10 s life.
 #[tokio::test]
 async fn a_spinning_guest_does_not_hold_up_io_on_its_thread() {
-    let limits = HttpLimits { request_timeout: Duration::from_secs(10), ..HttpLimits::default() };
+    let limits = HttpLimits {
+        request_timeout: Duration::from_secs(10),
+        ..HttpLimits::default()
+    };
     let web = web("web", limits, &[], None).await;
     let addr = serve(&web.container).await;
     let looping = occupy_a_slot(&web.container).await;
@@ -299,13 +356,19 @@ async fn a_spinning_guest_does_not_hold_up_io_on_its_thread() {
         let (status, _, _) = get(&mut client, "/").await;
         assert_eq!(status, StatusCode::OK);
     }
-    assert!(!looping.is_finished(), "the looping request ended before twenty requests were served");
+    assert!(
+        !looping.is_finished(),
+        "the looping request ended before twenty requests were served"
+    );
     looping.abort();
 }
 
 #[tokio::test]
 async fn request_bodies_over_the_limit_get_413() {
-    let limits = HttpLimits { max_request_body_bytes: 1024, ..HttpLimits::default() };
+    let limits = HttpLimits {
+        max_request_body_bytes: 1024,
+        ..HttpLimits::default()
+    };
     let web = web("web", limits, &[], None).await;
     let addr = serve(&web.container).await;
 
@@ -318,7 +381,10 @@ async fn request_bodies_over_the_limit_get_413() {
     let mut client = connect(addr).await;
     let (mut body_tx, body) = Channel::<Bytes, BoxError>::new(16);
     for _ in 0..8 {
-        body_tx.send_data(Bytes::from(vec![7u8; 512])).await.expect("chunk queued");
+        body_tx
+            .send_data(Bytes::from(vec![7u8; 512]))
+            .await
+            .expect("chunk queued");
     }
     drop(body_tx);
     let (status, _, _) = send(&mut client, request("POST", "/count", body.boxed())).await;
@@ -336,7 +402,12 @@ async fn occupy_a_slot(container: &Arc<HttpContainer>) -> tokio::task::JoinHandl
     let before = container.in_flight();
     let looping = tokio::spawn({
         let container = container.clone();
-        async move { container.handle(request("GET", "/loop", full(Bytes::new()))).await.status() }
+        async move {
+            container
+                .handle(request("GET", "/loop", full(Bytes::new())))
+                .await
+                .status()
+        }
     });
     wait_for(|| container.in_flight() > before, "the /loop request to take a slot").await;
     looping
@@ -365,7 +436,10 @@ async fn beyond_the_concurrency_limit_requests_get_503() {
     let mut client = connect(addr).await;
     let (status, _, _) = get(&mut client, "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(looping.await.expect("looping request task"), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        looping.await.expect("looping request task"),
+        StatusCode::GATEWAY_TIMEOUT
+    );
     let (status, _, _) = get(&mut client, "/").await;
     assert_eq!(status, StatusCode::OK);
 }
@@ -387,7 +461,11 @@ async fn requests_wait_for_a_slot_within_the_queue_bounds() {
     });
     wait_for(|| web.container.queued() == 1, "a request to queue").await;
     // The queue is full: the next request is turned away at once.
-    let status = web.container.handle(request("GET", "/", full(Bytes::new()))).await.status();
+    let status = web
+        .container
+        .handle(request("GET", "/", full(Bytes::new())))
+        .await
+        .status();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     // The looping request is cut at its timeout, and the queued one is then served.
     assert_eq!(looping.await.expect("looping task"), StatusCode::GATEWAY_TIMEOUT);
@@ -409,7 +487,11 @@ async fn dropping_a_request_before_its_answer_stops_the_guest() {
     looping.abort();
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let status = web.container.handle(request("GET", "/", full(Bytes::new()))).await.status();
+        let status = web
+            .container
+            .handle(request("GET", "/", full(Bytes::new())))
+            .await
+            .status();
         if status == StatusCode::OK {
             break;
         }
@@ -421,7 +503,13 @@ async fn dropping_a_request_before_its_answer_stops_the_guest() {
 
 #[tokio::test]
 async fn the_guest_sees_its_env_and_writes_to_its_logs() {
-    let web = web("env-web", HttpLimits::default(), &[("GREETING", "hi"), ("MODE", "test")], None).await;
+    let web = web(
+        "env-web",
+        HttpLimits::default(),
+        &[("GREETING", "hi"), ("MODE", "test")],
+        None,
+    )
+    .await;
     let response = web.container.handle(request("GET", "/env", full(Bytes::new()))).await;
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.expect("body").to_bytes();
@@ -441,25 +529,43 @@ async fn containers_chain_in_process_through_localhost() {
     for url in ["http://localhost:8081/", "http://127.0.0.1:8081/", "http://[::1]:8081/"] {
         let (status, headers, body) = get(&mut client, &format!("/fetch?url={url}")).await;
         assert_eq!(status, StatusCode::OK, "{url}: {}", text(&body));
-        assert_eq!(headers.get("x-upstream-status").map(|v| v.as_bytes()), Some(&b"200"[..]));
+        assert_eq!(
+            headers.get("x-upstream-status").map(|v| v.as_bytes()),
+            Some(&b"200"[..])
+        );
         assert_eq!(text(&body), "hello from wasmpod\n");
     }
     // Two hops: front -> front's own port -> back.
-    let (status, _, body) = get(&mut client, "/fetch?url=http://localhost:8080/fetch?url=http://localhost:8081/").await;
+    let (status, _, body) = get(
+        &mut client,
+        "/fetch?url=http://localhost:8080/fetch?url=http://localhost:8081/",
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{}", text(&body));
     assert_eq!(text(&body), "hello from wasmpod\n");
     // A trap in the callee is a 500 for the caller, not a failure of the caller.
     let (status, headers, _) = get(&mut client, "/fetch?url=http://localhost:8081/trap").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(headers.get("x-upstream-status").map(|v| v.as_bytes()), Some(&b"500"[..]));
-    assert!(back.events.all().iter().any(|e| matches!(e.kind, EventKind::RequestTrapped { .. })));
+    assert_eq!(
+        headers.get("x-upstream-status").map(|v| v.as_bytes()),
+        Some(&b"500"[..])
+    );
+    assert!(
+        back.events
+            .all()
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::RequestTrapped { .. }))
+    );
 }
 
 #[tokio::test]
 async fn outgoing_requests_outside_the_pod_are_denied_and_unserved_ports_refused() {
     let routes = Arc::new(LocalRoutes::new());
     let web = web("caller", HttpLimits::default(), &[], Some(routes)).await;
-    let response = web.container.handle(request("GET", "/fetch?url=http://example.com/x", full(Bytes::new()))).await;
+    let response = web
+        .container
+        .handle(request("GET", "/fetch?url=http://example.com/x", full(Bytes::new())))
+        .await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let body = response.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(text(&body), "error: ErrorCode::HttpRequestDenied\n");
@@ -472,9 +578,15 @@ async fn outgoing_requests_outside_the_pod_are_denied_and_unserved_ports_refused
             _ => None,
         })
         .collect();
-    assert_eq!(denied, vec![(Some("caller".to_string()), "http://example.com/x".to_string())]);
+    assert_eq!(
+        denied,
+        vec![(Some("caller".to_string()), "http://example.com/x".to_string())]
+    );
 
-    let response = web.container.handle(request("GET", "/fetch?url=http://localhost:9/", full(Bytes::new()))).await;
+    let response = web
+        .container
+        .handle(request("GET", "/fetch?url=http://localhost:9/", full(Bytes::new())))
+        .await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let body = response.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(text(&body), "error: ErrorCode::ConnectionRefused\n");
@@ -543,4 +655,3 @@ async fn throughput() {
         latencies[total * 99 / 100]
     );
 }
-

@@ -10,7 +10,11 @@ use wasmpod::spec::{ContainerSpec, Expose};
 use wasmpod::{EventKind, Pod, PodOptions, PodSpec, RestartPolicy};
 
 fn exposed_pod(spec: PodSpec) -> Pod {
-    let options = PodOptions { engine: Some(engine()), listen: Some("127.0.0.1:0".parse().unwrap()), ..PodOptions::default() };
+    let options = PodOptions {
+        engine: Some(engine()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..PodOptions::default()
+    };
     Pod::with_options(spec, options).expect("valid pod")
 }
 
@@ -27,10 +31,16 @@ fn webserver(name: &str, args: &[&str]) -> ContainerSpec {
 }
 
 /// One request with hyper's client; returns (status, headers, body).
-async fn request(addr: std::net::SocketAddr, method: &str, path: &str, body: Vec<u8>) -> (u16, hyper::HeaderMap, Vec<u8>) {
+async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, hyper::HeaderMap, Vec<u8>) {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream)).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(connection);
     let request = hyper::Request::builder()
         .method(method)
@@ -38,10 +48,16 @@ async fn request(addr: std::net::SocketAddr, method: &str, path: &str, body: Vec
         .header(hyper::header::HOST, addr.to_string())
         .body(Full::new(bytes::Bytes::from(body)))
         .unwrap();
-    let response = tokio::time::timeout(DEADLINE, sender.send_request(request)).await.expect("in time").unwrap();
+    let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .expect("in time")
+        .unwrap();
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = tokio::time::timeout(DEADLINE, response.into_body().collect()).await.expect("in time").unwrap();
+    let body = tokio::time::timeout(DEADLINE, response.into_body().collect())
+        .await
+        .expect("in time")
+        .unwrap();
     (status, headers, body.to_bytes().to_vec())
 }
 
@@ -78,7 +94,12 @@ async fn a_trapping_request_answers_500_and_the_next_one_works() {
     let (pod, addr) = started(spec).await;
     assert_eq!(request(addr, "GET", "/trap", Vec::new()).await.0, 500);
     assert_eq!(request(addr, "GET", "/", Vec::new()).await.0, 200);
-    assert!(pod.events().all().iter().any(|e| matches!(e.kind, EventKind::RequestTrapped { .. })));
+    assert!(
+        pod.events()
+            .all()
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::RequestTrapped { .. }))
+    );
     pod.stop().await;
 }
 
@@ -91,7 +112,11 @@ async fn http_containers_chain_in_process_through_localhost() {
     for url in ["http://localhost:8081/", "http://back:8081/", "http://127.0.0.1:8081/"] {
         let (status, headers, body) = request(addr, "GET", &format!("/fetch?url={url}"), Vec::new()).await;
         assert_eq!(status, 200, "{url}: {}", String::from_utf8_lossy(&body));
-        assert_eq!(headers.get("x-upstream-status").map(|v| v.as_bytes()), Some(&b"200"[..]), "{url}");
+        assert_eq!(
+            headers.get("x-upstream-status").map(|v| v.as_bytes()),
+            Some(&b"200"[..]),
+            "{url}"
+        );
         assert_eq!(body, b"hello from wasmpod\n", "{url}");
     }
     pod.stop().await;
@@ -105,7 +130,9 @@ async fn an_http_container_calls_a_command_containers_std_net_server() {
     spec.containers = vec![hello("front", 8080), web];
     spec.expose = Some(Expose { port: 8080 });
     let (pod, addr) = started(spec).await;
-    tokio::time::timeout(DEADLINE, pod.network().wait_listening(9000)).await.expect("web listens");
+    tokio::time::timeout(DEADLINE, pod.network().wait_listening(9000))
+        .await
+        .expect("web listens");
     let (status, _, body) = request(addr, "GET", "/fetch?url=http://localhost:9000/hello", Vec::new()).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(body, b"hello from web\n");
@@ -131,7 +158,11 @@ async fn outgoing_requests_outside_the_pod_are_denied_with_an_event() {
     let (pod, addr) = started(spec).await;
     let (status, _, body) = request(addr, "GET", "/fetch?url=http://example.com/", Vec::new()).await;
     assert_eq!(status, 502);
-    assert!(String::from_utf8_lossy(&body).contains("HttpRequestDenied"), "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("HttpRequestDenied"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     assert!(pod.events().all().iter().any(|e| {
         e.container.as_deref() == Some("front")
             && matches!(&e.kind, EventKind::OutgoingDenied { url } if url.contains("example.com"))
@@ -195,8 +226,17 @@ async fn an_allowed_host_wasmpod_internal_destination_is_served_by_the_hosts_loo
     // The container without the rule is denied, with an event naming it and the URL.
     let url = format!("/fetch?url=http://localhost:8081/fetch?url=http://host.wasmpod.internal:{port}/");
     let (_, _, body) = request(addr, "GET", &url, Vec::new()).await;
-    assert!(String::from_utf8_lossy(&body).contains("HttpRequestDenied"), "{}", String::from_utf8_lossy(&body));
-    assert!(pod.events().all().iter().any(|e| e.container.as_deref() == Some("denied")
-        && matches!(&e.kind, EventKind::OutgoingDenied { url } if url.contains("host.wasmpod.internal"))));
+    assert!(
+        String::from_utf8_lossy(&body).contains("HttpRequestDenied"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(
+        pod.events()
+            .all()
+            .iter()
+            .any(|e| e.container.as_deref() == Some("denied")
+                && matches!(&e.kind, EventKind::OutgoingDenied { url } if url.contains("host.wasmpod.internal")))
+    );
     pod.stop().await;
 }

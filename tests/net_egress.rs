@@ -113,21 +113,14 @@ async fn host_loopback_is_unreachable_by_default_and_denials_are_reported() {
     // ...and its address is refused by the policy, as is any other address outside the pod.
     assert_eq!(lines[3], "connect failed: PermissionDenied", "{out}");
     assert_eq!(lines[4], "connect failed: PermissionDenied", "{out}");
-    assert!(
-        !has_pending_connection(&host),
-        "the host server was reached"
-    );
+    assert!(!has_pending_connection(&host), "the host server was reached");
     let app = || "app".to_string();
     assert_eq!(
         reports.take(),
         [
             (app(), "host.wasmpod.internal".into(), DeniedKind::Lookup),
             (app(), "host.wasmpod.internal".into(), DeniedKind::Lookup),
-            (
-                app(),
-                format!("host.wasmpod.internal:{port}"),
-                DeniedKind::Connect
-            ),
+            (app(), format!("host.wasmpod.internal:{port}"), DeniedKind::Connect),
             (app(), format!("10.9.8.7:{port}"), DeniedKind::Connect),
         ]
     );
@@ -208,14 +201,10 @@ async fn pod_loopback_stays_the_pod_when_the_host_listens_on_the_same_port() {
         .await
         .expect("pod server listening");
     let allowed = rules(&[format!("host.wasmpod.internal:{port}")]);
-    let script = format!(
-        "half-close 127.0.0.1:{port} to the pod && half-close host.wasmpod.internal:{port} to the host"
-    );
+    let script =
+        format!("half-close 127.0.0.1:{port} to the pod && half-close host.wasmpod.internal:{port} to the host");
     let (code, out) = run(&pod, "client", &allowed, &reports, &script).await;
-    assert_eq!(
-        (code, out.as_str()),
-        (0, "got: to the pod\ngot: host: to the host\n")
-    );
+    assert_eq!((code, out.as_str()), (0, "got: to the pod\ngot: host: to the host\n"));
     let (code, out) = server.await.expect("server task");
     assert_eq!(
         (code, out.as_str()),
@@ -275,11 +264,7 @@ async fn host_close_and_reset_reach_the_guest() {
     let (code, out) = run(&pod, "app", &allowed, &reports, &script).await;
     assert_eq!(code, 0, "{out}");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(
-        lines[..3],
-        ["connected", "closed: eof", "connected"],
-        "{out}"
-    );
+    assert_eq!(lines[..3], ["connected", "closed: eof", "connected"], "{out}");
     // The reset reaches the guest as a failed read, not an end-of-stream. (wasi-libc turns a
     // failed stream read into an errno without asking for its `error-code`, so std shows
     // `Uncategorized` rather than `ConnectionReset`, as for a reset inside the pod.)

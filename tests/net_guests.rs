@@ -20,15 +20,11 @@ async fn listening(pod: &PodNetwork, port: u16) {
 async fn echo_16_mib_between_containers() {
     let pod = PodNetwork::new();
     let p2 = pod.clone();
-    let server =
-        tokio::spawn(async move { run(&p2, "server", "listen 0.0.0.0:5000 && echo 1").await });
+    let server = tokio::spawn(async move { run(&p2, "server", "listen 0.0.0.0:5000 && echo 1").await });
     listening(&pod, 5000).await;
     let (code, out) = run(&pod, "client", "send server:5000 16777216").await;
     assert_eq!(code, 0, "client: {out}");
-    assert!(
-        out.contains("sent 16777216 echoed 16777216"),
-        "client: {out}"
-    );
+    assert!(out.contains("sent 16777216 echoed 16777216"), "client: {out}");
     let (code, out) = server.await.unwrap();
     assert_eq!(code, 0, "server: {out}");
     assert_eq!(out, "listening 5000\nechoed 16777216\n");
@@ -53,11 +49,7 @@ async fn errors_and_lookup_as_std_sees_them() {
     assert_eq!(&lines[6..8], ["addr: 127.0.0.1", "addr: ::1"]);
     assert_eq!(lines[8], "addr: 127.0.0.1");
     assert!(lines[9].starts_with("lookup failed"), "{out}");
-    let eph: u16 = lines[10]
-        .strip_prefix("bind ok ")
-        .expect(&out)
-        .parse()
-        .unwrap();
+    let eph: u16 = lines[10].strip_prefix("bind ok ").expect(&out).parse().unwrap();
     assert!(eph >= wasmpod::net::EPHEMERAL_FIRST);
 }
 
@@ -65,8 +57,7 @@ async fn errors_and_lookup_as_std_sees_them() {
 async fn half_close_and_addresses() {
     let pod = PodNetwork::new();
     let p2 = pod.clone();
-    let server =
-        tokio::spawn(async move { run(&p2, "server", "listen [::]:7000 && echo 2").await });
+    let server = tokio::spawn(async move { run(&p2, "server", "listen [::]:7000 && echo 2").await });
     listening(&pod, 7000).await;
     let (code, out) = run(&pod, "client", "half-close localhost:7000 hello pod").await;
     assert_eq!((code, out.as_str()), (0, "got: hello pod\n"));
@@ -122,8 +113,7 @@ async fn server_exit_closes_clients_and_port_is_reusable() {
     });
     listening(&pod, 7100).await;
     let p3 = pod.clone();
-    let client =
-        tokio::spawn(async move { run(&p3, "client", "read-until-closed 127.0.0.1:7100").await });
+    let client = tokio::spawn(async move { run(&p3, "client", "read-until-closed 127.0.0.1:7100").await });
     listening(&pod, 7101).await; // the server has accepted the client by now
     let go = pod.connect(7101).unwrap();
     drop(go); // FIN: the server's echo loop ends and it exits
@@ -157,14 +147,8 @@ async fn udp_between_containers() {
         "udp-send server:5300 hello udp && udp-send [::1]:5300 v6",
     )
     .await;
-    assert_eq!(
-        (code, out.as_str()),
-        (0, "udp reply: hello udp\nudp reply: v6\n")
-    );
+    assert_eq!((code, out.as_str()), (0, "udp reply: hello udp\nudp reply: v6\n"));
     let (code, out) = server.await.unwrap();
     assert_eq!(code, 0, "{out}");
-    assert!(
-        out.ends_with("udp echoed hello udp\nudp echoed v6\n"),
-        "{out}"
-    );
+    assert!(out.ends_with("udp echoed hello udp\nudp echoed v6\n"), "{out}");
 }

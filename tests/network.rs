@@ -12,7 +12,11 @@ use wasmpod::{Pod, PodOptions, PodPhase, PodSpec, RestartPolicy};
 
 /// A pod whose front proxy listens on an ephemeral host port.
 fn exposed_pod(spec: PodSpec) -> Pod {
-    let options = PodOptions { engine: Some(engine()), listen: Some("127.0.0.1:0".parse().unwrap()), ..PodOptions::default() };
+    let options = PodOptions {
+        engine: Some(engine()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..PodOptions::default()
+    };
     Pod::with_options(spec, options).expect("valid pod")
 }
 
@@ -58,16 +62,32 @@ async fn address_in_use_connection_refused_ephemeral_ports_and_lookup() {
         ),
     ];
     let pod = pod(spec);
-    let host_side = pod.network().listen_host(5001, 8).expect("the host side can take a pod port");
+    let host_side = pod
+        .network()
+        .listen_host(5001, 8)
+        .expect("the host side can take a pod port");
     pod.start().await.unwrap();
     wait_for_line(&pod, "client", "lookup failed").await;
-    let out: Vec<String> = lines(&pod, "client").into_iter().skip_while(|l| !l.starts_with("sent ")).collect();
+    let out: Vec<String> = lines(&pod, "client")
+        .into_iter()
+        .skip_while(|l| !l.starts_with("sent "))
+        .collect();
     assert_eq!(out[1], "bind failed: AddrInUse", "{out:?}");
-    assert_eq!(out[2], "bind failed: AddrInUse", "one port namespace for v4 and v6: {out:?}");
+    assert_eq!(
+        out[2], "bind failed: AddrInUse",
+        "one port namespace for v4 and v6: {out:?}"
+    );
     assert_eq!(out[3], "connect failed: ConnectionRefused", "{out:?}");
-    let ephemeral: u16 = out[4].strip_prefix("bind ok ").and_then(|p| p.parse().ok()).expect("bind ok PORT");
+    let ephemeral: u16 = out[4]
+        .strip_prefix("bind ok ")
+        .and_then(|p| p.parse().ok())
+        .expect("bind ok PORT");
     assert_ne!(ephemeral, 0);
-    assert_eq!(&out[5..8], ["addr: 127.0.0.1", "addr: ::1", "addr: 127.0.0.1"], "{out:?}");
+    assert_eq!(
+        &out[5..8],
+        ["addr: 127.0.0.1", "addr: ::1", "addr: 127.0.0.1"],
+        "{out:?}"
+    );
     assert!(out[8].starts_with("lookup failed"), "{out:?}");
     drop(host_side);
     pod.stop().await;
@@ -78,12 +98,18 @@ async fn udp_between_two_containers() {
     let mut spec = pod_spec("udp", RestartPolicy::OnFailure);
     spec.containers = vec![
         // The TCP echo tells the client the server is up; the UDP socket is bound before it.
-        netcheck("server", "udp-bind 0.0.0.0:5353 && listen 0.0.0.0:5354 && echo 1 && udp-echo 1 && accept-hold"),
+        netcheck(
+            "server",
+            "udp-bind 0.0.0.0:5353 && listen 0.0.0.0:5354 && echo 1 && udp-echo 1 && accept-hold",
+        ),
         netcheck("client", "send server:5354 10 && udp-send server:5353 ping over udp"),
     ];
     let pod = pod(spec);
     pod.start().await.unwrap();
-    assert_eq!(wait_for_line(&pod, "client", "udp reply").await, "udp reply: ping over udp");
+    assert_eq!(
+        wait_for_line(&pod, "client", "udp reply").await,
+        "udp reply: ping over udp"
+    );
     pod.stop().await;
 }
 
@@ -97,9 +123,13 @@ async fn sixteen_mib_through_the_front_proxy_arrive_intact_with_half_close() {
     let pod = exposed_pod(spec);
     pod.start().await.unwrap();
     let addr = pod.proxy_addr().expect("the front proxy listens");
-    tokio::time::timeout(DEADLINE, pod.network().wait_listening(8080)).await.expect("server listens");
+    tokio::time::timeout(DEADLINE, pod.network().wait_listening(8080))
+        .await
+        .expect("server listens");
 
-    let payload: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let payload: Vec<u8> = (0..16 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut read, mut write) = stream.into_split();
     let expected = Sha256::digest(&payload);
@@ -108,7 +138,10 @@ async fn sixteen_mib_through_the_front_proxy_arrive_intact_with_half_close() {
         write.shutdown().await.unwrap(); // half-close: the guest reads end-of-stream
     });
     let mut echoed = Vec::new();
-    tokio::time::timeout(DEADLINE, read.read_to_end(&mut echoed)).await.expect("echo in time").unwrap();
+    tokio::time::timeout(DEADLINE, read.read_to_end(&mut echoed))
+        .await
+        .expect("echo in time")
+        .unwrap();
     writer.await.unwrap();
     assert_eq!(echoed.len(), 16 * 1024 * 1024);
     assert_eq!(Sha256::digest(&echoed), expected);
@@ -129,7 +162,9 @@ async fn a_real_http_client_reaches_a_std_net_http_server_through_the_front_prox
     let pod = exposed_pod(spec);
     pod.start().await.unwrap();
     let addr = pod.proxy_addr().unwrap();
-    tokio::time::timeout(DEADLINE, pod.network().wait_listening(8080)).await.expect("web listens");
+    tokio::time::timeout(DEADLINE, pod.network().wait_listening(8080))
+        .await
+        .expect("web listens");
 
     for (path, status, body) in [
         ("/hello", 200, "hello from web\n"),
@@ -153,10 +188,15 @@ async fn nothing_listening_behind_the_front_proxy_closes_the_client_promptly_wit
     pod.start().await.unwrap();
     let mut client = tokio::net::TcpStream::connect(pod.proxy_addr().unwrap()).await.unwrap();
     let mut buf = [0u8; 1];
-    let read = tokio::time::timeout(DEADLINE, client.read(&mut buf)).await.expect("closed promptly");
+    let read = tokio::time::timeout(DEADLINE, client.read(&mut buf))
+        .await
+        .expect("closed promptly");
     assert!(matches!(read, Ok(0) | Err(_)));
     wait_until(&pod, "an event about the refused connection", |pod| {
-        pod.events().all().iter().any(|e| e.to_string().contains("nothing listens on pod port 9000"))
+        pod.events()
+            .all()
+            .iter()
+            .any(|e| e.to_string().contains("nothing listens on pod port 9000"))
     })
     .await;
     pod.stop().await;
@@ -174,7 +214,9 @@ async fn two_pods_in_one_process_listen_on_the_same_port_and_never_see_each_othe
         spec.name = format!("pod-{name}");
         let pod = exposed_pod(spec);
         pod.start().await.unwrap();
-        tokio::time::timeout(DEADLINE, pod.network().wait_listening(80)).await.expect("listens");
+        tokio::time::timeout(DEADLINE, pod.network().wait_listening(80))
+            .await
+            .expect("listens");
         pods.push(pod);
     }
     for pod in &pods {
@@ -183,7 +225,12 @@ async fn two_pods_in_one_process_listen_on_the_same_port_and_never_see_each_othe
     }
     // Each request went to its own pod's server only.
     for pod in &pods {
-        assert_eq!(lines(pod, "web").iter().filter(|l| l.as_str() == "GET /hello").count(), 1, "{}", explain(pod));
+        assert_eq!(
+            lines(pod, "web").iter().filter(|l| l.as_str() == "GET /hello").count(),
+            1,
+            "{}",
+            explain(pod)
+        );
     }
     for pod in &pods {
         pod.stop().await;
@@ -196,14 +243,23 @@ async fn a_restart_resets_the_servers_connections_and_it_binds_its_port_again() 
     spec.containers = vec![netcheck("server", "listen 0.0.0.0:5000 && accept-hold")];
     let pod = pod(spec);
     pod.start().await.unwrap();
-    tokio::time::timeout(DEADLINE, pod.network().wait_listening(5000)).await.expect("listens");
+    tokio::time::timeout(DEADLINE, pod.network().wait_listening(5000))
+        .await
+        .expect("listens");
     let mut client = pod.network().connect(5000).expect("connects");
     assert!(pod.restart("server"));
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(DEADLINE, client.read(&mut buf)).await.expect("the client notices");
+    let read = tokio::time::timeout(DEADLINE, client.read(&mut buf))
+        .await
+        .expect("the client notices");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    wait_until(&pod, "the server to restart", |pod| pod.status().container("server").unwrap().restart_count == 1).await;
-    tokio::time::timeout(DEADLINE, pod.network().wait_listening(5000)).await.expect("listens again");
+    wait_until(&pod, "the server to restart", |pod| {
+        pod.status().container("server").unwrap().restart_count == 1
+    })
+    .await;
+    tokio::time::timeout(DEADLINE, pod.network().wait_listening(5000))
+        .await
+        .expect("listens again");
     let _again = pod.network().connect(5000).expect("connects to the restarted server");
     let status = pod.stop().await;
     assert_eq!(status.phase, PodPhase::Stopped);
@@ -213,16 +269,23 @@ async fn a_restart_resets_the_servers_connections_and_it_binds_its_port_again() 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use http_body_util::{BodyExt, Empty};
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream)).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(connection);
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, addr.to_string())
         .body(Empty::<bytes::Bytes>::new())
         .unwrap();
-    let response = tokio::time::timeout(DEADLINE, sender.send_request(request)).await.expect("response in time").unwrap();
+    let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .expect("response in time")
+        .unwrap();
     let status = response.status().as_u16();
-    let body = tokio::time::timeout(DEADLINE, response.into_body().collect()).await.expect("body in time").unwrap();
+    let body = tokio::time::timeout(DEADLINE, response.into_body().collect())
+        .await
+        .expect("body in time")
+        .unwrap();
     (status, String::from_utf8_lossy(&body.to_bytes()).into_owned())
 }
 

@@ -50,7 +50,18 @@ async fn host_path_read_only_refuses_writes_and_read_write_reaches_the_host() {
     spec.volumes.push(host_path("site", site.path()));
     let mut ro = toolbox(
         "ro",
-        &["try-write", "/site/index.html", "changed", "&&", "try-write", "/site/new.txt", "x", "&&", "read", "/site/index.html"],
+        &[
+            "try-write",
+            "/site/index.html",
+            "changed",
+            "&&",
+            "try-write",
+            "/site/new.txt",
+            "x",
+            "&&",
+            "read",
+            "/site/index.html",
+        ],
     );
     ro.volume_mounts.push(mount("site", "/site", true));
     let mut rw = toolbox("rw", &["write", "/site/from-guest.txt", "written by the guest"]);
@@ -65,7 +76,10 @@ async fn host_path_read_only_refuses_writes_and_read_write_reaches_the_host() {
     assert!(ro_lines[0].starts_with("write failed: "), "{ro_lines:?}");
     assert!(ro_lines[1].starts_with("write failed: "), "{ro_lines:?}");
     assert_eq!(ro_lines[2], "read: original");
-    assert_eq!(std::fs::read_to_string(site.path().join("index.html")).unwrap(), "original");
+    assert_eq!(
+        std::fs::read_to_string(site.path().join("index.html")).unwrap(),
+        "original"
+    );
     assert!(!site.path().join("new.txt").exists());
     assert_eq!(
         std::fs::read_to_string(site.path().join("from-guest.txt")).unwrap(),
@@ -80,7 +94,21 @@ async fn secret_is_readable_and_not_writable() {
         name: "creds".into(),
         source: VolumeSource::Secret(BTreeMap::from([("token".to_string(), "s3cr3t".to_string())])),
     });
-    let mut app = toolbox("app", &["read", "/creds/token", "&&", "try-write", "/creds/token", "stolen", "&&", "try-write", "/creds/other", "x"]);
+    let mut app = toolbox(
+        "app",
+        &[
+            "read",
+            "/creds/token",
+            "&&",
+            "try-write",
+            "/creds/token",
+            "stolen",
+            "&&",
+            "try-write",
+            "/creds/other",
+            "x",
+        ],
+    );
     app.volume_mounts.push(mount("creds", "/creds", true));
     spec.containers = vec![app];
     let pod = pod(spec);
@@ -96,14 +124,24 @@ async fn secret_is_readable_and_not_writable() {
 async fn args_and_env_reach_the_guest_and_the_host_environment_does_not() {
     let mut spec = pod_spec("argsenv", RestartPolicy::Never);
     let mut app = toolbox("app", &["args", "&&", "env"]);
-    app.env = BTreeMap::from([("GREETING".to_string(), "hello".to_string()), ("EMPTY".to_string(), String::new())]);
+    app.env = BTreeMap::from([
+        ("GREETING".to_string(), "hello".to_string()),
+        ("EMPTY".to_string(), String::new()),
+    ]);
     spec.containers = vec![app];
     let pod = pod(spec);
     let status = run_to_end(&pod).await;
     assert_eq!(status.phase, PodPhase::Succeeded, "{}", explain(&pod));
     assert_eq!(
         lines(&pod, "app"),
-        vec!["arg: app", "arg: args", "arg: &&", "arg: env", "env: EMPTY=", "env: GREETING=hello"]
+        vec![
+            "arg: app",
+            "arg: args",
+            "arg: &&",
+            "arg: env",
+            "env: EMPTY=",
+            "env: GREETING=hello"
+        ]
     );
     // The host certainly has these; the guest must not.
     assert!(std::env::var_os("PATH").is_some());
@@ -128,13 +166,27 @@ async fn a_guest_cannot_leave_its_mounts() {
     let mut app = toolbox(
         "app",
         &[
-            "try-read", "/data/inside.txt", "&&",
-            "try-read", "/data/../outside.txt", "&&",
-            "try-read", outside, "&&",
-            "try-read", "/data/escape/outside.txt", "&&",
-            "try-read", "/data/link.txt", "&&",
-            "try-write", "/data/../planted.txt", "x", "&&",
-            "try-read", "/etc/passwd",
+            "try-read",
+            "/data/inside.txt",
+            "&&",
+            "try-read",
+            "/data/../outside.txt",
+            "&&",
+            "try-read",
+            outside,
+            "&&",
+            "try-read",
+            "/data/escape/outside.txt",
+            "&&",
+            "try-read",
+            "/data/link.txt",
+            "&&",
+            "try-write",
+            "/data/../planted.txt",
+            "x",
+            "&&",
+            "try-read",
+            "/etc/passwd",
         ],
     );
     app.volume_mounts.push(mount("data", "/data", false));
@@ -189,7 +241,11 @@ async fn a_failing_init_container_stops_the_pod_with_a_clear_status() {
     let app = status.container("app").unwrap();
     assert_eq!(
         app.state,
-        ContainerState::Waiting { reason: WaitingReason::InitFailed { init_container: "migrate".into() } }
+        ContainerState::Waiting {
+            reason: WaitingReason::InitFailed {
+                init_container: "migrate".into()
+            }
+        }
     );
     assert!(lines(&pod, "app").is_empty());
     assert_eq!(lines(&pod, "migrate"), vec!["schema is broken"]);
@@ -201,7 +257,10 @@ async fn restart_never_leaves_a_failed_container_down() {
     spec.containers = vec![toolbox("bad", &["exit", "4"]), toolbox("good", &["print", "ok"])];
     let pod = pod(spec);
     let status = run_to_end(&pod).await;
-    assert!(matches!(&status.phase, PodPhase::Failed { reason } if reason.contains("\"bad\" exited with code 1")), "{status:?}");
+    assert!(
+        matches!(&status.phase, PodPhase::Failed { reason } if reason.contains("\"bad\" exited with code 1")),
+        "{status:?}"
+    );
     let bad = status.container("bad").unwrap();
     assert_eq!(bad.restart_count, 0);
     assert_eq!(bad.last_exit, Some(Exit::Code(1)));
@@ -221,8 +280,15 @@ async fn restart_on_failure_restarts_until_success_with_backoff() {
     let flaky = status.container("flaky").unwrap();
     assert_eq!(flaky.restart_count, 3);
     assert_eq!(flaky.last_exit, Some(Exit::Code(0)));
-    assert_eq!(status.container("steady").unwrap().restart_count, 0, "a success is not restarted");
-    assert_eq!(lines(&pod, "flaky"), vec!["run 1 of 4", "run 2 of 4", "run 3 of 4", "run 4 of 4"]);
+    assert_eq!(
+        status.container("steady").unwrap().restart_count,
+        0,
+        "a success is not restarted"
+    );
+    assert_eq!(
+        lines(&pod, "flaky"),
+        vec!["run 1 of 4", "run 2 of 4", "run 3 of 4", "run 4 of 4"]
+    );
     // 20 ms doubling, capped at 40 ms.
     let delays: Vec<Duration> = pod
         .events()
@@ -233,7 +299,14 @@ async fn restart_on_failure_restarts_until_success_with_backoff() {
             _ => None,
         })
         .collect();
-    assert_eq!(delays, vec![Duration::from_millis(20), Duration::from_millis(40), Duration::from_millis(40)]);
+    assert_eq!(
+        delays,
+        vec![
+            Duration::from_millis(20),
+            Duration::from_millis(40),
+            Duration::from_millis(40)
+        ]
+    );
 }
 
 #[tokio::test]
@@ -242,7 +315,10 @@ async fn restart_always_restarts_successful_exits_until_stopped() {
     spec.containers = vec![toolbox("job", &["print", "ran"])];
     let pod = pod(spec);
     pod.start().await.unwrap();
-    wait_until(&pod, "three restarts", |pod| pod.status().container("job").unwrap().restart_count >= 3).await;
+    wait_until(&pod, "three restarts", |pod| {
+        pod.status().container("job").unwrap().restart_count >= 3
+    })
+    .await;
     let status = pod.stop().await;
     assert_eq!(status.phase, PodPhase::Stopped);
     assert!(lines(&pod, "job").len() >= 4);
@@ -252,10 +328,16 @@ async fn restart_always_restarts_successful_exits_until_stopped() {
 #[tokio::test]
 async fn a_trapping_container_restarts_under_on_failure_while_its_sibling_keeps_running() {
     let mut spec = pod_spec("trap", RestartPolicy::OnFailure);
-    spec.containers = vec![toolbox("crasher", &["print", "about to trap", "&&", "trap"]), toolbox("server", &["serve-forever", "5"])];
+    spec.containers = vec![
+        toolbox("crasher", &["print", "about to trap", "&&", "trap"]),
+        toolbox("server", &["serve-forever", "5"]),
+    ];
     let pod = pod(spec);
     pod.start().await.unwrap();
-    wait_until(&pod, "the crasher to restart twice", |pod| pod.status().container("crasher").unwrap().restart_count >= 2).await;
+    wait_until(&pod, "the crasher to restart twice", |pod| {
+        pod.status().container("crasher").unwrap().restart_count >= 2
+    })
+    .await;
     let status = pod.status();
     let crasher = status.container("crasher").unwrap();
     match &crasher.last_exit {
@@ -266,7 +348,10 @@ async fn a_trapping_container_restarts_under_on_failure_while_its_sibling_keeps_
     assert!(matches!(server.state, ContainerState::Running { .. }), "{server:?}");
     assert_eq!(server.restart_count, 0);
     let before = lines(&pod, "server").len();
-    wait_until(&pod, "the server to keep printing", |pod| lines(pod, "server").len() > before + 2).await;
+    wait_until(&pod, "the server to keep printing", |pod| {
+        lines(pod, "server").len() > before + 2
+    })
+    .await;
     let status = pod.stop().await;
     assert_eq!(status.phase, PodPhase::Stopped);
     assert_eq!(status.container("server").unwrap().last_exit, Some(Exit::Stopped));
@@ -293,7 +378,10 @@ async fn an_invalid_component_names_the_container() {
     spec.containers = vec![broken];
     let pod = pod(spec);
     let error = pod.start().await.expect_err("garbage does not compile");
-    assert!(matches!(error, PodError::Compile { ref container, .. } if container == "broken"), "{error:?}");
+    assert!(
+        matches!(error, PodError::Compile { ref container, .. } if container == "broken"),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("\"broken\""), "{error}");
 }
 

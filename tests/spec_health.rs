@@ -52,17 +52,35 @@ liveness_probe = { health = {}, initial_delay = "3s", timeout = "2s" }
     let db = &spec.containers[0];
     assert_eq!(
         db.readiness_probe,
-        Some(Probe { period: Duration::from_secs(1), ..Probe::new(ProbeAction::TcpSocket { port: 5432 }) })
+        Some(Probe {
+            period: Duration::from_secs(1),
+            ..Probe::new(ProbeAction::TcpSocket { port: 5432 })
+        })
     );
     let api = &spec.containers[1];
-    assert_eq!(api.depends_on, vec![Dependency { container: "db".into(), condition: DependencyCondition::Ready }]);
-    assert_eq!(api.resources, Resources { memory: Some(64 << 20), cpu: Some(0.5) });
+    assert_eq!(
+        api.depends_on,
+        vec![Dependency {
+            container: "db".into(),
+            condition: DependencyCondition::Ready
+        }]
+    );
+    assert_eq!(
+        api.resources,
+        Resources {
+            memory: Some(64 << 20),
+            cpu: Some(0.5)
+        }
+    );
     assert_eq!(
         api.startup_probe,
         Some(Probe {
             failure_threshold: 30,
             period: Duration::from_millis(100),
-            ..Probe::new(ProbeAction::HttpGet { port: 8080, path: "/started".into() })
+            ..Probe::new(ProbeAction::HttpGet {
+                port: 8080,
+                path: "/started".into()
+            })
         })
     );
     assert_eq!(
@@ -75,7 +93,10 @@ liveness_probe = { health = {}, initial_delay = "3s", timeout = "2s" }
     );
     // Kubernetes' defaults where nothing is written.
     let defaults = Probe::new(ProbeAction::Health);
-    assert_eq!((defaults.period, defaults.timeout, defaults.failure_threshold), (Duration::from_secs(10), Duration::from_secs(1), 3));
+    assert_eq!(
+        (defaults.period, defaults.timeout, defaults.failure_threshold),
+        (Duration::from_secs(10), Duration::from_secs(1), 3)
+    );
 }
 
 #[test]
@@ -93,10 +114,25 @@ depends_on = [{ container = "a" }, { container = "ghost" }, { container = "b" }]
 "#,
     )
     .unwrap_err();
-    assert!(problems.contains("9:36: container \"b\" depends on \"ghost\", which is not a container of this pod; use one of: a"), "{problems}");
-    assert!(problems.contains("9:61: container \"b\" depends on itself"), "{problems}");
-    assert!(problems.contains("5:15: depends_on forms a cycle: a -> b -> a"), "{problems}");
-    assert_eq!(problems.matches("cycle").count(), 1, "one cycle, reported once: {problems}");
+    assert!(
+        problems.contains(
+            "9:36: container \"b\" depends on \"ghost\", which is not a container of this pod; use one of: a"
+        ),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("9:61: container \"b\" depends on itself"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("5:15: depends_on forms a cycle: a -> b -> a"),
+        "{problems}"
+    );
+    assert_eq!(
+        problems.matches("cycle").count(),
+        1,
+        "one cycle, reported once: {problems}"
+    );
 }
 
 #[test]
@@ -138,7 +174,10 @@ fn unknown_probe_fields_and_conditions_are_errors() {
     )
     .unwrap_err();
     assert!(problems.contains("healthy"), "{problems}");
-    assert!(problems.contains("started") && problems.contains("ready") && problems.contains("completed"), "{problems}");
+    assert!(
+        problems.contains("started") && problems.contains("ready") && problems.contains("completed"),
+        "{problems}"
+    );
 }
 
 #[test]
@@ -155,6 +194,9 @@ fn http_limits_parse_and_bad_values_are_located() {
         "name = \"x\"\n[[containers]]\nname = \"app\"\ncomponent = \"app.wasm\"\nhttp = { max_concurrent_instances = 0, max_request_body = \"big\" }\n",
     )
     .unwrap_err();
-    assert!(problems.contains("5:37: max_concurrent_instances must be at least 1"), "{problems}");
+    assert!(
+        problems.contains("5:37: max_concurrent_instances must be at least 1"),
+        "{problems}"
+    );
     assert!(problems.contains("5:59: `big` is not a size"), "{problems}");
 }

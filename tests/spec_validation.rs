@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 use wasmpod::spec::{
-    Backoff, ComponentSource, ContainerSpec, Expose, MountSpec, PodSpec, Problem, RestartPolicy,
-    SpecError, VolumeSource, VolumeSpec,
+    Backoff, ComponentSource, ContainerSpec, Expose, MountSpec, PodSpec, Problem, RestartPolicy, SpecError,
+    VolumeSource, VolumeSpec,
 };
 
 /// A WASI 0.2 component header, then a few bytes that stand in for the rest of the binary.
@@ -62,17 +62,9 @@ impl PodDir {
     #[track_caller]
     fn single_problem(&self, lines: &[&str]) -> Problem {
         let error = self.load(lines).expect_err("the spec should be rejected");
-        assert_eq!(
-            error.problems().len(),
-            1,
-            "expected one problem, got:\n{error}"
-        );
+        assert_eq!(error.problems().len(), 1, "expected one problem, got:\n{error}");
         let problem = error.problems()[0].clone();
-        assert_eq!(
-            problem.file.as_deref(),
-            Some(self.spec_path().as_path()),
-            "{problem}"
-        );
+        assert_eq!(problem.file.as_deref(), Some(self.spec_path().as_path()), "{problem}");
         problem
     }
 }
@@ -102,11 +94,7 @@ const MINIMAL: [&str; 4] = [
 ];
 
 fn minimal_plus<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    MINIMAL
-        .iter()
-        .copied()
-        .chain(extra.iter().copied())
-        .collect()
+    MINIMAL.iter().copied().chain(extra.iter().copied()).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -200,14 +188,8 @@ fn full_spec_parses_into_the_resolved_model() {
                 source: VolumeSource::Secret(BTreeMap::from([("token".into(), "s3cr3t".into())])),
             },
         ],
-        init_containers: vec![ContainerSpec::new(
-            "prepare",
-            root.join("build/prepare.wasm"),
-        )],
-        containers: vec![
-            writer,
-            ContainerSpec::new("server", root.join("build/server.wasm")),
-        ],
+        init_containers: vec![ContainerSpec::new("prepare", root.join("build/prepare.wasm"))],
+        containers: vec![writer, ContainerSpec::new("server", root.join("build/server.wasm"))],
         base_dir: root.to_path_buf(),
         source_file: Some(pod.spec_path()),
     };
@@ -285,11 +267,7 @@ fn unknown_top_level_field_is_located() {
         &problem,
         2,
         1,
-        &[
-            "unknown field `replicas`",
-            "`restart_policy`",
-            "`containers`",
-        ],
+        &["unknown field `replicas`", "`restart_policy`", "`containers`"],
     );
 }
 
@@ -334,12 +312,7 @@ fn unknown_restart_policy_lists_the_choices() {
     let mut lines = vec!["restart_policy = \"sometimes\""];
     lines.extend(MINIMAL);
     let problem = pod.single_problem(&lines);
-    assert_problem(
-        &problem,
-        1,
-        18,
-        &["`sometimes`", "`always`", "`on-failure`", "`never`"],
-    );
+    assert_problem(&problem, 1, 18, &["`sometimes`", "`always`", "`on-failure`", "`never`"]);
 }
 
 #[test]
@@ -362,10 +335,7 @@ fn missing_spec_file_names_the_file() {
     };
     assert_eq!(problem.file.as_deref(), Some(pod.spec_path().as_path()));
     assert_eq!((problem.line, problem.column), (None, None));
-    assert!(
-        problem.message.contains("cannot read the spec file"),
-        "{problem}"
-    );
+    assert!(problem.message.contains("cannot read the spec file"), "{problem}");
     assert!(
         problem
             .to_string()
@@ -387,11 +357,7 @@ fn bad_pod_name_is_located() {
         &problem,
         1,
         8,
-        &[
-            "pod name \"Demo\"",
-            "contains 'D'",
-            "lowercase letters, digits and '-'",
-        ],
+        &["pod name \"Demo\"", "contains 'D'", "lowercase letters, digits and '-'"],
     );
 }
 
@@ -431,12 +397,7 @@ fn bad_volume_name_is_located() {
         "name = \"scratch.dir\"",
         "empty_dir = {}",
     ]));
-    assert_problem(
-        &problem,
-        6,
-        8,
-        &["volume name \"scratch.dir\"", "contains '.'"],
-    );
+    assert_problem(&problem, 6, 8, &["volume name \"scratch.dir\"", "contains '.'"]);
 }
 
 #[test]
@@ -455,10 +416,7 @@ fn duplicate_container_names_count_init_containers() {
         &problem,
         6,
         8,
-        &[
-            "container name \"writer\" is already used (at line 3)",
-            "unique",
-        ],
+        &["container name \"writer\" is already used (at line 3)", "unique"],
     );
 }
 
@@ -473,12 +431,7 @@ fn duplicate_volume_names_are_located_at_the_second() {
         "name = \"scratch\"",
         "host_path = \"site\"",
     ]));
-    assert_problem(
-        &problem,
-        9,
-        8,
-        &["volume name \"scratch\" is already used (at line 6)"],
-    );
+    assert_problem(&problem, 9, 8, &["volume name \"scratch\" is already used (at line 6)"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -493,12 +446,7 @@ fn volume_without_a_source_is_located_at_its_table() {
         &problem,
         5,
         1,
-        &[
-            "volume \"scratch\" has no source",
-            "empty_dir",
-            "host_path",
-            "secret",
-        ],
+        &["volume \"scratch\" has no source", "empty_dir", "host_path", "secret"],
     );
 }
 
@@ -556,17 +504,8 @@ fn secret_file_names_must_be_plain() {
         ("\"\"", "is empty"),
     ] {
         let secret_line = format!("secret = {{ ok = \"1\", {key} = \"2\" }}");
-        let problem = pod.single_problem(&minimal_plus(&[
-            "[[volumes]]",
-            "name = \"creds\"",
-            &secret_line,
-        ]));
-        assert_problem(
-            &problem,
-            7,
-            22,
-            &["secret file name", reason, "plain file name"],
-        );
+        let problem = pod.single_problem(&minimal_plus(&["[[volumes]]", "name = \"creds\"", &secret_line]));
+        assert_problem(&problem, 7, 22, &["secret file name", reason, "plain file name"]);
     }
 }
 
@@ -617,12 +556,7 @@ fn two_mounts_on_one_path_are_located_at_the_second() {
         "name = \"site\"",
         "host_path = \"site\"",
     ]));
-    assert_problem(
-        &problem,
-        7,
-        35,
-        &["already mounts a volume at /data/ (at line 6)"],
-    );
+    assert_problem(&problem, 7, 35, &["already mounts a volume at /data/ (at line 6)"]);
 }
 
 #[test]
@@ -669,19 +603,12 @@ fn writable_secret_mount_is_rejected() {
 #[test]
 fn exposed_port_must_be_listed_by_a_container() {
     let pod = PodDir::new();
-    let problem = pod.single_problem(&minimal_plus(&[
-        "ports = [8081]",
-        "[expose]",
-        "port = 8080",
-    ]));
+    let problem = pod.single_problem(&minimal_plus(&["ports = [8081]", "[expose]", "port = 8080"]));
     assert_problem(
         &problem,
         7,
         8,
-        &[
-            "exposed port 8080 is not listed by any container",
-            "`ports`",
-        ],
+        &["exposed port 8080 is not listed by any container", "`ports`"],
     );
 }
 
@@ -721,12 +648,7 @@ fn port_listed_by_two_containers_is_located_at_the_second() {
 fn port_listed_twice_by_one_container_is_rejected() {
     let pod = PodDir::new();
     let problem = pod.single_problem(&minimal_plus(&["ports = [8080, 8080]"]));
-    assert_problem(
-        &problem,
-        5,
-        16,
-        &["port 8080 is already listed (at line 5)"],
-    );
+    assert_problem(&problem, 5, 16, &["port 8080 is already listed (at line 5)"]);
 }
 
 #[test]
@@ -747,12 +669,7 @@ fn exposed_port_zero_is_rejected() {
 fn port_beyond_65535_is_rejected() {
     let pod = PodDir::new();
     let problem = pod.single_problem(&minimal_plus(&["[expose]", "port = 70000"]));
-    assert_problem(
-        &problem,
-        6,
-        8,
-        &["port 70000 is out of range", "1 to 65535"],
-    );
+    assert_problem(&problem, 6, 8, &["port 70000 is out of range", "1 to 65535"]);
 
     // The ports after a dropped one are still checked, at their own positions.
     let error = pod
@@ -864,12 +781,7 @@ fn pod_without_containers_is_rejected() {
 fn bad_environment_variable_name_is_located() {
     let pod = PodDir::new();
     let problem = pod.single_problem(&minimal_plus(&["env = { OK = \"1\", \"A=B\" = \"2\" }"]));
-    assert_problem(
-        &problem,
-        5,
-        19,
-        &["environment variable name \"A=B\" contains '='"],
-    );
+    assert_problem(&problem, 5, 19, &["environment variable name \"A=B\" contains '='"]);
 }
 
 #[test]
@@ -878,12 +790,7 @@ fn bad_duration_is_located() {
     let mut lines = vec!["restart_backoff = { initial = \"10s\", max = \"five minutes\" }"];
     lines.extend(MINIMAL);
     let problem = pod.single_problem(&lines);
-    assert_problem(
-        &problem,
-        1,
-        44,
-        &["`five minutes` is not a duration", "\"10s\""],
-    );
+    assert_problem(&problem, 1, 44, &["`five minutes` is not a duration", "\"10s\""]);
 }
 
 #[test]
@@ -937,16 +844,7 @@ fn all_problems_are_reported_together_in_source_order() {
         .iter()
         .map(|problem| (problem.line, problem.column))
         .collect();
-    let expected = [
-        (1, 8),
-        (3, 8),
-        (6, 13),
-        (7, 10),
-        (8, 29),
-        (8, 50),
-        (10, 8),
-        (11, 13),
-    ];
+    let expected = [(1, 8), (3, 8), (6, 13), (7, 10), (8, 29), (8, 50), (10, 8), (11, 13)];
     assert_eq!(
         positions,
         expected.map(|(line, column)| (Some(line), Some(column))),
@@ -973,8 +871,7 @@ fn all_problems_are_reported_together_in_source_order() {
 // ---------------------------------------------------------------------------------------------
 
 fn rust_built_spec(pod: &PodDir) -> PodSpec {
-    let mut server =
-        ContainerSpec::new("server", ComponentSource::Bytes(Arc::from(COMPONENT_BYTES)));
+    let mut server = ContainerSpec::new("server", ComponentSource::Bytes(Arc::from(COMPONENT_BYTES)));
     server.ports = vec![8080];
     server.volume_mounts = vec![MountSpec {
         volume: "scratch".into(),
@@ -994,10 +891,7 @@ fn rust_built_spec(pod: &PodDir) -> PodSpec {
         }],
         init_containers: vec![],
         // A relative path resolves against `base_dir`, as it would in a spec file.
-        containers: vec![
-            ContainerSpec::new("writer", Path::new("build/writer.wasm")),
-            server,
-        ],
+        containers: vec![ContainerSpec::new("writer", Path::new("build/writer.wasm")), server],
         base_dir: pod.root().to_path_buf(),
         source_file: None,
     }
@@ -1044,16 +938,9 @@ fn rust_built_spec_problems_name_their_fields() {
         "containers[1].volume_mounts[0].mount_path: ",
         "expose.port: exposed port 9090",
     ];
-    assert_eq!(
-        messages.len(),
-        expected_prefixes.len(),
-        "problems:\n{error}"
-    );
+    assert_eq!(messages.len(), expected_prefixes.len(), "problems:\n{error}");
     for (message, prefix) in messages.iter().zip(expected_prefixes) {
-        assert!(
-            message.starts_with(prefix),
-            "{message:?} should start with {prefix:?}"
-        );
+        assert!(message.starts_with(prefix), "{message:?} should start with {prefix:?}");
     }
     assert!(
         error
@@ -1081,9 +968,7 @@ fn rust_built_spec_checks_component_files_and_host_paths() {
         "{shown}"
     );
     assert!(
-        lines[1].starts_with(&format!(
-            "{spec_path}: containers[0].component: component file "
-        )),
+        lines[1].starts_with(&format!("{spec_path}: containers[0].component: component file ")),
         "{shown}"
     );
 }
@@ -1113,8 +998,8 @@ fn outbound_hosts_default_to_none_and_parse_every_form() {
         ]
     );
     // The runtime builds its policy from the same strings with the same parser.
-    let policy = wasmpod::net::EgressPolicy::parse(&spec.containers[0].allowed_outbound_hosts)
-        .expect("the spec's rules parse");
+    let policy =
+        wasmpod::net::EgressPolicy::parse(&spec.containers[0].allowed_outbound_hosts).expect("the spec's rules parse");
     assert!(policy.allows("api.example.com", 8443));
     assert!(policy.allows("host.wasmpod.internal", 5432));
     assert!(!policy.allows("host.wasmpod.internal", 5433));
@@ -1153,32 +1038,15 @@ fn outbound_host_bad_port_and_unbracketed_ipv6_are_located() {
     let problems = error.problems();
     assert_eq!(problems.len(), 3, "{error}");
     assert_problem(&problems[0], 6, 3, &["port \"70000\"", "1 to 65535", "*"]);
-    assert_problem(
-        &problems[1],
-        7,
-        3,
-        &["without brackets", "[2001:db8::1]:443"],
-    );
-    assert_problem(
-        &problems[2],
-        8,
-        3,
-        &["\"a.*.example.com\"", "*.example.com"],
-    );
+    assert_problem(&problems[1], 7, 3, &["without brackets", "[2001:db8::1]:443"]);
+    assert_problem(&problems[2], 8, 3, &["\"a.*.example.com\"", "*.example.com"]);
 }
 
 #[test]
 fn outbound_host_naming_the_pod_points_to_host_wasmpod_internal() {
     let pod = PodDir::new();
-    let problem = pod.single_problem(&minimal_plus(&[
-        "allowed_outbound_hosts = [\"127.0.0.1:8080\"]",
-    ]));
-    assert_problem(
-        &problem,
-        5,
-        27,
-        &["the pod itself", "\"host.wasmpod.internal:8080\""],
-    );
+    let problem = pod.single_problem(&minimal_plus(&["allowed_outbound_hosts = [\"127.0.0.1:8080\"]"]));
+    assert_problem(&problem, 5, 27, &["the pod itself", "\"host.wasmpod.internal:8080\""]);
 }
 
 #[test]
@@ -1198,8 +1066,6 @@ fn outbound_hosts_of_a_rust_built_spec_name_their_field() {
 #[test]
 fn outbound_hosts_of_unknown_type_are_rejected_by_shape() {
     let pod = PodDir::new();
-    let problem = pod.single_problem(&minimal_plus(&[
-        "allowed_outbound_hosts = \"example.com:443\"",
-    ]));
+    let problem = pod.single_problem(&minimal_plus(&["allowed_outbound_hosts = \"example.com:443\""]));
     assert_eq!(problem.line, Some(5), "{problem}");
 }

@@ -95,11 +95,7 @@ pub enum RuleError {
     #[error(
         "{entry:?} names {host}, which inside a pod is the pod itself, never the host; to reach a port on the host's loopback write \"host.wasmpod.internal:{port}\""
     )]
-    PodAddress {
-        entry: String,
-        host: String,
-        port: String,
-    },
+    PodAddress { entry: String, host: String, port: String },
 }
 
 /// An entry of a policy that is not a rule, and where it is in the list.
@@ -293,27 +289,20 @@ impl EgressPolicy {
 
     /// True if a connection to `host` (a DNS name or an IP literal) on `port` is allowed.
     pub fn allows(&self, host: &str, port: u16) -> bool {
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
         if let Ok(ip) = host.parse::<IpAddr>() {
             return self.allows_ip(ip, port);
         }
-        normalize_name(host).is_some_and(|name| {
-            self.rules
-                .iter()
-                .any(|r| r.port_matches(port) && r.name_matches(&name))
-        })
+        normalize_name(host)
+            .is_some_and(|name| self.rules.iter().any(|r| r.port_matches(port) && r.name_matches(&name)))
     }
 
     /// True if some rule names `ip` itself (rules never match an address by reverse lookup).
     pub fn allows_ip(&self, ip: IpAddr, port: u16) -> bool {
         let ip = ip.to_canonical();
-        self.rules.iter().any(|r| {
-            r.port_matches(port)
-                && matches!(r.host, HostPattern::Ip(rule) if rule.to_canonical() == ip)
-        })
+        self.rules
+            .iter()
+            .any(|r| r.port_matches(port) && matches!(r.host, HostPattern::Ip(rule) if rule.to_canonical() == ip))
     }
 
     /// True if some rule covers `name` on any port: only then may the name be resolved.
@@ -524,12 +513,7 @@ pub(crate) fn dial(
     Ok((guest, rx))
 }
 
-async fn run_dial(
-    dest: SocketAddr,
-    host: Endpoint,
-    permits: Arc<Semaphore>,
-    tx: oneshot::Sender<DialOutcome>,
-) {
+async fn run_dial(dest: SocketAddr, host: Endpoint, permits: Arc<Semaphore>, tx: oneshot::Sender<DialOutcome>) {
     let mut tx = tx;
     // Give up as soon as the guest drops the socket, whichever step we are waiting on.
     let connected = tokio::select! {
@@ -709,15 +693,9 @@ mod tests {
         assert!(matches!(err("example.com"), RuleError::MissingPort(_)));
         assert!(matches!(err("example.com:"), RuleError::MissingPort(_)));
         assert!(matches!(err("example.com:0"), RuleError::BadPort { .. }));
-        assert!(matches!(
-            err("example.com:70000"),
-            RuleError::BadPort { .. }
-        ));
+        assert!(matches!(err("example.com:70000"), RuleError::BadPort { .. }));
         assert!(matches!(err("example.com:+80"), RuleError::BadPort { .. }));
-        assert!(matches!(
-            err("2001:db8::1:80"),
-            RuleError::UnbracketedIpv6(_)
-        ));
+        assert!(matches!(err("2001:db8::1:80"), RuleError::UnbracketedIpv6(_)));
         assert!(matches!(err(":80"), RuleError::BadHost { .. }));
         assert!(matches!(err("*:80"), RuleError::BadHost { .. }));
         assert!(matches!(err("a.*.com:80"), RuleError::BadHost { .. }));
@@ -751,18 +729,11 @@ mod tests {
         let (hook, seen) = recorder();
         let e = Egress::new(
             "web",
-            policy(&[
-                "host.wasmpod.internal:5432",
-                "example.com:443",
-                "10.0.0.9:22",
-            ]),
+            policy(&["host.wasmpod.internal:5432", "example.com:443", "10.0.0.9:22"]),
             Some(hook),
         );
         let gw = |p| SocketAddr::new(HOST_GATEWAY, p);
-        assert_eq!(
-            e.authorize_connect(gw(5432)),
-            Ok("127.0.0.1:5432".parse().unwrap())
-        );
+        assert_eq!(e.authorize_connect(gw(5432)), Ok("127.0.0.1:5432".parse().unwrap()));
         assert_eq!(e.authorize_connect(gw(5433)), Err(NetError::AccessDenied));
         assert_eq!(
             e.authorize_connect("10.0.0.9:22".parse().unwrap()),
@@ -770,19 +741,13 @@ mod tests {
         );
         let resolved: SocketAddr = "93.184.216.34:443".parse().unwrap();
         assert_eq!(e.authorize_connect(resolved), Err(NetError::AccessDenied));
-        e.remembered
-            .lock()
-            .unwrap()
-            .insert(resolved.ip(), "example.com");
+        e.remembered.lock().unwrap().insert(resolved.ip(), "example.com");
         assert_eq!(e.authorize_connect(resolved), Ok(resolved));
         assert_eq!(
             e.authorize_connect("93.184.216.34:80".parse().unwrap()),
             Err(NetError::AccessDenied)
         );
-        assert_eq!(
-            e.authorize_lookup("example.org"),
-            Err(NetError::NameUnresolvable)
-        );
+        assert_eq!(e.authorize_lookup("example.org"), Err(NetError::NameUnresolvable));
         assert_eq!(e.authorize_lookup("example.com"), Ok(()));
         let seen = seen.lock().unwrap();
         let got: Vec<(&str, &str, DeniedKind)> = seen
@@ -808,10 +773,7 @@ mod tests {
         }
         assert_eq!(r.names.len(), MAX_REMEMBERED_ADDRS);
         assert_eq!(r.order.len(), MAX_REMEMBERED_ADDRS);
-        assert!(
-            !r.names
-                .contains_key(&IpAddr::V4(Ipv4Addr::from(0x0a00_0000)))
-        );
+        assert!(!r.names.contains_key(&IpAddr::V4(Ipv4Addr::from(0x0a00_0000))));
         let ip = IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4));
         for i in 0..20 {
             r.insert(ip, &format!("n{i}.example"));
@@ -820,15 +782,11 @@ mod tests {
     }
 
     /// Connects a virtual socket of `net` to the host's `port` through the gateway.
-    async fn dial_gateway(
-        net: &ContainerNet,
-        port: u16,
-    ) -> (crate::net::tcp::VTcpSocket, PipeReader, PipeWriter) {
+    async fn dial_gateway(net: &ContainerNet, port: u16) -> (crate::net::tcp::VTcpSocket, PipeReader, PipeWriter) {
         use crate::net::tcp::{Family, VTcpSocket};
         use wasmtime_wasi_io::poll::Pollable;
         let mut s = VTcpSocket::new(net, Family::V4).unwrap();
-        s.start_connect(net, SocketAddr::new(HOST_GATEWAY, port))
-            .unwrap();
+        s.start_connect(net, SocketAddr::new(HOST_GATEWAY, port)).unwrap();
         s.ready().await;
         let (rx, tx) = s.finish_connect().unwrap();
         (s, rx, tx)
@@ -869,17 +827,13 @@ mod tests {
         let rules = vec![format!("{HOST_INTERNAL}:*")];
         let net = pod.attach_with("app", EgressPolicy::parse(&rules).unwrap(), None);
         let mut s = VTcpSocket::new(&net, Family::V4).unwrap();
-        s.start_connect(&net, SocketAddr::new(HOST_GATEWAY, port))
-            .unwrap();
+        s.start_connect(&net, SocketAddr::new(HOST_GATEWAY, port)).unwrap();
         // The dial runs on this (current-thread) runtime, so it cannot have finished yet.
         assert_eq!(s.finish_connect().err(), Some(NetError::WouldBlock));
         assert_eq!(s.local_address(), Err(NetError::InvalidState));
         wasmtime_wasi_io::poll::Pollable::ready(&mut s).await;
         let (_rx, _tx) = s.finish_connect().unwrap();
-        assert_eq!(
-            s.remote_address().unwrap(),
-            SocketAddr::new(HOST_GATEWAY, port)
-        );
+        assert_eq!(s.remote_address().unwrap(), SocketAddr::new(HOST_GATEWAY, port));
         assert_eq!(s.finish_connect().err(), Some(NetError::NotInProgress));
     }
 

@@ -76,32 +76,17 @@ mod tests {
         let pod = PodNetwork::new();
         let web = pod.attach("web");
         pod.register_name("db");
-        let both = vec![
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ];
+        let both = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
         assert_eq!(addrs(&web, "localhost").unwrap(), both);
         assert_eq!(addrs(&web, "LocalHost.").unwrap(), both);
-        assert_eq!(
-            addrs(&web, "web").unwrap(),
-            vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
-        );
-        assert_eq!(
-            addrs(&web, "DB").unwrap(),
-            vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
-        );
+        assert_eq!(addrs(&web, "web").unwrap(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+        assert_eq!(addrs(&web, "DB").unwrap(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
         assert_eq!(
             addrs(&web, "10.1.2.3").unwrap(),
             vec!["10.1.2.3".parse::<IpAddr>().unwrap()]
         );
-        assert_eq!(
-            addrs(&web, "::1").unwrap(),
-            vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]
-        );
-        assert_eq!(
-            addrs(&web, "[::1]").unwrap(),
-            vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]
-        );
+        assert_eq!(addrs(&web, "::1").unwrap(), vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]);
+        assert_eq!(addrs(&web, "[::1]").unwrap(), vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]);
         assert_eq!(addrs(&web, "example.com"), Err(NetError::NameUnresolvable));
         assert_eq!(addrs(&web, ""), Err(NetError::InvalidArgument));
         assert_eq!(addrs(&web, "a b"), Err(NetError::InvalidArgument));
@@ -116,45 +101,25 @@ mod tests {
         let pod = PodNetwork::new();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let s2 = seen.clone();
-        let hook: crate::net::DeniedHook = std::sync::Arc::new(move |d: crate::net::Denied| {
-            s2.lock().unwrap().push(d.destination)
-        });
+        let hook: crate::net::DeniedHook =
+            std::sync::Arc::new(move |d: crate::net::Denied| s2.lock().unwrap().push(d.destination));
         let closed = pod.attach_with("closed", crate::net::EgressPolicy::deny_all(), Some(hook));
-        assert_eq!(
-            addrs(&closed, "host.wasmpod.internal"),
-            Err(NetError::NameUnresolvable)
-        );
-        assert_eq!(
-            addrs(&closed, "Example.com."),
-            Err(NetError::NameUnresolvable)
-        );
+        assert_eq!(addrs(&closed, "host.wasmpod.internal"), Err(NetError::NameUnresolvable));
+        assert_eq!(addrs(&closed, "Example.com."), Err(NetError::NameUnresolvable));
         // Local answers are never egress, so never reported.
         assert!(addrs(&closed, "localhost").is_ok());
-        assert_eq!(
-            *seen.lock().unwrap(),
-            ["host.wasmpod.internal", "example.com"]
-        );
+        assert_eq!(*seen.lock().unwrap(), ["host.wasmpod.internal", "example.com"]);
 
         let rules = vec![
             "host.wasmpod.internal:5432".to_string(),
             "*.example.com:443".to_string(),
         ];
-        let open = pod.attach_with(
-            "open",
-            crate::net::EgressPolicy::parse(&rules).unwrap(),
-            None,
-        );
-        assert_eq!(
-            addrs(&open, "HOST.wasmpod.internal").unwrap(),
-            vec![HOST_GATEWAY]
-        );
+        let open = pod.attach_with("open", crate::net::EgressPolicy::parse(&rules).unwrap(), None);
+        assert_eq!(addrs(&open, "HOST.wasmpod.internal").unwrap(), vec![HOST_GATEWAY]);
         assert_eq!(
             resolve(&open, "api.example.com").unwrap(),
             Resolution::Host("api.example.com".into())
         );
-        assert_eq!(
-            resolve(&open, "example.com"),
-            Err(NetError::NameUnresolvable)
-        );
+        assert_eq!(resolve(&open, "example.com"), Err(NetError::NameUnresolvable));
     }
 }

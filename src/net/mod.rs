@@ -239,12 +239,7 @@ impl PodNetwork {
     }
 
     /// Reserves `port` of `proto` (0 = an ephemeral port) for `owner`.
-    pub(crate) fn lease_proto(
-        self: &Arc<Self>,
-        proto: Proto,
-        port: u16,
-        owner: Owner,
-    ) -> Result<PortLease, NetError> {
+    pub(crate) fn lease_proto(self: &Arc<Self>, proto: Proto, port: u16, owner: Owner) -> Result<PortLease, NetError> {
         let mut st = self.lock();
         let port = if port == 0 {
             Self::pick_ephemeral(&mut st, proto)?
@@ -260,14 +255,7 @@ impl PodNetwork {
             // A UDP port receives from the moment it is bound, as a kernel socket does.
             Proto::Udp => PortKind::Datagram(Arc::new(udp::UdpInbox::new())),
         };
-        st.ports.insert(
-            (proto, port),
-            PortEntry {
-                lease: id,
-                owner,
-                kind,
-            },
-        );
+        st.ports.insert((proto, port), PortEntry { lease: id, owner, kind });
         Ok(PortLease {
             net: self.clone(),
             proto,
@@ -280,11 +268,7 @@ impl PodNetwork {
         let span = u32::from(EPHEMERAL_LAST - EPHEMERAL_FIRST) + 1;
         for _ in 0..span {
             let p = st.next_ephemeral;
-            st.next_ephemeral = if p == EPHEMERAL_LAST {
-                EPHEMERAL_FIRST
-            } else {
-                p + 1
-            };
+            st.next_ephemeral = if p == EPHEMERAL_LAST { EPHEMERAL_FIRST } else { p + 1 };
             if !st.ports.contains_key(&(proto, p)) {
                 return Ok(p);
             }
@@ -319,11 +303,7 @@ impl PodNetwork {
     }
 
     /// Turns a bound port into a listener with a backlog of `backlog` connections.
-    pub(crate) fn listen(
-        &self,
-        lease: &PortLease,
-        backlog: u32,
-    ) -> Result<Arc<ListenQueue>, NetError> {
+    pub(crate) fn listen(&self, lease: &PortLease, backlog: u32) -> Result<Arc<ListenQueue>, NetError> {
         let q = {
             let mut st = self.lock();
             let entry = match st.ports.get_mut(&(Proto::Tcp, lease.port)) {
@@ -347,11 +327,7 @@ impl PodNetwork {
 
     /// Creates a connection to `peer_port` from `local_port` and queues the server half on the
     /// listener; returns the client half.
-    pub(crate) fn open_connection(
-        &self,
-        local_port: u16,
-        peer_port: u16,
-    ) -> Result<Endpoint, NetError> {
+    pub(crate) fn open_connection(&self, local_port: u16, peer_port: u16) -> Result<Endpoint, NetError> {
         let q = match self.lock().ports.get(&(Proto::Tcp, peer_port)) {
             Some(PortEntry {
                 kind: PortKind::Listening(q),
@@ -743,21 +719,13 @@ impl PodStream {
 }
 
 impl AsyncRead for PodStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.ep.rx).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for PodStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.ep.tx).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -804,10 +772,7 @@ mod tests {
     fn address_in_use_and_release() {
         let net = PodNetwork::new();
         let a = net.lease(80, Owner::Host).unwrap();
-        assert_eq!(
-            net.lease(80, Owner::Host).unwrap_err(),
-            NetError::AddressInUse
-        );
+        assert_eq!(net.lease(80, Owner::Host).unwrap_err(), NetError::AddressInUse);
         drop(a);
         let _b = net.lease(80, Owner::Host).unwrap();
     }
@@ -815,9 +780,7 @@ mod tests {
     #[test]
     fn ephemeral_ports_are_distinct_and_in_range() {
         let net = PodNetwork::new();
-        let leases: Vec<_> = (0..100)
-            .map(|_| net.lease(0, Owner::Host).unwrap())
-            .collect();
+        let leases: Vec<_> = (0..100).map(|_| net.lease(0, Owner::Host).unwrap()).collect();
         let ports: HashSet<u16> = leases.iter().map(|l| l.port()).collect();
         assert_eq!(ports.len(), 100);
         assert!(ports.iter().all(|p| *p >= EPHEMERAL_FIRST));
@@ -828,10 +791,7 @@ mod tests {
         let net = PodNetwork::new();
         let n = usize::from(EPHEMERAL_LAST - EPHEMERAL_FIRST) + 1;
         let leases: Vec<_> = (0..n).map(|_| net.lease(0, Owner::Host).unwrap()).collect();
-        assert_eq!(
-            net.lease(0, Owner::Host).unwrap_err(),
-            NetError::AddressInUse
-        );
+        assert_eq!(net.lease(0, Owner::Host).unwrap_err(), NetError::AddressInUse);
         drop(leases);
         assert!(net.lease(0, Owner::Host).is_ok());
     }

@@ -26,9 +26,7 @@ use wasmtime_wasi::p2::bindings::sockets::network::{
 };
 use wasmtime_wasi::p2::bindings::sockets::tcp::{self, ShutdownType};
 use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket;
-use wasmtime_wasi::p2::bindings::sockets::udp::{
-    self, IncomingDatagramStream, OutgoingDatagramStream,
-};
+use wasmtime_wasi::p2::bindings::sockets::udp::{self, IncomingDatagramStream, OutgoingDatagramStream};
 use wasmtime_wasi::p2::bindings::sockets::udp_create_socket;
 use wasmtime_wasi::p2::{SocketError, SocketResult, TcpSocket};
 use wasmtime_wasi_io::poll::{DynPollable, Pollable, subscribe};
@@ -56,9 +54,7 @@ impl HasData for VNet {
 /// Replaces wasmtime-wasi's `wasi:sockets/{tcp, tcp-create-socket, ip-name-lookup}` with the
 /// pod network. Call after `wasmtime_wasi::p2::add_to_linker_async(linker)`. Leaves the
 /// linker's shadowing flag off afterwards.
-pub fn add_to_linker<T: wasmtime_wasi::WasiView + NetView + 'static>(
-    linker: &mut Linker<T>,
-) -> anyhow::Result<()> {
+pub fn add_to_linker<T: wasmtime_wasi::WasiView + NetView + 'static>(linker: &mut Linker<T>) -> anyhow::Result<()> {
     linker.allow_shadowing(true);
     let res = add_all(linker);
     linker.allow_shadowing(false);
@@ -126,10 +122,7 @@ impl VResolveStream {
         Self::Pending(rx)
     }
 
-    fn settle(
-        &mut self,
-        outcome: Result<Result<Vec<IpAddr>, NetError>, oneshot::error::RecvError>,
-    ) {
+    fn settle(&mut self, outcome: Result<Result<Vec<IpAddr>, NetError>, oneshot::error::RecvError>) {
         let outcome = outcome.unwrap_or(Err(NetError::NameUnresolvable));
         *self = Self::Ready(outcome.map(VecDeque::from));
     }
@@ -140,9 +133,7 @@ impl VResolveStream {
             match rx.try_recv() {
                 Ok(outcome) => self.settle(Ok(outcome)),
                 Err(oneshot::error::TryRecvError::Empty) => return Err(NetError::WouldBlock),
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    *self = Self::Ready(Err(NetError::NameUnresolvable))
-                }
+                Err(oneshot::error::TryRecvError::Closed) => *self = Self::Ready(Err(NetError::NameUnresolvable)),
             }
         }
         match self {
@@ -247,10 +238,7 @@ impl network::Host for NetCtxView<'_> {
         error.downcast()
     }
 
-    fn network_error_code(
-        &mut self,
-        error: Resource<wasmtime::Error>,
-    ) -> wasmtime::Result<Option<ErrorCode>> {
+    fn network_error_code(&mut self, error: Resource<wasmtime::Error>) -> wasmtime::Result<Option<ErrorCode>> {
         let error = self.table.get(&error)?;
         Ok(error.downcast_ref::<std::io::Error>().map(ErrorCode::from))
     }
@@ -264,10 +252,7 @@ impl network::HostNetwork for NetCtxView<'_> {
 }
 
 impl tcp_create_socket::Host for NetCtxView<'_> {
-    fn create_tcp_socket(
-        &mut self,
-        address_family: IpAddressFamily,
-    ) -> SocketResult<Resource<TcpSocket>> {
+    fn create_tcp_socket(&mut self, address_family: IpAddressFamily) -> SocketResult<Resource<TcpSocket>> {
         let sock = VTcpSocket::new(self.net, family_of(address_family)).map_err(err)?;
         let r = self.table.push(sock)?;
         Ok(as_wasi_sock(r))
@@ -327,11 +312,7 @@ impl tcp::HostTcpSocket for NetCtxView<'_> {
     fn accept(
         &mut self,
         this: Resource<TcpSocket>,
-    ) -> SocketResult<(
-        Resource<TcpSocket>,
-        Resource<DynInputStream>,
-        Resource<DynOutputStream>,
-    )> {
+    ) -> SocketResult<(Resource<TcpSocket>, Resource<DynInputStream>, Resource<DynOutputStream>)> {
         let net = self.net;
         let (sock, rx, tx) = self.sock(&this)?.accept(net).map_err(err)?;
         let sock = self.table.push(sock)?;
@@ -358,25 +339,15 @@ impl tcp::HostTcpSocket for NetCtxView<'_> {
         })
     }
 
-    fn set_listen_backlog_size(
-        &mut self,
-        this: Resource<TcpSocket>,
-        value: u64,
-    ) -> SocketResult<()> {
-        self.sock(&this)?
-            .set_listen_backlog_size(value)
-            .map_err(err)
+    fn set_listen_backlog_size(&mut self, this: Resource<TcpSocket>, value: u64) -> SocketResult<()> {
+        self.sock(&this)?.set_listen_backlog_size(value).map_err(err)
     }
 
     fn keep_alive_enabled(&mut self, this: Resource<TcpSocket>) -> SocketResult<bool> {
         self.sock(&this)?.keep_alive_enabled().map_err(err)
     }
 
-    fn set_keep_alive_enabled(
-        &mut self,
-        this: Resource<TcpSocket>,
-        value: bool,
-    ) -> SocketResult<()> {
+    fn set_keep_alive_enabled(&mut self, this: Resource<TcpSocket>, value: bool) -> SocketResult<()> {
         self.sock(&this)?.set_keep_alive_enabled(value).map_err(err)
     }
 
@@ -384,28 +355,16 @@ impl tcp::HostTcpSocket for NetCtxView<'_> {
         self.sock(&this)?.keep_alive_idle_time().map_err(err)
     }
 
-    fn set_keep_alive_idle_time(
-        &mut self,
-        this: Resource<TcpSocket>,
-        value: u64,
-    ) -> SocketResult<()> {
-        self.sock(&this)?
-            .set_keep_alive_idle_time(value)
-            .map_err(err)
+    fn set_keep_alive_idle_time(&mut self, this: Resource<TcpSocket>, value: u64) -> SocketResult<()> {
+        self.sock(&this)?.set_keep_alive_idle_time(value).map_err(err)
     }
 
     fn keep_alive_interval(&mut self, this: Resource<TcpSocket>) -> SocketResult<u64> {
         self.sock(&this)?.keep_alive_interval().map_err(err)
     }
 
-    fn set_keep_alive_interval(
-        &mut self,
-        this: Resource<TcpSocket>,
-        value: u64,
-    ) -> SocketResult<()> {
-        self.sock(&this)?
-            .set_keep_alive_interval(value)
-            .map_err(err)
+    fn set_keep_alive_interval(&mut self, this: Resource<TcpSocket>, value: u64) -> SocketResult<()> {
+        self.sock(&this)?.set_keep_alive_interval(value).map_err(err)
     }
 
     fn keep_alive_count(&mut self, this: Resource<TcpSocket>) -> SocketResult<u32> {
@@ -428,14 +387,8 @@ impl tcp::HostTcpSocket for NetCtxView<'_> {
         self.sock(&this)?.receive_buffer_size().map_err(err)
     }
 
-    fn set_receive_buffer_size(
-        &mut self,
-        this: Resource<TcpSocket>,
-        value: u64,
-    ) -> SocketResult<()> {
-        self.sock(&this)?
-            .set_receive_buffer_size(value)
-            .map_err(err)
+    fn set_receive_buffer_size(&mut self, this: Resource<TcpSocket>, value: u64) -> SocketResult<()> {
+        self.sock(&this)?.set_receive_buffer_size(value).map_err(err)
     }
 
     fn send_buffer_size(&mut self, this: Resource<TcpSocket>) -> SocketResult<u64> {
@@ -480,9 +433,7 @@ impl ip_name_lookup::Host for NetCtxView<'_> {
             Err(NetError::InvalidArgument) => return Err(err(NetError::InvalidArgument)),
             Err(e) => VResolveStream::Ready(Err(e)),
             Ok(Resolution::Addresses(a)) => VResolveStream::Ready(Ok(a.into())),
-            Ok(Resolution::Host(name)) => {
-                VResolveStream::spawn(lookup::resolve_host(self.net, name))
-            }
+            Ok(Resolution::Host(name)) => VResolveStream::spawn(lookup::resolve_host(self.net, name)),
         };
         let r = self.table.push(stream)?;
         Ok(Resource::new_own(r.rep()))
@@ -490,18 +441,12 @@ impl ip_name_lookup::Host for NetCtxView<'_> {
 }
 
 impl ip_name_lookup::HostResolveAddressStream for NetCtxView<'_> {
-    fn resolve_next_address(
-        &mut self,
-        this: Resource<ResolveAddressStream>,
-    ) -> SocketResult<Option<IpAddress>> {
+    fn resolve_next_address(&mut self, this: Resource<ResolveAddressStream>) -> SocketResult<Option<IpAddress>> {
         let s = self.table.get_mut(&as_vresolve(&this))?;
         Ok(s.next().map_err(err)?.map(IpAddress::from))
     }
 
-    fn subscribe(
-        &mut self,
-        this: Resource<ResolveAddressStream>,
-    ) -> wasmtime::Result<Resource<DynPollable>> {
+    fn subscribe(&mut self, this: Resource<ResolveAddressStream>) -> wasmtime::Result<Resource<DynPollable>> {
         subscribe(self.table, as_vresolve(&this))
     }
 
@@ -512,10 +457,7 @@ impl ip_name_lookup::HostResolveAddressStream for NetCtxView<'_> {
 }
 
 impl udp_create_socket::Host for NetCtxView<'_> {
-    async fn create_udp_socket(
-        &mut self,
-        address_family: IpAddressFamily,
-    ) -> SocketResult<Resource<UdpSocket>> {
+    async fn create_udp_socket(&mut self, address_family: IpAddressFamily) -> SocketResult<Resource<UdpSocket>> {
         let v6 = matches!(address_family, IpAddressFamily::Ipv6);
         let sock = VUdpSocket::new(self.net, v6).map_err(err)?;
         let r = self.table.push(sock)?;
@@ -553,10 +495,7 @@ impl udp::HostUdpSocket for NetCtxView<'_> {
         &mut self,
         this: Resource<UdpSocket>,
         remote_address: Option<IpSocketAddress>,
-    ) -> SocketResult<(
-        Resource<IncomingDatagramStream>,
-        Resource<OutgoingDatagramStream>,
-    )> {
+    ) -> SocketResult<(Resource<IncomingDatagramStream>, Resource<OutgoingDatagramStream>)> {
         let parent = retype::<_, VUdpSocket>(&this);
         // As in wasmtime: the previous streams must be gone before new ones are made.
         let busy = self
@@ -564,9 +503,7 @@ impl udp::HostUdpSocket for NetCtxView<'_> {
             .iter_children(&parent)?
             .any(|c| c.is::<UdpIncoming>() || c.is::<UdpOutgoing>());
         if busy {
-            return Err(SocketError::trap(wasmtime::format_err!(
-                "UDP streams not dropped yet"
-            )));
+            return Err(SocketError::trap(wasmtime::format_err!("UDP streams not dropped yet")));
         }
         let net = self.net;
         let (incoming, outgoing) = self
@@ -607,11 +544,7 @@ impl udp::HostUdpSocket for NetCtxView<'_> {
         Ok(self.udp(&this)?.receive_buffer_size())
     }
 
-    fn set_receive_buffer_size(
-        &mut self,
-        this: Resource<UdpSocket>,
-        value: u64,
-    ) -> SocketResult<()> {
+    fn set_receive_buffer_size(&mut self, this: Resource<UdpSocket>, value: u64) -> SocketResult<()> {
         self.udp(&this)?.set_receive_buffer_size(value).map_err(err)
     }
 
@@ -650,10 +583,7 @@ impl udp::HostIncomingDatagramStream for NetCtxView<'_> {
             .collect())
     }
 
-    fn subscribe(
-        &mut self,
-        this: Resource<IncomingDatagramStream>,
-    ) -> wasmtime::Result<Resource<DynPollable>> {
+    fn subscribe(&mut self, this: Resource<IncomingDatagramStream>) -> wasmtime::Result<Resource<DynPollable>> {
         subscribe(self.table, retype::<_, UdpIncoming>(&this))
     }
 
@@ -665,10 +595,7 @@ impl udp::HostIncomingDatagramStream for NetCtxView<'_> {
 
 impl udp::HostOutgoingDatagramStream for NetCtxView<'_> {
     fn check_send(&mut self, this: Resource<OutgoingDatagramStream>) -> SocketResult<u64> {
-        Ok(self
-            .table
-            .get_mut(&retype::<_, UdpOutgoing>(&this))?
-            .check_send())
+        Ok(self.table.get_mut(&retype::<_, UdpOutgoing>(&this))?.check_send())
     }
 
     fn send(
@@ -693,10 +620,7 @@ impl udp::HostOutgoingDatagramStream for NetCtxView<'_> {
         s.send(net, datagrams).map_err(err)
     }
 
-    fn subscribe(
-        &mut self,
-        this: Resource<OutgoingDatagramStream>,
-    ) -> wasmtime::Result<Resource<DynPollable>> {
+    fn subscribe(&mut self, this: Resource<OutgoingDatagramStream>) -> wasmtime::Result<Resource<DynPollable>> {
         subscribe(self.table, retype::<_, UdpOutgoing>(&this))
     }
 

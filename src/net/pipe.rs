@@ -264,11 +264,7 @@ impl InputStream for PipeReader {
 }
 
 impl AsyncRead for PipeReader {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let waker = {
             let mut st = self.0.lock();
             if st.reset {
@@ -341,9 +337,7 @@ impl PipeWriter {
                 return Ok(());
             }
             if bytes.len() > st.free() {
-                return Err(StreamError::trap(
-                    "write exceeds the permit from check-write",
-                ));
+                return Err(StreamError::trap("write exceeds the permit from check-write"));
             }
             st.len += bytes.len();
             st.buf.push_back(bytes);
@@ -410,11 +404,7 @@ impl OutputStream for PipeWriter {
 }
 
 impl AsyncWrite for PipeWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let waker = {
             let mut st = self.0.lock();
             if st.reset {
@@ -523,17 +513,11 @@ mod tests {
         let (w, r) = pipe(4);
         w.write(Bytes::from_static(b"1234")).unwrap();
         let (count, waker) = counting();
-        assert!(
-            w.poll_writable(&mut Context::from_waker(&waker))
-                .is_pending()
-        );
+        assert!(w.poll_writable(&mut Context::from_waker(&waker)).is_pending());
         drop(r);
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(matches!(w.check_write(), Err(StreamError::Closed)));
-        assert!(matches!(
-            w.write(Bytes::from_static(b"x")),
-            Err(StreamError::Closed)
-        ));
+        assert!(matches!(w.write(Bytes::from_static(b"x")), Err(StreamError::Closed)));
         assert_eq!(w.pipe().buffered(), 0);
     }
 
@@ -544,20 +528,11 @@ mod tests {
         let (count, waker) = counting();
         assert!(r.poll_readable(&mut Context::from_waker(&waker)).is_ready());
         let (w2, r2) = pipe(4);
-        assert!(
-            r2.poll_readable(&mut Context::from_waker(&waker))
-                .is_pending()
-        );
+        assert!(r2.poll_readable(&mut Context::from_waker(&waker)).is_pending());
         r2.pipe().reset();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        assert!(matches!(
-            r2.try_read(4),
-            Err(StreamError::LastOperationFailed(_))
-        ));
-        assert!(matches!(
-            w2.check_write(),
-            Err(StreamError::LastOperationFailed(_))
-        ));
+        assert!(matches!(r2.try_read(4), Err(StreamError::LastOperationFailed(_))));
+        assert!(matches!(w2.check_write(), Err(StreamError::LastOperationFailed(_))));
         w.pipe().reset();
         let err = match r.try_read(4) {
             Err(StreamError::LastOperationFailed(e)) => e,

@@ -166,18 +166,14 @@ impl std::fmt::Debug for VTcpSocket {
 }
 
 fn is_deprecated_ipv4_compatible(v6: Ipv6Addr) -> bool {
-    matches!(v6.segments(), [0, 0, 0, 0, 0, 0, _, _])
-        && v6 != Ipv6Addr::UNSPECIFIED
-        && v6 != Ipv6Addr::LOCALHOST
+    matches!(v6.segments(), [0, 0, 0, 0, 0, 0, _, _]) && v6 != Ipv6Addr::UNSPECIFIED && v6 != Ipv6Addr::LOCALHOST
 }
 
 /// WASI rules: the address matches the family; IPv4-mapped/-compatible IPv6 is rejected.
 fn family_matches(ip: IpAddr, family: Family) -> bool {
     match (family, ip) {
         (Family::V4, IpAddr::V4(_)) => true,
-        (Family::V6, IpAddr::V6(v6)) => {
-            !is_deprecated_ipv4_compatible(v6) && v6.to_ipv4_mapped().is_none()
-        }
+        (Family::V6, IpAddr::V6(v6)) => !is_deprecated_ipv4_compatible(v6) && v6.to_ipv4_mapped().is_none(),
         _ => false,
     }
 }
@@ -262,10 +258,7 @@ impl VTcpSocket {
             return Err(NetError::InvalidState);
         }
         let ip = addr.ip();
-        if !is_unicast(ip)
-            || ip.to_canonical().is_unspecified()
-            || addr.port() == 0
-            || !family_matches(ip, self.family)
+        if !is_unicast(ip) || ip.to_canonical().is_unspecified() || addr.port() == 0 || !family_matches(ip, self.family)
         {
             return Err(NetError::InvalidArgument);
         }
@@ -288,10 +281,7 @@ impl VTcpSocket {
         let dest = net.egress().authorize_connect(addr)?;
         let (ep, outcome) = egress::dial(net, dest)?;
         let bound = match self.take_state() {
-            State::Bound { addr, lease } => Some((
-                SocketAddr::new(self.concrete(addr.ip()), lease.port()),
-                lease,
-            )),
+            State::Bound { addr, lease } => Some((SocketAddr::new(self.concrete(addr.ip()), lease.port()), lease)),
             _ => None,
         };
         Ok(Dialing {
@@ -410,10 +400,7 @@ impl VTcpSocket {
     }
 
     /// Takes the next queued connection: a connected socket plus its two streams.
-    pub fn accept(
-        &mut self,
-        net: &ContainerNet,
-    ) -> Result<(VTcpSocket, PipeReader, PipeWriter), NetError> {
+    pub fn accept(&mut self, net: &ContainerNet) -> Result<(VTcpSocket, PipeReader, PipeWriter), NetError> {
         let State::Listening { addr, queue, .. } = &self.state else {
             return Err(NetError::InvalidState);
         };
@@ -466,9 +453,7 @@ impl VTcpSocket {
         if value == 0 {
             return Err(NetError::InvalidArgument);
         }
-        let value = u32::try_from(value)
-            .unwrap_or(u32::MAX)
-            .clamp(1, super::MAX_BACKLOG);
+        let value = u32::try_from(value).unwrap_or(u32::MAX).clamp(1, super::MAX_BACKLOG);
         match &self.state {
             State::Unbound | State::Bound { .. } => {}
             State::Listening { queue, .. } => queue.set_capacity(value),
@@ -640,11 +625,7 @@ mod tests {
     }
 
     fn listener(net: &ContainerNet, addr: SocketAddr) -> VTcpSocket {
-        let fam = if addr.is_ipv6() {
-            Family::V6
-        } else {
-            Family::V4
-        };
+        let fam = if addr.is_ipv6() { Family::V6 } else { Family::V4 };
         let mut s = VTcpSocket::new(net, fam).unwrap();
         s.start_bind(net, addr).unwrap();
         s.finish_bind().unwrap();
@@ -662,10 +643,7 @@ mod tests {
             s.bind(&a, "10.0.0.1:80".parse().unwrap()),
             Err(NetError::AddressNotBindable)
         );
-        assert_eq!(
-            s.bind(&a, "[::1]:80".parse().unwrap()),
-            Err(NetError::InvalidArgument)
-        );
+        assert_eq!(s.bind(&a, "[::1]:80".parse().unwrap()), Err(NetError::InvalidArgument));
         assert_eq!(
             s.bind(&a, "224.0.0.1:80".parse().unwrap()),
             Err(NetError::InvalidArgument)
@@ -716,8 +694,7 @@ mod tests {
             t.start_connect(&a, "0.0.0.0:80".parse().unwrap()),
             Err(NetError::InvalidArgument)
         );
-        t.start_connect(&a, "93.184.216.34:80".parse().unwrap())
-            .unwrap();
+        t.start_connect(&a, "93.184.216.34:80".parse().unwrap()).unwrap();
         assert_eq!(t.finish_connect().err(), Some(NetError::AccessDenied));
     }
 
@@ -770,10 +747,7 @@ mod tests {
         // The restarted server can bind its port again.
         let srv2 = pod.attach("server");
         let _l2 = listener(&srv2, v4(9090));
-        assert_eq!(
-            VTcpSocket::new(&pod.attach("x"), Family::V4).map(|_| ()),
-            Ok(())
-        );
+        assert_eq!(VTcpSocket::new(&pod.attach("x"), Family::V4).map(|_| ()), Ok(()));
     }
 
     #[test]
@@ -781,10 +755,7 @@ mod tests {
         let pod = PodNetwork::new();
         let a = pod.attach("a");
         let mut s = VTcpSocket::new(&a, Family::V4).unwrap();
-        assert_eq!(
-            s.set_keep_alive_idle_time(0),
-            Err(NetError::InvalidArgument)
-        );
+        assert_eq!(s.set_keep_alive_idle_time(0), Err(NetError::InvalidArgument));
         s.set_keep_alive_idle_time(1).unwrap();
         assert_eq!(s.keep_alive_idle_time().unwrap(), NANOS_PER_SEC);
         assert_eq!(s.set_hop_limit(0), Err(NetError::InvalidArgument));

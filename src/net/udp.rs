@@ -57,8 +57,7 @@ impl UdpInbox {
     pub(crate) fn push(&self, from_port: u16, data: Vec<u8>) {
         let waker = {
             let mut st = self.lock();
-            if st.closed || st.queue.len() >= INBOX_DATAGRAMS || st.bytes + data.len() > INBOX_BYTES
-            {
+            if st.closed || st.queue.len() >= INBOX_DATAGRAMS || st.bytes + data.len() > INBOX_BYTES {
                 return;
             }
             st.bytes += data.len();
@@ -121,9 +120,7 @@ fn family_ok(ip: IpAddr, v6: bool) -> bool {
     match ip {
         IpAddr::V4(_) => !v6,
         IpAddr::V6(a) => {
-            let compat = matches!(a.segments(), [0, 0, 0, 0, 0, 0, _, _])
-                && !a.is_unspecified()
-                && !a.is_loopback();
+            let compat = matches!(a.segments(), [0, 0, 0, 0, 0, 0, _, _]) && !a.is_unspecified() && !a.is_loopback();
             v6 && !compat && a.to_ipv4_mapped().is_none()
         }
     }
@@ -165,9 +162,7 @@ impl VUdpSocket {
             return Err(NetError::AddressNotBindable);
         }
         net.check_attached()?;
-        let lease = net
-            .pod()
-            .lease_proto(Proto::Udp, addr.port(), net.owner())?;
+        let lease = net.pod().lease_proto(Proto::Udp, addr.port(), net.owner())?;
         self.local = Some((SocketAddr::new(addr.ip(), lease.port()), lease));
         self.bind_pending = true;
         Ok(())
@@ -220,10 +215,7 @@ impl VUdpSocket {
     }
 
     pub fn local_address(&self) -> Result<SocketAddr, NetError> {
-        self.local
-            .as_ref()
-            .map(|l| l.0)
-            .ok_or(NetError::InvalidState)
+        self.local.as_ref().map(|l| l.0).ok_or(NetError::InvalidState)
     }
 
     pub fn remote_address(&self) -> Result<SocketAddr, NetError> {
@@ -283,9 +275,7 @@ pub struct UdpIncoming {
 impl UdpIncoming {
     /// Up to `max` datagrams (capped) with their senders; empty = none yet.
     pub fn receive(&mut self, max: u64) -> Result<Vec<(Vec<u8>, SocketAddr)>, NetError> {
-        let max = usize::try_from(max)
-            .unwrap_or(usize::MAX)
-            .min(MAX_DATAGRAMS);
+        let max = usize::try_from(max).unwrap_or(usize::MAX).min(MAX_DATAGRAMS);
         let mut st = self.inbox.lock();
         if st.closed {
             return Err(NetError::Detached);
@@ -348,11 +338,7 @@ impl UdpOutgoing {
 
     /// Sends each datagram in order; returns how many were sent. The first invalid one stops
     /// the batch (its error is returned only if nothing was sent), as wasmtime does.
-    pub fn send(
-        &mut self,
-        net: &ContainerNet,
-        datagrams: Vec<(Vec<u8>, Option<SocketAddr>)>,
-    ) -> Result<u64, NetError> {
+    pub fn send(&mut self, net: &ContainerNet, datagrams: Vec<(Vec<u8>, Option<SocketAddr>)>) -> Result<u64, NetError> {
         self.permit = 0;
         let mut count = 0u64;
         for (data, addr) in datagrams {
@@ -365,12 +351,7 @@ impl UdpOutgoing {
         Ok(count)
     }
 
-    fn send_one(
-        &self,
-        net: &ContainerNet,
-        data: Vec<u8>,
-        addr: Option<SocketAddr>,
-    ) -> Result<(), NetError> {
+    fn send_one(&self, net: &ContainerNet, data: Vec<u8>, addr: Option<SocketAddr>) -> Result<(), NetError> {
         net.check_attached()?;
         if data.len() > MAX_DATAGRAM_SIZE {
             return Err(NetError::DatagramTooLarge);
@@ -423,19 +404,14 @@ mod tests {
         );
 
         let (mut a_in, _a_out) = sa.stream(&a, None).unwrap();
-        let (_b_in, mut b_out) = sb
-            .stream(&b, Some("127.0.0.1:5353".parse().unwrap()))
-            .unwrap();
+        let (_b_in, mut b_out) = sb.stream(&b, Some("127.0.0.1:5353".parse().unwrap())).unwrap();
         assert_eq!(b_out.check_send(), 16);
         let n = b_out
             .send(&b, vec![(b"one".to_vec(), None), (b"two".to_vec(), None)])
             .unwrap();
         assert_eq!(n, 2);
         assert_eq!(
-            b_out.send(
-                &b,
-                vec![(b"x".to_vec(), Some("127.0.0.1:9".parse().unwrap()))]
-            ),
+            b_out.send(&b, vec![(b"x".to_vec(), Some("127.0.0.1:9".parse().unwrap()))]),
             Err(NetError::InvalidArgument)
         );
         let got = a_in.receive(10).unwrap();

@@ -21,8 +21,8 @@ use toml::Spanned;
 use crate::net::egress::EgressRule;
 
 use super::{
-    Backoff, ComponentSource, ContainerSpec, Dependency, DependencyCondition, Expose, HttpSettings, MountSpec, PodSpec, Probe,
-    ProbeAction, Resources, RestartPolicy, VolumeSource, VolumeSpec,
+    Backoff, ComponentSource, ContainerSpec, Dependency, DependencyCondition, Expose, HttpSettings, MountSpec, PodSpec,
+    Probe, ProbeAction, Resources, RestartPolicy, VolumeSource, VolumeSpec,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -106,9 +106,8 @@ impl std::error::Error for SpecError {}
 // ---------------------------------------------------------------------------------------------
 
 pub(super) fn from_file(path: &Path) -> Result<PodSpec, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        SpecError::about_file(path, format!("cannot read the spec file: {error}"))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| SpecError::about_file(path, format!("cannot read the spec file: {error}")))?;
     from_toml(&text, path)
 }
 
@@ -367,11 +366,7 @@ fn lower_pod(raw: RawPod, base_dir: &Path, report: &mut Report) -> PodSpec {
     let mut restart_backoff = Backoff::default();
     if let Some(raw_backoff) = raw.restart_backoff {
         let settings = [
-            (
-                BackoffField::Initial,
-                raw_backoff.initial,
-                &mut restart_backoff.initial,
-            ),
+            (BackoffField::Initial, raw_backoff.initial, &mut restart_backoff.initial),
             (BackoffField::Max, raw_backoff.max, &mut restart_backoff.max),
             (
                 BackoffField::ResetAfter,
@@ -440,7 +435,9 @@ fn lower_pod(raw: RawPod, base_dir: &Path, report: &mut Report) -> PodSpec {
         .collect();
 
     let mut optional_duration = |field: Field, written: Option<Spanned<String>>, default: Duration| {
-        written.and_then(|written| lower_duration(field, &written, report)).unwrap_or(default)
+        written
+            .and_then(|written| lower_duration(field, &written, report))
+            .unwrap_or(default)
     };
     let termination_grace_period = optional_duration(
         Field::TerminationGracePeriod,
@@ -464,11 +461,7 @@ fn lower_pod(raw: RawPod, base_dir: &Path, report: &mut Report) -> PodSpec {
     }
 }
 
-fn lower_duration(
-    field: Field,
-    written: &Spanned<String>,
-    report: &mut Report,
-) -> Option<Duration> {
+fn lower_duration(field: Field, written: &Spanned<String>, report: &mut Report) -> Option<Duration> {
     report.record(field.clone(), written.span());
     match humantime::parse_duration(written.get_ref()) {
         Ok(duration) => Some(duration),
@@ -497,12 +490,7 @@ fn lower_port(written: &Spanned<RawPort>, report: &mut Report) -> Option<u16> {
     port
 }
 
-fn lower_volume(
-    volume: Spanned<RawVolume>,
-    index: usize,
-    base_dir: &Path,
-    report: &mut Report,
-) -> VolumeSpec {
+fn lower_volume(volume: Spanned<RawVolume>, index: usize, base_dir: &Path, report: &mut Report) -> VolumeSpec {
     let table_span = volume.span();
     let volume = volume.into_inner();
     report.record(Field::Volume(index, VolumeField::Name), volume.name.span());
@@ -512,16 +500,9 @@ fn lower_volume(
         sources.push(("empty_dir", empty_dir.span(), VolumeSource::EmptyDir));
     }
     if let Some(host_path) = &volume.host_path {
-        report.record(
-            Field::Volume(index, VolumeField::HostPath),
-            host_path.span(),
-        );
+        report.record(Field::Volume(index, VolumeField::HostPath), host_path.span());
         let resolved = resolve(base_dir, host_path.get_ref());
-        sources.push((
-            "host_path",
-            host_path.span(),
-            VolumeSource::HostPath(resolved),
-        ));
+        sources.push(("host_path", host_path.span(), VolumeSource::HostPath(resolved)));
     }
     if let Some(secret) = &volume.secret {
         for file_name in secret.get_ref().keys() {
@@ -580,10 +561,7 @@ fn lower_container(
     report.record(field(ContainerField::Component), container.component.span());
 
     for name in container.env.keys() {
-        report.record(
-            field(ContainerField::EnvName(name.get_ref().clone())),
-            name.span(),
-        );
+        report.record(field(ContainerField::EnvName(name.get_ref().clone())), name.span());
     }
     let env = container
         .env
@@ -634,7 +612,10 @@ fn lower_container(
         })
         .collect();
 
-    let resources = container.resources.map(|raw| lower_resources(raw, &field, report)).unwrap_or_default();
+    let resources = container
+        .resources
+        .map(|raw| lower_resources(raw, &field, report))
+        .unwrap_or_default();
     let depends_on = container
         .depends_on
         .into_iter()
@@ -658,7 +639,10 @@ fn lower_container(
     let startup_probe = probe(ProbeKind::Startup, container.startup_probe);
     let readiness_probe = probe(ProbeKind::Readiness, container.readiness_probe);
     let liveness_probe = probe(ProbeKind::Liveness, container.liveness_probe);
-    let http = container.http.map(|raw| lower_http(raw, &field, report)).unwrap_or_default();
+    let http = container
+        .http
+        .map(|raw| lower_http(raw, &field, report))
+        .unwrap_or_default();
 
     ContainerSpec {
         name: container.name.into_inner(),
@@ -679,7 +663,11 @@ fn lower_container(
 
 fn lower_http(raw: RawHttp, field: &dyn Fn(ContainerField) -> Field, report: &mut Report) -> HttpSettings {
     let request_timeout = raw.request_timeout.and_then(|written| {
-        lower_duration(Field::Nested(Box::new(field(ContainerField::Http)), "request_timeout".into()), &written, report)
+        lower_duration(
+            Field::Nested(Box::new(field(ContainerField::Http)), "request_timeout".into()),
+            &written,
+            report,
+        )
     });
     let max_concurrent_instances = raw.max_concurrent_instances.and_then(|written| {
         if *written.get_ref() == 0 {
@@ -698,7 +686,11 @@ fn lower_http(raw: RawHttp, field: &dyn Fn(ContainerField) -> Field, report: &mu
             None
         }),
     });
-    HttpSettings { request_timeout, max_concurrent_instances, max_request_body }
+    HttpSettings {
+        request_timeout,
+        max_concurrent_instances,
+        max_request_body,
+    }
 }
 
 fn lower_resources(raw: RawResources, field: &dyn Fn(ContainerField) -> Field, report: &mut Report) -> Resources {
@@ -753,7 +745,10 @@ fn lower_probe(raw: Spanned<RawProbe>, field: Field, report: &mut Report) -> Opt
     if let Some(http_get) = &raw.http_get
         && let Some(port) = lower_port(&http_get.port, report)
     {
-        actions.push(ProbeAction::HttpGet { port, path: http_get.path.clone() });
+        actions.push(ProbeAction::HttpGet {
+            port,
+            path: http_get.path.clone(),
+        });
     }
     if let Some(tcp_socket) = &raw.tcp_socket
         && let Some(port) = lower_port(&tcp_socket.port, report)
@@ -763,7 +758,8 @@ fn lower_probe(raw: Spanned<RawProbe>, field: Field, report: &mut Report) -> Opt
     if raw.health.is_some() {
         actions.push(ProbeAction::Health);
     }
-    let kinds = usize::from(raw.http_get.is_some()) + usize::from(raw.tcp_socket.is_some()) + usize::from(raw.health.is_some());
+    let kinds =
+        usize::from(raw.http_get.is_some()) + usize::from(raw.tcp_socket.is_some()) + usize::from(raw.health.is_some());
     if kinds != 1 {
         let message = format!(
             "{field} needs exactly one of `http_get = {{ port, path }}`, `tcp_socket = {{ port }}` or `health = {{}}` (it has {kinds})"
@@ -775,7 +771,11 @@ fn lower_probe(raw: Spanned<RawProbe>, field: Field, report: &mut Report) -> Opt
     let mut probe = Probe::new(action);
     let mut duration = |name: &str, written: Option<Spanned<String>>, slot: &mut Duration| {
         if let Some(written) = written
-            && let Some(parsed) = lower_duration(Field::Nested(Box::new(field.clone()), name.to_string()), &written, report)
+            && let Some(parsed) = lower_duration(
+                Field::Nested(Box::new(field.clone()), name.to_string()),
+                &written,
+                report,
+            )
         {
             *slot = parsed;
         }
@@ -1088,7 +1088,12 @@ fn container_at(spec: &PodSpec, name: &str) -> Option<ContainerAt> {
         .iter()
         .position(|c| c.name == name)
         .map(ContainerAt::init)
-        .or_else(|| spec.containers.iter().position(|c| c.name == name).map(ContainerAt::main))
+        .or_else(|| {
+            spec.containers
+                .iter()
+                .position(|c| c.name == name)
+                .map(ContainerAt::main)
+        })
 }
 
 /// `depends_on`: known containers, not itself, no cycles (Compose rejects them too).
@@ -1098,9 +1103,16 @@ fn check_dependencies(spec: &PodSpec, report: &mut Report) {
         for (dep_index, dependency) in container.depends_on.iter().enumerate() {
             let field = Field::Container(at, ContainerField::DependsOn(dep_index));
             if dependency.container == container.name {
-                report.push(&field, format!("container {:?} depends on itself; remove this entry", container.name));
+                report.push(
+                    &field,
+                    format!("container {:?} depends on itself; remove this entry", container.name),
+                );
             } else if container_at(spec, &dependency.container).is_none() {
-                let known: Vec<&str> = spec.all_containers().map(|c| c.name.as_str()).filter(|n| *n != container.name).collect();
+                let known: Vec<&str> = spec
+                    .all_containers()
+                    .map(|c| c.name.as_str())
+                    .filter(|n| *n != container.name)
+                    .collect();
                 report.push(
                     &field,
                     format!(
@@ -1123,7 +1135,10 @@ fn check_dependencies(spec: &PodSpec, report: &mut Report) {
             let field = Field::Container(ContainerAt::main(index), ContainerField::DependsOn(0));
             report.push(
                 &field,
-                format!("depends_on forms a cycle: {}; remove one of these dependencies", cycle.join(" -> ")),
+                format!(
+                    "depends_on forms a cycle: {}; remove one of these dependencies",
+                    cycle.join(" -> ")
+                ),
             );
         }
     }
@@ -1158,7 +1173,10 @@ fn find_cycle<'a>(spec: &'a PodSpec, start: &str, path: &mut Vec<&'a str>) -> Op
 
 /// Probes and resources: values that make sense.
 fn check_health_settings(spec: &PodSpec, report: &mut Report) {
-    let lists = [(ContainerList::Init, &spec.init_containers), (ContainerList::Main, &spec.containers)];
+    let lists = [
+        (ContainerList::Init, &spec.init_containers),
+        (ContainerList::Main, &spec.containers),
+    ];
     for (list, containers) in lists {
         for (index, container) in containers.iter().enumerate() {
             let at = ContainerAt { list, index };
@@ -1188,20 +1206,35 @@ fn check_health_settings(spec: &PodSpec, report: &mut Report) {
                 let field = Field::Container(at, ContainerField::Probe(kind));
                 let nested = |key: &str| Field::Nested(Box::new(field.clone()), key.to_string());
                 if list == ContainerList::Init {
-                    report.push(&field, "init containers run to completion and are not probed; remove this probe".into());
+                    report.push(
+                        &field,
+                        "init containers run to completion and are not probed; remove this probe".into(),
+                    );
                     continue;
                 }
                 if probe.period.is_zero() {
-                    report.push(&nested("period"), "a probe period must be longer than zero, e.g. \"10s\"".into());
+                    report.push(
+                        &nested("period"),
+                        "a probe period must be longer than zero, e.g. \"10s\"".into(),
+                    );
                 }
                 if probe.timeout.is_zero() {
-                    report.push(&nested("timeout"), "a probe timeout must be longer than zero, e.g. \"1s\"".into());
+                    report.push(
+                        &nested("timeout"),
+                        "a probe timeout must be longer than zero, e.g. \"1s\"".into(),
+                    );
                 }
                 if probe.failure_threshold == 0 {
-                    report.push(&nested("failure_threshold"), "failure_threshold must be at least 1".into());
+                    report.push(
+                        &nested("failure_threshold"),
+                        "failure_threshold must be at least 1".into(),
+                    );
                 }
                 if probe.success_threshold == 0 {
-                    report.push(&nested("success_threshold"), "success_threshold must be at least 1".into());
+                    report.push(
+                        &nested("success_threshold"),
+                        "success_threshold must be at least 1".into(),
+                    );
                 } else if kind != ProbeKind::Readiness && probe.success_threshold != 1 {
                     report.push(
                         &nested("success_threshold"),
@@ -1297,9 +1330,7 @@ fn check_volumes(spec: &PodSpec, report: &mut Report) {
                          (relative paths are relative to the spec file's directory)",
                         path.display()
                     )),
-                    Err(error) => {
-                        Some(format!("cannot read host_path {}: {error}", path.display()))
-                    }
+                    Err(error) => Some(format!("cannot read host_path {}: {error}", path.display())),
                 };
                 if let Some(message) = problem {
                     report.push(&Field::Volume(index, VolumeField::HostPath), message);
@@ -1352,10 +1383,7 @@ fn check_containers(spec: &PodSpec, report: &mut Report) {
         if let Some(reason) = dns_label_problem(&container.name) {
             report.push(
                 &field(ContainerField::Name),
-                format!(
-                    "container name \"{}\" {reason}; {DNS_LABEL_RULE}",
-                    container.name
-                ),
+                format!("container name \"{}\" {reason}; {DNS_LABEL_RULE}", container.name),
             );
         } else if let Some(&first) = first_container_named.get(container.name.as_str()) {
             let message = format!(
@@ -1386,9 +1414,7 @@ fn check_containers(spec: &PodSpec, report: &mut Report) {
             if let Some(reason) = problem {
                 report.push(
                     &field(ContainerField::EnvName(name.clone())),
-                    format!(
-                        "environment variable name {name:?} {reason}; use a name such as GREETING"
-                    ),
+                    format!("environment variable name {name:?} {reason}; use a name such as GREETING"),
                 );
             }
         }
@@ -1431,11 +1457,7 @@ fn check_mounts(spec: &PodSpec, at: ContainerAt, container: &ContainerSpec, repo
     for (index, mount) in container.volume_mounts.iter().enumerate() {
         let field = |which: MountField| Field::Container(at, ContainerField::Mount(index, which));
 
-        match spec
-            .volumes
-            .iter()
-            .find(|volume| volume.name == mount.volume)
-        {
+        match spec.volumes.iter().find(|volume| volume.name == mount.volume) {
             None => {
                 let declared: Vec<String> = spec
                     .volumes
@@ -1487,8 +1509,7 @@ fn check_mounts(spec: &PodSpec, at: ContainerAt, container: &ContainerSpec, repo
             trimmed => trimmed,
         };
         if let Some(&first) = first_mount_at_path.get(normalized) {
-            let first_field =
-                Field::Container(at, ContainerField::Mount(first, MountField::MountPath));
+            let first_field = Field::Container(at, ContainerField::Mount(first, MountField::MountPath));
             let message = format!(
                 "container \"{}\" already mounts a volume at {} (at {}); \
                  use a different mount_path",
@@ -1510,8 +1531,7 @@ fn check_expose(spec: &PodSpec, report: &mut Report) {
         report.push(&Field::ExposePort, message);
         return;
     }
-    let listed_by =
-        |containers: &[ContainerSpec]| containers.iter().any(|c| c.ports.contains(&expose.port));
+    let listed_by = |containers: &[ContainerSpec]| containers.iter().any(|c| c.ports.contains(&expose.port));
     if listed_by(&spec.containers) {
         return;
     }
@@ -1544,9 +1564,7 @@ const CORE_MODULE_HEADER: [u8; 8] = *b"\0asm\x01\x00\x00\x00";
 /// compilation will find the rest.
 fn check_component(source: &ComponentSource, base_dir: &Path) -> Result<(), String> {
     match source {
-        ComponentSource::Bytes(bytes) => {
-            check_component_header(bytes, "the component (given as bytes)")
-        }
+        ComponentSource::Bytes(bytes) => check_component_header(bytes, "the component (given as bytes)"),
         ComponentSource::File(path) => {
             let path = base_dir.join(path);
             let header = read_header(&path).map_err(|error| match error.kind() {

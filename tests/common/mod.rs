@@ -17,7 +17,11 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// A guest component built by the build script, e.g. `guest("toolbox")`.
 pub fn guest(name: &str) -> PathBuf {
     let path = Path::new(env!("WASMPOD_GUESTS_DIR")).join(format!("{name}.wasm"));
-    assert!(path.exists(), "guest {name} was not built: {} is missing", path.display());
+    assert!(
+        path.exists(),
+        "guest {name} was not built: {} is missing",
+        path.display()
+    );
     path
 }
 
@@ -26,7 +30,9 @@ pub fn engine() -> Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
-            let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("wasmpod-test-cache");
+            let cache = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target")
+                .join("wasmpod-test-cache");
             Engine::new(Some(cache)).expect("engine")
         })
         .clone()
@@ -55,20 +61,37 @@ pub fn toolbox(name: &str, script: &[&str]) -> ContainerSpec {
 }
 
 pub fn mount(volume: &str, path: &str, read_only: bool) -> MountSpec {
-    MountSpec { volume: volume.to_string(), mount_path: path.to_string(), read_only }
+    MountSpec {
+        volume: volume.to_string(),
+        mount_path: path.to_string(),
+        read_only,
+    }
 }
 
 pub fn empty_dir(name: &str) -> VolumeSpec {
-    VolumeSpec { name: name.to_string(), source: VolumeSource::EmptyDir }
+    VolumeSpec {
+        name: name.to_string(),
+        source: VolumeSource::EmptyDir,
+    }
 }
 
 pub fn host_path(name: &str, dir: &Path) -> VolumeSpec {
-    VolumeSpec { name: name.to_string(), source: VolumeSource::HostPath(dir.to_path_buf()) }
+    VolumeSpec {
+        name: name.to_string(),
+        source: VolumeSource::HostPath(dir.to_path_buf()),
+    }
 }
 
 /// A pod on the test engine.
 pub fn pod(spec: PodSpec) -> Pod {
-    Pod::with_options(spec, PodOptions { engine: Some(engine()), ..PodOptions::default() }).expect("valid pod")
+    Pod::with_options(
+        spec,
+        PodOptions {
+            engine: Some(engine()),
+            ..PodOptions::default()
+        },
+    )
+    .expect("valid pod")
 }
 
 /// Starts the pod and waits for its end, failing the test with its logs if that takes too long.

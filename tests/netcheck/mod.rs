@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use wasmpod::net::p2::{NetCtxView, NetView};
 use wasmpod::net::{ContainerNet, DeniedHook, EgressPolicy, PodNetwork};
-use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::Store;
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime_wasi::p2::bindings::Command;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxView, WasiView};
@@ -28,13 +28,19 @@ pub struct Ctx {
 
 impl WasiView for Ctx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl NetView for Ctx {
     fn net_view(&mut self) -> NetCtxView<'_> {
-        NetCtxView { table: &mut self.table, net: &self.net }
+        NetCtxView {
+            table: &mut self.table,
+            net: &self.net,
+        }
     }
 }
 
@@ -48,15 +54,24 @@ pub struct Guest {
 pub fn guest() -> &'static Guest {
     static GUEST: OnceLock<Guest> = OnceLock::new();
     GUEST.get_or_init(|| {
-        let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("wasmpod-test-cache");
+        let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("wasmpod-test-cache");
         let engine = wasmpod::Engine::new(Some(cache)).expect("engine");
         let wasm = PathBuf::from(env!("WASMPOD_GUESTS_DIR")).join("netcheck.wasm");
-        let component = engine.compile_file(&wasm, "netcheck").expect("compile netcheck").component;
+        let component = engine
+            .compile_file(&wasm, "netcheck")
+            .expect("compile netcheck")
+            .component;
         let engine = engine.wasmtime().clone();
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
         wasmpod::net::p2::add_to_linker(&mut linker).expect("pod network");
-        Guest { engine, component, linker }
+        Guest {
+            engine,
+            component,
+            linker,
+        }
     })
 }
 
@@ -67,7 +82,13 @@ pub async fn run(pod: &Arc<PodNetwork>, name: &str, args: &str) -> (i32, String)
 }
 
 /// Like [`run`], with `rules` as the container's `allowed_outbound_hosts` and a denial hook.
-pub async fn run_with_egress(pod: &Arc<PodNetwork>, name: &str, rules: &[String], hook: DeniedHook, args: &str) -> (i32, String) {
+pub async fn run_with_egress(
+    pod: &Arc<PodNetwork>,
+    name: &str,
+    rules: &[String],
+    hook: DeniedHook,
+    args: &str,
+) -> (i32, String) {
     let policy = EgressPolicy::parse(rules).expect("rules parse");
     run_attached(pod.attach_with(name, policy, Some(hook)), name, args).await
 }
@@ -88,7 +109,14 @@ async fn run_attached(net: ContainerNet, name: &str, args: &str) -> (i32, String
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .build();
-    let mut store = Store::new(&g.engine, Ctx { wasi, table: ResourceTable::new(), net });
+    let mut store = Store::new(
+        &g.engine,
+        Ctx {
+            wasi,
+            table: ResourceTable::new(),
+            net,
+        },
+    );
     // wasmpod's engine interrupts at epoch ticks; yield there, as every container does.
     wasmpod::resources::CpuShare::new(None).install(&mut store);
     let fut = async {
@@ -100,7 +128,10 @@ async fn run_attached(net: ContainerNet, name: &str, args: &str) -> (i32, String
         Ok(Err(())) => 1,
         Err(e) => match e.downcast_ref::<I32Exit>() {
             Some(I32Exit(c)) => *c,
-            None => panic!("{name} trapped: {e:?}\nstderr: {}", String::from_utf8_lossy(&stderr.contents())),
+            None => panic!(
+                "{name} trapped: {e:?}\nstderr: {}",
+                String::from_utf8_lossy(&stderr.contents())
+            ),
         },
     };
     drop(store); // the container exits: its ports and connections go with the Store

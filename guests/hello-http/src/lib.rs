@@ -41,7 +41,12 @@ impl wasip2::exports::http::incoming_handler::Guest for HelloHttp {
             None => (path_with_query.clone(), String::new()),
         };
         match path.as_str() {
-            "/" => respond(out, 200, &[("x-wasmpod", "hello"), ("content-type", "text/plain")], b"hello from wasmpod\n"),
+            "/" => respond(
+                out,
+                200,
+                &[("x-wasmpod", "hello"), ("content-type", "text/plain")],
+                b"hello from wasmpod\n",
+            ),
             "/echo" => echo(request, out),
             "/count" => count(request, out),
             "/env" => {
@@ -91,7 +96,9 @@ fn partial(out: ResponseOutparam) {
     let (response, outgoing) = start_response(200, &[("content-type", "text/plain")]);
     ResponseOutparam::set(out, Ok(response));
     if let Ok(mut stream) = outgoing.write() {
-        let _ = stream.write_all(b"partial").and_then(|()| std::io::Write::flush(&mut stream));
+        let _ = stream
+            .write_all(b"partial")
+            .and_then(|()| std::io::Write::flush(&mut stream));
         // Keep the stream and body alive: the handler is about to trap or spin.
         std::mem::forget(stream);
     }
@@ -118,7 +125,10 @@ fn echo(request: IncomingRequest, out: ResponseOutparam) {
     let Ok(input) = incoming.stream() else {
         return respond(out, 500, &[], b"request body stream unavailable\n");
     };
-    let (response, outgoing) = start_response(200, &[("x-echo", "streaming"), ("content-type", "application/octet-stream")]);
+    let (response, outgoing) = start_response(
+        200,
+        &[("x-echo", "streaming"), ("content-type", "application/octet-stream")],
+    );
     ResponseOutparam::set(out, Ok(response));
     let Ok(mut output) = outgoing.write() else { return };
     loop {
@@ -155,10 +165,22 @@ fn count(request: IncomingRequest, out: ResponseOutparam) {
         match std::io::Read::read(&mut input, &mut buf) {
             Ok(0) => break,
             Ok(n) => total += n as u64,
-            Err(e) => return respond(out, 400, &[], format!("read failed after {total} bytes: {e}\n").as_bytes()),
+            Err(e) => {
+                return respond(
+                    out,
+                    400,
+                    &[],
+                    format!("read failed after {total} bytes: {e}\n").as_bytes(),
+                );
+            }
         }
     }
-    respond(out, 200, &[("content-type", "text/plain")], format!("{total}\n").as_bytes());
+    respond(
+        out,
+        200,
+        &[("content-type", "text/plain")],
+        format!("{total}\n").as_bytes(),
+    );
 }
 
 /// GETs the URL in the `url=` query parameter and relays the answer.
@@ -201,8 +223,12 @@ fn send(request: OutgoingRequest) -> Result<(u16, Vec<u8>), ErrorCode> {
         }
     };
     let status = response.status();
-    let body = response.consume().map_err(|()| ErrorCode::InternalError(Some("no body".into())))?;
-    let mut input = body.stream().map_err(|()| ErrorCode::InternalError(Some("no body stream".into())))?;
+    let body = response
+        .consume()
+        .map_err(|()| ErrorCode::InternalError(Some("no body".into())))?;
+    let mut input = body
+        .stream()
+        .map_err(|()| ErrorCode::InternalError(Some("no body stream".into())))?;
     let mut bytes = Vec::new();
     input
         .read_to_end(&mut bytes)

@@ -33,9 +33,9 @@ struct Options {
 fn main() {
     let options = match parse_args(std::env::args().skip(1)) {
         Ok(options) => options,
-        Err(message) => {
-            fail(&format!("{message}\nusage: log-app [--dir DIR] [--every DURATION] [--lines N] [--count N]"))
-        }
+        Err(message) => fail(&format!(
+            "{message}\nusage: log-app [--dir DIR] [--every DURATION] [--lines N] [--count N]"
+        )),
     };
     if let Err(message) = run(&options) {
         fail(&message);
@@ -79,7 +79,11 @@ fn run(options: &Options) -> Result<(), String> {
             let latency = 2 + rng.below(40);
             latency_sum += latency;
             let item = rng.below(100);
-            let (level, status) = if rng.below(50) == 0 { ("warn", 500) } else { ("info", 200) };
+            let (level, status) = if rng.below(50) == 0 {
+                ("warn", 500)
+            } else {
+                ("info", 200)
+            };
             if status >= 500 {
                 errors_this_run += 1;
             }
@@ -91,7 +95,11 @@ fn run(options: &Options) -> Result<(), String> {
         // One write per period: a reader sees whole lines or the start of the batch, and the
         // shipper only ships up to the last newline anyway.
         append(&log_path, batch.as_bytes())?;
-        let average = if in_batch > 0 { latency_sum as f64 / in_batch as f64 } else { 0.0 };
+        let average = if in_batch > 0 {
+            latency_sum as f64 / in_batch as f64
+        } else {
+            0.0
+        };
         // Counters restart with the app, as Prometheus counters do; requests_total follows seq.
         let metrics = format!(
             "ts={} requests_total={seq} errors_total={errors_this_run} latency_ms_avg={average:.1}\n",
@@ -106,11 +114,15 @@ fn run(options: &Options) -> Result<(), String> {
 /// when the file is missing or empty).
 fn repair_and_find_last_seq(path: &str) -> Result<u64, String> {
     let Some(tail) = repair_tail(path)? else { return Ok(0) };
-    let Some(last) = tail.lines().next_back() else { return Ok(0) };
+    let Some(last) = tail.lines().next_back() else {
+        return Ok(0);
+    };
     let Some(number) = last.strip_prefix("seq=").and_then(|rest| rest.split(' ').next()) else {
         return Err(format!("the last line of {path} does not start with seq=N: {last:?}"));
     };
-    number.parse::<u64>().map_err(|e| format!("the last line of {path} has a bad seq {number:?}: {e}"))
+    number
+        .parse::<u64>()
+        .map_err(|e| format!("the last line of {path} has a bad seq {number:?}: {e}"))
 }
 
 /// Truncates `path` after its last newline (a killed run may have left half a line) and
@@ -119,32 +131,52 @@ fn repair_tail(path: &str) -> Result<Option<String>, String> {
     if !Path::new(path).exists() {
         return Ok(None);
     }
-    let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| format!("open {path}: {e}"))?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("open {path}: {e}"))?;
     let len = file.metadata().map_err(|e| format!("stat {path}: {e}"))?.len();
     let start = len.saturating_sub(TAIL_BYTES);
-    file.seek(SeekFrom::Start(start)).map_err(|e| format!("seek {path}: {e}"))?;
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| format!("seek {path}: {e}"))?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail).map_err(|e| format!("read {path}: {e}"))?;
     let whole = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     if whole < tail.len() {
         let keep = start + whole as u64;
-        println!("dropping an incomplete last line of {path} ({} bytes)", tail.len() - whole);
+        println!(
+            "dropping an incomplete last line of {path} ({} bytes)",
+            tail.len() - whole
+        );
         file.set_len(keep).map_err(|e| format!("truncate {path}: {e}"))?;
     }
     tail.truncate(whole);
     // A tail cut from the middle of the file starts mid-line: skip to the first boundary.
-    let first = if start > 0 { tail.iter().position(|&b| b == b'\n').map_or(tail.len(), |i| i + 1) } else { 0 };
+    let first = if start > 0 {
+        tail.iter().position(|&b| b == b'\n').map_or(tail.len(), |i| i + 1)
+    } else {
+        0
+    };
     Ok(Some(String::from_utf8_lossy(&tail[first..]).into_owned()))
 }
 
 fn append(path: &str, bytes: &[u8]) -> Result<(), String> {
-    let mut file: File =
-        OpenOptions::new().create(true).append(true).open(path).map_err(|e| format!("open {path}: {e}"))?;
+    let mut file: File = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("open {path}: {e}"))?;
     file.write_all(bytes).map_err(|e| format!("write {path}: {e}"))
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
-    let mut options = Options { dir: "/logs".into(), every: Duration::from_secs(1), lines: 1, count: 0 };
+    let mut options = Options {
+        dir: "/logs".into(),
+        every: Duration::from_secs(1),
+        lines: 1,
+        count: 0,
+    };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -162,14 +194,17 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
 }
 
 fn parse_number(flag: &str, text: &str) -> Result<u64, String> {
-    text.parse().map_err(|e| format!("{flag} {text:?} is not a number: {e}"))
+    text.parse()
+        .map_err(|e| format!("{flag} {text:?} is not a number: {e}"))
 }
 
 /// `250ms`, `2s`, `1m`: the units a spec writer would reach for.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(number)),
         "s" => Ok(Duration::from_secs(number)),
@@ -179,7 +214,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn flush_stdout() {

@@ -54,7 +54,10 @@ fn main() {
 fn run(options: &Options) -> Result<(), String> {
     // A name no other run uses for its temp files, so that a temp-file write a killed run left
     // in flight can never interleave with ours.
-    let run_id = format!("{:x}", SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    let run_id = format!(
+        "{:x}",
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    );
     remove_stale_temp_files(&options.to);
     println!(
         "shipping {}/*.log to {} every {:?}, rotating at {} bytes",
@@ -108,9 +111,12 @@ impl Stream {
         let checkpoint_path = format!("{}/{name}.checkpoint", options.to);
         let at = match std::fs::read_to_string(&checkpoint_path) {
             Ok(text) => parse_checkpoint(&text).map_err(|e| format!("{checkpoint_path}: {e}"))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Checkpoint { source_id: 0, offset: 0, archive: 1, archive_len: 0 }
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Checkpoint {
+                source_id: 0,
+                offset: 0,
+                archive: 1,
+                archive_len: 0,
+            },
             Err(e) => return Err(format!("read {checkpoint_path}: {e}")),
         };
         let mut stream = Stream {
@@ -136,7 +142,8 @@ impl Stream {
                 "{name}: dropping {} bytes at the end of {archive} that a previous run wrote but did not checkpoint; they will be shipped again",
                 len - at.archive_len
             );
-            file.set_len(at.archive_len).map_err(|e| format!("truncate {archive}: {e}"))?;
+            file.set_len(at.archive_len)
+                .map_err(|e| format!("truncate {archive}: {e}"))?;
             file.sync_all().map_err(|e| format!("sync {archive}: {e}"))?;
         } else if len < at.archive_len {
             // Someone shortened the archive behind our back: those lines are gone for good.
@@ -207,18 +214,28 @@ impl Stream {
         };
         if self.at.source_id != source_id {
             if self.at.source_id != 0 || self.at.offset != 0 {
-                println!("{}: {} was replaced (a new pod run?); shipping it from its start", self.name, self.source);
+                println!(
+                    "{}: {} was replaced (a new pod run?); shipping it from its start",
+                    self.name, self.source
+                );
             }
             self.at.source_id = source_id;
             self.at.offset = 0;
         } else if len < self.at.offset {
-            println!("{}: {} shrank below the checkpoint; shipping it from its start", self.name, self.source);
+            println!(
+                "{}: {} shrank below the checkpoint; shipping it from its start",
+                self.name, self.source
+            );
             self.at.offset = 0;
         }
         let wanted = (len - self.at.offset).min(MAX_CHUNK);
-        file.seek(SeekFrom::Start(self.at.offset)).map_err(|e| format!("seek {}: {e}", self.source))?;
+        file.seek(SeekFrom::Start(self.at.offset))
+            .map_err(|e| format!("seek {}: {e}", self.source))?;
         let mut chunk = Vec::with_capacity(wanted as usize);
-        (&mut file).take(wanted).read_to_end(&mut chunk).map_err(|e| format!("read {}: {e}", self.source))?;
+        (&mut file)
+            .take(wanted)
+            .read_to_end(&mut chunk)
+            .map_err(|e| format!("read {}: {e}", self.source))?;
         // The application may be in the middle of a line: ship only up to the last newline.
         let whole = chunk.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         chunk.truncate(whole);
@@ -234,7 +251,8 @@ impl Stream {
             .truncate(false)
             .open(&path)
             .map_err(|e| format!("open {path}: {e}"))?;
-        file.seek(SeekFrom::Start(self.at.archive_len)).map_err(|e| format!("seek {path}: {e}"))?;
+        file.seek(SeekFrom::Start(self.at.archive_len))
+            .map_err(|e| format!("seek {path}: {e}"))?;
         file.write_all(bytes).map_err(|e| format!("write {path}: {e}"))?;
         file.sync_data().map_err(|e| format!("sync {path}: {e}"))?;
         self.at.archive_len += bytes.len() as u64;
@@ -264,7 +282,8 @@ impl Stream {
             self.source, self.at.source_id, self.at.offset, self.at.archive, self.at.archive_len
         );
         let mut file = File::create(&self.temp_path).map_err(|e| format!("create {}: {e}", self.temp_path))?;
-        file.write_all(text.as_bytes()).map_err(|e| format!("write {}: {e}", self.temp_path))?;
+        file.write_all(text.as_bytes())
+            .map_err(|e| format!("write {}: {e}", self.temp_path))?;
         file.sync_all().map_err(|e| format!("sync {}: {e}", self.temp_path))?;
         drop(file);
         std::fs::rename(&self.temp_path, &self.checkpoint_path)
@@ -274,7 +293,10 @@ impl Stream {
 
 fn parse_checkpoint(text: &str) -> Result<Checkpoint, String> {
     let mut fields = std::collections::BTreeMap::new();
-    for line in text.lines().filter(|line| !line.starts_with('#') && !line.trim().is_empty()) {
+    for line in text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+    {
         let Some((key, value)) = line.split_once('=') else {
             return Err(format!("line {line:?} is not KEY=VALUE"));
         };
@@ -324,7 +346,9 @@ fn first_line_id(file: &mut File) -> std::io::Result<Option<u64>> {
         None => return Ok(None),
     };
     // FNV-1a; 0 is reserved for "not seen yet".
-    let hash = line.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let hash = line.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     Ok(Some(hash.max(1)))
 }
 
@@ -333,7 +357,13 @@ fn log_files(dir: &str) -> Result<Vec<String>, String> {
     let entries = std::fs::read_dir(dir).map_err(|e| format!("list {dir}: {e}"))?;
     let mut names: Vec<String> = entries
         .filter_map(|entry| entry.ok())
-        .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.strip_suffix(".log")).map(str::to_owned))
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".log"))
+                .map(str::to_owned)
+        })
         .filter(|name| !name.is_empty())
         .collect();
     names.sort();
@@ -344,15 +374,23 @@ fn log_files(dir: &str) -> Result<Vec<String>, String> {
 fn remove_stale_temp_files(dir: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
-        if entry.file_name().to_str().is_some_and(|name| name.contains(".checkpoint.tmp-")) {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.contains(".checkpoint.tmp-"))
+        {
             let _ = std::fs::remove_file(Path::new(dir).join(entry.file_name()));
         }
     }
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
-    let mut options =
-        Options { from: "/logs".into(), to: "/storage".into(), every: Duration::from_secs(1), rotate_bytes: 64 * 1024 };
+    let mut options = Options {
+        from: "/logs".into(),
+        to: "/storage".into(),
+        every: Duration::from_secs(1),
+        rotate_bytes: 64 * 1024,
+    };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -372,7 +410,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
 /// `250ms`, `2s`, `1m`: the units a spec writer would reach for.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = split_number(text);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(number)),
         "s" => Ok(Duration::from_secs(number)),
@@ -384,7 +424,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// `65536`, `64KiB`, `1MiB`.
 fn parse_size(text: &str) -> Result<u64, String> {
     let (number, unit) = split_number(text);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a size like 64KiB, 1MiB or 65536"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 64KiB, 1MiB or 65536"))?;
     let scale = match unit {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -392,7 +434,9 @@ fn parse_size(text: &str) -> Result<u64, String> {
         "GiB" => 1 << 30,
         _ => return Err(format!("{text:?} is not a size like 64KiB, 1MiB or 65536")),
     };
-    number.checked_mul(scale).ok_or_else(|| format!("{text:?} is too large"))
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 fn split_number(text: &str) -> (&str, &str) {
@@ -425,7 +469,15 @@ mod tests {
     #[test]
     fn checkpoints_round_trip_and_reject_garbage() {
         let text = "# x\nsource_id=00000000000000ff\noffset=10\narchive=2\narchive_len=5\n";
-        assert_eq!(parse_checkpoint(text), Ok(Checkpoint { source_id: 255, offset: 10, archive: 2, archive_len: 5 }));
+        assert_eq!(
+            parse_checkpoint(text),
+            Ok(Checkpoint {
+                source_id: 255,
+                offset: 10,
+                archive: 2,
+                archive_len: 5
+            })
+        );
         assert!(parse_checkpoint("offset=x").is_err());
     }
 }

@@ -43,7 +43,10 @@ fn main() {
              [--timeout DURATION] [--failures N] [--alert-file PATH]"
         )),
     };
-    let expect = options.expect.as_deref().map_or(String::new(), |text| format!(" containing {text:?}"));
+    let expect = options
+        .expect
+        .as_deref()
+        .map_or(String::new(), |text| format!(" containing {text:?}"));
     println!(
         "checking {} every {:?}: status 200{expect}; alert after {} failed checks in a row, in {}",
         options.url, options.every, options.failures, options.alert_file
@@ -86,7 +89,9 @@ fn raise_alert(options: &Options, reason: &str, failed: u32) {
     let text = format!(
         "ALERT\nurl={}\nreason={reason}\nfailed_checks={failed}\nsince_unix_ms={}\n",
         options.url,
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
     );
     // Atomically, so a watcher never reads half an alert.
     let temp = format!("{}.tmp", options.alert_file);
@@ -97,7 +102,11 @@ fn raise_alert(options: &Options, reason: &str, failed: u32) {
 }
 
 fn clear_alert(options: &Options, lasted: Duration) {
-    println!("RECOVERED {}: healthy again after {:.1}s", options.url, lasted.as_secs_f64());
+    println!(
+        "RECOVERED {}: healthy again after {:.1}s",
+        options.url,
+        lasted.as_secs_f64()
+    );
     match std::fs::remove_file(&options.alert_file) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -123,8 +132,12 @@ fn check(options: &Options) -> Result<(), String> {
     // next check never starting, which the pod's liveness probe is the better tool for.
     let _ = stream.set_read_timeout(Some(options.timeout));
     let _ = stream.set_write_timeout(Some(options.timeout));
-    write!(stream, "GET {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n", options.path, options.authority)
-        .map_err(|e| format!("no answer: sending the request failed: {e}"))?;
+    write!(
+        stream,
+        "GET {} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+        options.path, options.authority
+    )
+    .map_err(|e| format!("no answer: sending the request failed: {e}"))?;
     let mut response = Vec::new();
     stream
         .take(MAX_RESPONSE)
@@ -135,7 +148,11 @@ fn check(options: &Options) -> Result<(), String> {
     }
     let text = String::from_utf8_lossy(&response);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return Err(if response.is_empty() { "no answer: empty response".into() } else { "malformed response".into() });
+        return Err(if response.is_empty() {
+            "no answer: empty response".into()
+        } else {
+            "malformed response".into()
+        });
     };
     let status = head.split_whitespace().nth(1).unwrap_or("?");
     if status != "200" {
@@ -171,17 +188,23 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
             "--timeout" => options.timeout = parse_duration(&value()?)?,
             "--failures" => {
                 let text = value()?;
-                options.failures = text.parse().map_err(|e| format!("--failures {text:?} is not a number: {e}"))?;
+                options.failures = text
+                    .parse()
+                    .map_err(|e| format!("--failures {text:?} is not a number: {e}"))?;
             }
             "--alert-file" => options.alert_file = value()?,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     let url = url.ok_or("--url is required")?;
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     if !authority.contains(':') {
-        return Err(format!("{url:?} has no port; write it like http://localhost:8080/health"));
+        return Err(format!(
+            "{url:?} has no port; write it like http://localhost:8080/health"
+        ));
     }
     options.authority = authority.to_string();
     options.path = if path.is_empty() { "/".into() } else { path.to_string() };
@@ -196,7 +219,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
 /// `250ms`, `2s`, `1m`: the units a spec writer would reach for.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(number)),
         "s" => Ok(Duration::from_secs(number)),

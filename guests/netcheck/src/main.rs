@@ -61,21 +61,14 @@ fn main() {
     }
 }
 
-fn run_step(
-    step: &[String],
-    listener: &mut Option<TcpListener>,
-    held: &mut Vec<TcpStream>,
-) -> Result<(), String> {
+fn run_step(step: &[String], listener: &mut Option<TcpListener>, held: &mut Vec<TcpStream>) -> Result<(), String> {
     let arg = |i: usize| -> Result<&str, String> {
         step.get(i + 1)
             .map(String::as_str)
             .ok_or_else(|| format!("missing argument {}", i + 1))
     };
-    let number = |i: usize| -> Result<u64, String> {
-        arg(i)?
-            .parse::<u64>()
-            .map_err(|e| format!("argument {}: {e}", i + 1))
-    };
+    let number =
+        |i: usize| -> Result<u64, String> { arg(i)?.parse::<u64>().map_err(|e| format!("argument {}: {e}", i + 1)) };
     match step[0].as_str() {
         "listen" => {
             let l = TcpListener::bind(arg(0)?).map_err(|e| format!("bind: {e}"))?;
@@ -97,8 +90,7 @@ fn run_step(
                     s.write_all(&buf[..n]).map_err(|e| format!("write: {e}"))?;
                     total += n as u64;
                 }
-                s.shutdown(Shutdown::Write)
-                    .map_err(|e| format!("shutdown: {e}"))?;
+                s.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
                 println!("echoed {total}");
             }
         }
@@ -113,11 +105,9 @@ fn run_step(
             let mut s = TcpStream::connect(arg(0)?).map_err(|e| format!("connect: {e}"))?;
             s.write_all(step[2..].join(" ").as_bytes())
                 .map_err(|e| format!("write: {e}"))?;
-            s.shutdown(Shutdown::Write)
-                .map_err(|e| format!("shutdown: {e}"))?;
+            s.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
             let mut got = String::new();
-            s.read_to_string(&mut got)
-                .map_err(|e| format!("read: {e}"))?;
+            s.read_to_string(&mut got).map_err(|e| format!("read: {e}"))?;
             println!("got: {got}");
         }
         "read-until-closed" => {
@@ -145,10 +135,7 @@ fn run_step(
             }
         }
         "try-bind" => match TcpListener::bind(arg(0)?) {
-            Ok(l) => println!(
-                "bind ok {}",
-                l.local_addr().map_err(|e| e.to_string())?.port()
-            ),
+            Ok(l) => println!("bind ok {}", l.local_addr().map_err(|e| e.to_string())?.port()),
             Err(e) => println!("bind failed: {:?}", e.kind()),
         },
         "try-connect" => match TcpStream::connect(arg(0)?) {
@@ -196,11 +183,9 @@ fn run_step(
                 s.write_all(&out[..n]).map_err(|e| format!("write: {e}"))?;
                 sent += n as u64;
             }
-            s.shutdown(Shutdown::Write)
-                .map_err(|e| format!("shutdown: {e}"))?;
+            s.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
             let mut rest = Vec::new();
-            s.read_to_end(&mut rest)
-                .map_err(|e| format!("read to end: {e}"))?;
+            s.read_to_end(&mut rest).map_err(|e| format!("read to end: {e}"))?;
             let nanos = start.elapsed().as_nanos();
             println!("streamed {sent} in {nanos} ns");
         }
@@ -242,8 +227,7 @@ fn send(addr: &str, bytes: u64) -> Result<(), String> {
         s.write_all(&out[..n]).map_err(|e| format!("write: {e}"))?;
         // Read this chunk's echo before sending the next: a single-threaded client must not
         // let both directions fill up.
-        s.read_exact(&mut back[..n])
-            .map_err(|e| format!("read echo: {e}"))?;
+        s.read_exact(&mut back[..n]).map_err(|e| format!("read echo: {e}"))?;
         if back[..n] != out[..n] {
             return Err(format!("echo differs in chunk at offset {sent}"));
         }
@@ -253,11 +237,9 @@ fn send(addr: &str, bytes: u64) -> Result<(), String> {
         sent += n as u64;
         echoed += n as u64;
     }
-    s.shutdown(Shutdown::Write)
-        .map_err(|e| format!("shutdown: {e}"))?;
+    s.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))?;
     let mut rest = Vec::new();
-    s.read_to_end(&mut rest)
-        .map_err(|e| format!("read to end: {e}"))?;
+    s.read_to_end(&mut rest).map_err(|e| format!("read to end: {e}"))?;
     if !rest.is_empty() {
         return Err(format!("{} unexpected bytes after the echo", rest.len()));
     }
@@ -274,10 +256,7 @@ fn udp_step(step: &[String], udp: &mut Option<UdpSocket>) -> Result<(), String> 
     match step[0].as_str() {
         "udp-bind" => {
             let s = UdpSocket::bind(arg(0)?).map_err(|e| format!("bind: {e}"))?;
-            println!(
-                "udp bound {}",
-                s.local_addr().map_err(|e| e.to_string())?.port()
-            );
+            println!("udp bound {}", s.local_addr().map_err(|e| e.to_string())?.port());
             *udp = Some(s);
         }
         "udp-echo" => {
@@ -286,18 +265,20 @@ fn udp_step(step: &[String], udp: &mut Option<UdpSocket>) -> Result<(), String> 
             let mut buf = [0u8; 2048];
             for _ in 0..n {
                 let (len, from) = s.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
-                s.send_to(&buf[..len], from)
-                    .map_err(|e| format!("send: {e}"))?;
+                s.send_to(&buf[..len], from).map_err(|e| format!("send: {e}"))?;
                 println!("udp echoed {}", String::from_utf8_lossy(&buf[..len]));
             }
         }
         "udp-send" => {
             // Bind in the target's family: a v4 socket cannot send to a v6 address.
-            let any = if arg(0)?.starts_with('[') { "[::]:0" } else { "0.0.0.0:0" };
+            let any = if arg(0)?.starts_with('[') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
             let s = UdpSocket::bind(any).map_err(|e| format!("bind: {e}"))?;
             let text = step[2..].join(" ");
-            s.send_to(text.as_bytes(), arg(0)?)
-                .map_err(|e| format!("send: {e}"))?;
+            s.send_to(text.as_bytes(), arg(0)?).map_err(|e| format!("send: {e}"))?;
             let mut buf = [0u8; 2048];
             let (len, _) = s.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
             println!("udp reply: {}", String::from_utf8_lossy(&buf[..len]));

@@ -63,7 +63,10 @@ fn main() {
                 }
                 Err(message) => {
                     if last_error.as_deref() != Some(message.as_str()) {
-                        println!("{file}: {message}; keeping the current file and retrying every {:?}", options.every);
+                        println!(
+                            "{file}: {message}; keeping the current file and retrying every {:?}",
+                            options.every
+                        );
                         *last_error = Some(message);
                     }
                 }
@@ -83,7 +86,11 @@ fn pull(options: &Options, file: &str) -> Result<Option<String>, String> {
         return Ok(None);
     }
     publish(&target, &body)?;
-    Ok(Some(format!("updated {file}: {} bytes from http://{}{url_path}", body.len(), options.authority)))
+    Ok(Some(format!(
+        "updated {file}: {} bytes from http://{}{url_path}",
+        body.len(),
+        options.authority
+    )))
 }
 
 /// Writes `body` beside `target` and renames it over `target`.
@@ -97,7 +104,8 @@ fn publish(target: &str, body: &[u8]) -> Result<(), String> {
     // out of sight of a person listing the site.
     let temp = path.with_file_name(format!(".{name}.puller-tmp"));
     let mut out = std::fs::File::create(&temp).map_err(|e| format!("create {}: {e}", temp.display()))?;
-    out.write_all(body).map_err(|e| format!("write {}: {e}", temp.display()))?;
+    out.write_all(body)
+        .map_err(|e| format!("write {}: {e}", temp.display()))?;
     // On disk before it becomes visible, so a host crash cannot publish an empty file.
     out.sync_all().map_err(|e| format!("sync {}: {e}", temp.display()))?;
     drop(out);
@@ -112,8 +120,12 @@ fn get(options: &Options, path: &str) -> Result<Vec<u8>, String> {
     let _ = stream.set_read_timeout(Some(options.timeout));
     let _ = stream.set_write_timeout(Some(options.timeout));
     let mut writer = &stream;
-    write!(writer, "GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n", options.authority)
-        .map_err(|e| format!("cannot send the request to {url}: {e}"))?;
+    write!(
+        writer,
+        "GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+        options.authority
+    )
+    .map_err(|e| format!("cannot send the request to {url}: {e}"))?;
     let mut reader = BufReader::new(&stream);
     let status_line = read_line(&mut reader).map_err(|e| format!("no answer from {url}: {e}"))?;
     let status = status_line.split_whitespace().nth(1).unwrap_or("");
@@ -127,10 +139,14 @@ fn get(options: &Options, path: &str) -> Result<Vec<u8>, String> {
         if line.trim().is_empty() {
             break;
         }
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let (name, value) = (name.trim(), value.trim());
         if name.eq_ignore_ascii_case("content-length") {
-            let length: u64 = value.parse().map_err(|_| format!("{url}: bad content-length {value:?}"))?;
+            let length: u64 = value
+                .parse()
+                .map_err(|_| format!("{url}: bad content-length {value:?}"))?;
             content_length = Some(length);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = value.to_ascii_lowercase().contains("chunked");
@@ -143,7 +159,10 @@ fn get(options: &Options, path: &str) -> Result<Vec<u8>, String> {
             return Err(format!("{url}: the body of {length} bytes is larger than {MAX_BODY}"));
         }
         let mut body = Vec::with_capacity(length as usize);
-        reader.take(length).read_to_end(&mut body).map_err(|e| format!("{url}: reading the body failed: {e}"))?;
+        reader
+            .take(length)
+            .read_to_end(&mut body)
+            .map_err(|e| format!("{url}: reading the body failed: {e}"))?;
         if (body.len() as u64) < length {
             return Err(format!("{url}: the body ended after {} of {length} bytes", body.len()));
         }
@@ -151,7 +170,10 @@ fn get(options: &Options, path: &str) -> Result<Vec<u8>, String> {
     } else {
         // No length: the body ends when the server closes; nothing else to check it against.
         let mut body = Vec::new();
-        reader.take(MAX_BODY + 1).read_to_end(&mut body).map_err(|e| format!("{url}: reading the body failed: {e}"))?;
+        reader
+            .take(MAX_BODY + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| format!("{url}: reading the body failed: {e}"))?;
         if body.len() as u64 > MAX_BODY {
             return Err(format!("{url}: the body is larger than {MAX_BODY} bytes"));
         }
@@ -164,7 +186,10 @@ fn get(options: &Options, path: &str) -> Result<Vec<u8>, String> {
 fn read_line(reader: &mut impl BufRead) -> std::io::Result<String> {
     let mut line = String::new();
     if reader.by_ref().take(64 * 1024).read_line(&mut line)? == 0 || !line.ends_with('\n') {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the connection closed early"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the connection closed early",
+        ));
     }
     Ok(line)
 }
@@ -220,10 +245,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
         }
     }
     let source = source.ok_or("--source is required, e.g. --source http://host.wasmpod.internal:8000")?;
-    let rest = source.strip_prefix("http://").ok_or_else(|| format!("{source:?} is not an http:// URL"))?;
+    let rest = source
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{source:?} is not an http:// URL"))?;
     let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     if !authority.contains(':') {
-        return Err(format!("{source:?} has no port; write it like http://host.wasmpod.internal:8000"));
+        return Err(format!(
+            "{source:?} has no port; write it like http://host.wasmpod.internal:8000"
+        ));
     }
     options.authority = authority.to_string();
     options.prefix = prefix.trim_end_matches('/').to_string();
@@ -240,7 +269,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Options, String>
 /// `250ms`, `2s`, `1m`: the units a spec writer would reach for.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(number)),
         "s" => Ok(Duration::from_secs(number)),

@@ -62,7 +62,10 @@ fn main() {
 /// One HTTP/1.1 GET with `Connection: close`; prints the status code and the body.
 fn get(authority: &str, path: &str) -> std::io::Result<()> {
     let mut stream = TcpStream::connect(authority)?;
-    write!(stream, "GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n"
+    )?;
     stream.flush()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
@@ -103,7 +106,12 @@ fn serve(stream: TcpStream, name: &str, root: Option<&str>) -> std::io::Result<(
     reader.read_exact(&mut body)?;
     println!("{method} {path}");
     match (method, path) {
-        ("GET", "/hello") => respond(&mut stream, "200 OK", "text/plain", format!("hello from {name}\n").as_bytes()),
+        ("GET", "/hello") => respond(
+            &mut stream,
+            "200 OK",
+            "text/plain",
+            format!("hello from {name}\n").as_bytes(),
+        ),
         ("POST", "/echo") => respond(&mut stream, "200 OK", "application/octet-stream", &body),
         ("GET", path) if root.is_some() && !path.split('/').any(|part| part == "..") => {
             let root = root.unwrap_or_default();
