@@ -409,10 +409,10 @@ fn main() {
                 }
             }
             let status = pod.status();
-            if let Some(spinner) = status.container("spinner") {
-                if !format!("{:?}", spinner.state).contains("Running") {
-                    println!("    note: the spinner is not running: {:?}", spinner.state);
-                }
+            if let Some(spinner) = status.container("spinner")
+                && !matches!(spinner.state, wasmpod::ContainerState::Running { .. })
+            {
+                println!("    note: the spinner is not running: {:?}", spinner.state);
             }
             spinning.store(false, std::sync::atomic::Ordering::Relaxed);
             spinner.join().expect("spinner thread");

@@ -1021,8 +1021,11 @@ impl<T> Drop for AbortOnDrop<T> {
 pub struct PodRoutes {
     network: Arc<PodNetwork>,
     http: Arc<HttpPorts>,
-    egress: Arc<dyn Fn(&str, u16) -> bool + Send + Sync>,
+    egress: EgressCheck,
 }
+
+/// Says whether a destination outside the pod (host, port) is allowed.
+pub type EgressCheck = Arc<dyn Fn(&str, u16) -> bool + Send + Sync>;
 
 /// The pod's http containers by port, shared by every container's routes. Weak, so containers
 /// that call each other do not keep each other alive.
@@ -1045,11 +1048,7 @@ impl HttpPorts {
 
 impl PodRoutes {
     /// `egress(host, port)` says whether a destination outside the pod is allowed.
-    pub fn new(
-        network: Arc<PodNetwork>,
-        http: Arc<HttpPorts>,
-        egress: Arc<dyn Fn(&str, u16) -> bool + Send + Sync>,
-    ) -> PodRoutes {
+    pub fn new(network: Arc<PodNetwork>, http: Arc<HttpPorts>, egress: EgressCheck) -> PodRoutes {
         PodRoutes { network, http, egress }
     }
 }

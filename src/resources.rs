@@ -120,6 +120,17 @@ impl CpuShare {
     }
 }
 
+/// `67108864` → `64MiB`: limits as a person wrote them.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size && bytes.is_multiple_of(size) {
+            return format!("{}{unit}", bytes / size);
+        }
+    }
+    format!("{bytes}B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,15 +154,4 @@ mod tests {
         assert_eq!(CpuShare::new(Some(0.25)).pause, EPOCH_TICK * 3);
         assert_eq!(CpuShare::new(Some(0.5)).pause, EPOCH_TICK);
     }
-}
-
-/// `67108864` → `64MiB`: limits as a person wrote them.
-pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
-    for (unit, size) in UNITS {
-        if bytes >= size && bytes % size == 0 {
-            return format!("{}{unit}", bytes / size);
-        }
-    }
-    format!("{bytes}B")
 }

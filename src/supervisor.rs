@@ -337,7 +337,9 @@ async fn run_with_restarts(
             exit = container.run(&shared.logs, &shared.network, &control.terminating) => exit,
             () = control.kill.cancelled() => Exit::Stopped,
             () = control.restart.notified() => Exit::Restarted,
-            failure = probe::watch(probes, &target, |ready, why| set_ready(shared, name, ready, why)) => {
+            // Init containers run to completion: no probes, no readiness (validation refuses
+            // probes on them).
+            failure = probe::watch(probes, &target, |ready, why| set_ready(shared, name, ready, why)), if !init => {
                 shared.events.emit(Some(name), EventKind::Unhealthy { message: failure.to_string() });
                 Exit::Killed(failure.to_string())
             }
