@@ -14,6 +14,8 @@
 //! to its share without ever killing it. A guest blocked in host I/O is not executing wasm and is
 //! never sampled, so only real computation is throttled.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use wasmtime::{ResourceLimiter, UpdateDeadline};
@@ -23,20 +25,82 @@ use crate::engine::EPOCH_TICK;
 /// Bytes a table element is counted as against the memory budget (a pointer-sized slot).
 const TABLE_ELEMENT_BYTES: u64 = 8;
 
-/// A store's memory budget, for all its memories and tables together.
+/// One container's memory: everything it holds at once, counted against one limit. Shared by
+/// every Store the container runs in (an http container's concurrent instances together, as a
+/// Kubernetes limit covers all processes of a container) and by the bytes its sockets keep
+/// queued in the host.
 #[derive(Debug, Default)]
-pub struct MemoryBudget {
+pub struct MemoryAccount {
     limit: Option<u64>,
-    used: u64,
+    used: AtomicU64,
+}
+
+impl MemoryAccount {
+    /// `None`: no limit beyond the engine's (usage is still counted).
+    pub fn new(limit: Option<u64>) -> Arc<MemoryAccount> {
+        Arc::new(MemoryAccount {
+            limit,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// The limit, if any.
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Takes `bytes` from the account; false, and nothing taken, when that would pass the limit.
+    pub fn try_charge(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let wanted = used.checked_add(bytes)?;
+                match self.limit {
+                    Some(limit) if wanted > limit => None,
+                    _ => Some(wanted),
+                }
+            })
+            .is_ok()
+    }
+
+    /// Gives back bytes taken with [`MemoryAccount::try_charge`].
+    pub fn release(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| Some(used.saturating_sub(bytes)));
+    }
+}
+
+/// One Store's share of its container's [`MemoryAccount`]: the wasmtime limiter of that Store,
+/// for all its memories and tables together. What it took goes back when the Store is dropped.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    account: Arc<MemoryAccount>,
+    charged: u64,
     exceeded: bool,
 }
 
+impl Default for MemoryBudget {
+    fn default() -> Self {
+        MemoryBudget::new(None)
+    }
+}
+
 impl MemoryBudget {
-    /// `None`: no limit beyond the engine's.
+    /// A Store of its own account (`None`: no limit beyond the engine's).
     pub fn new(limit: Option<u64>) -> MemoryBudget {
+        MemoryBudget::in_account(MemoryAccount::new(limit))
+    }
+
+    /// A Store that draws on a container's shared account.
+    pub fn in_account(account: Arc<MemoryAccount>) -> MemoryBudget {
         MemoryBudget {
-            limit,
-            used: 0,
+            account,
+            charged: 0,
             exceeded: false,
         }
     }
@@ -48,18 +112,23 @@ impl MemoryBudget {
 
     /// The limit, if any.
     pub fn limit(&self) -> Option<u64> {
-        self.limit
+        self.account.limit()
     }
 
     fn grow(&mut self, current: u64, desired: u64) -> bool {
         let extra = desired.saturating_sub(current);
-        let wanted = self.used.saturating_add(extra);
-        if self.limit.is_some_and(|limit| wanted > limit) {
+        if !self.account.try_charge(extra) {
             self.exceeded = true;
             return false;
         }
-        self.used = wanted;
+        self.charged = self.charged.saturating_add(extra);
         true
+    }
+}
+
+impl Drop for MemoryBudget {
+    fn drop(&mut self) {
+        self.account.release(self.charged);
     }
 }
 
@@ -145,6 +214,23 @@ mod tests {
         let mut unlimited = MemoryBudget::new(None);
         assert!(unlimited.memory_growing(0, usize::MAX / 2, None).unwrap());
         assert!(!unlimited.exceeded());
+    }
+
+    #[test]
+    fn stores_of_one_container_share_its_account_and_give_back_on_drop() {
+        let account = MemoryAccount::new(Some(1000));
+        let mut first = MemoryBudget::in_account(account.clone());
+        let mut second = MemoryBudget::in_account(account.clone());
+        assert!(first.memory_growing(0, 700, None).unwrap());
+        assert!(!second.memory_growing(0, 400, None).unwrap());
+        assert!(second.exceeded());
+        drop(first);
+        assert_eq!(account.used(), 0);
+        assert!(second.memory_growing(0, 400, None).unwrap());
+        assert!(account.try_charge(600));
+        assert!(!account.try_charge(1));
+        account.release(600);
+        assert_eq!(account.used(), 400);
     }
 
     #[test]
