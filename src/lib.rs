@@ -19,22 +19,21 @@ pub mod container;
 #[cfg(unix)]
 pub mod control;
 pub mod engine;
-pub mod http;
 pub mod logs;
 pub mod net;
 pub mod pod;
 pub mod probe;
 pub mod proxy;
 pub mod resources;
+pub mod route;
 pub mod spec;
 pub mod status;
 mod supervisor;
 pub mod testing;
 pub mod volume;
 
-pub use container::{ContainerKind, Exit};
+pub use container::{ContainerKind, Exit, HttpContainer, HttpLimits};
 pub use engine::Engine;
-pub use http::{HttpContainer, HttpLimits};
 pub use logs::{LogLine, Logs, Stream};
 pub use pod::{Pod, PodError, PodOptions};
 pub use spec::{PodSpec, RestartPolicy, SpecError};

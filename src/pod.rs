@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::container::ContainerKind;
-use crate::container::{self, ContainerError, PreparedContainer};
+use crate::container::{self, CommandContainer, ContainerError, ContainerKind, ContainerRuntime, PodServices};
 use crate::engine::{CompileError, CompileSource, Engine};
-use crate::http::{HttpContainer, HttpLimits, HttpPorts, PodRoutes};
+use crate::container::{HttpContainer, HttpLimits};
+use crate::route::{HttpPorts, PodRoutes};
 use crate::logs::{DEFAULT_LINES_PER_CONTAINER, LogLine, Logs};
 use crate::net::PodNetwork;
 use crate::proxy::{FrontProxy, ProxyError, ProxyLimits, ProxyTarget};
@@ -222,7 +222,7 @@ impl Pod {
             }
         }
         let shared = &self.shared;
-        let linker = container::linker(&shared.engine).map_err(PodError::Engine)?;
+        let linker = container::linker(&shared.engine).map_err(|e| PodError::Engine(format!("{e:#}")))?;
         let spec = shared.spec.clone();
         let volumes = tokio::task::spawn_blocking(move || Volumes::prepare(&spec))
             .await
@@ -240,34 +240,24 @@ impl Pod {
             }
         }
         let http_ports = shared.http_ports.clone();
+        let services = PodServices {
+            engine: shared.engine.clone(),
+            logs: shared.logs.clone(),
+            events: shared.events.clone(),
+            network: shared.network.clone(),
+            routes: Arc::new(PodRoutes::new(shared.network.clone(), http_ports.clone())),
+        };
         let mut prepared = Vec::new();
         for (index, container_spec) in shared.spec.all_containers().enumerate() {
             let init = index < shared.spec.init_containers.len();
             let compiled = self.compile(container_spec).await?;
             let mounts = volumes.mounts_for(container_spec)?;
             let name = container_spec.name.clone();
-            let egress =
-                crate::net::egress::EgressPolicy::parse(&container_spec.allowed_outbound_hosts).map_err(|e| {
-                    ContainerError::Unsupported {
-                        container: name.clone(),
-                        message: e.to_string(),
-                    }
-                })?;
-            let route = Arc::new(PodRoutes::new(
-                shared.network.clone(),
-                http_ports.clone(),
-                Arc::new(move |host: &str, port: u16| egress.allows(host, port)),
-            ));
+            let runtime = ContainerRuntime::new(container_spec.clone(), mounts, services.clone())?;
             let runnable = match ContainerKind::require(shared.engine.wasmtime(), &compiled, &name)? {
-                ContainerKind::Command => Runnable::Command(Arc::new(PreparedContainer::new(
-                    &shared.engine,
-                    &linker,
-                    container_spec.clone(),
-                    &compiled,
-                    mounts,
-                    shared.events.clone(),
-                    route,
-                )?)),
+                ContainerKind::Command => {
+                    Runnable::Command(Arc::new(CommandContainer::new(runtime, &linker, &compiled)?))
+                }
                 ContainerKind::Http => {
                     let port = match (init, container_spec.ports.as_slice()) {
                         (false, [port]) => *port,
@@ -290,20 +280,12 @@ impl Pod {
                             .into());
                         }
                     };
-                    let http = HttpContainer::new(
-                        &shared.engine,
-                        &compiled,
-                        container_spec.clone(),
-                        mounts,
-                        shared.logs.clone(),
-                        shared.events.clone(),
-                    )
-                    .map_err(|e| ContainerError::Link {
-                        container: name.clone(),
-                        message: e.to_string(),
-                    })?
-                    .with_limits(http_limits(&self.http_limits, &container_spec.http))
-                    .with_outgoing(route);
+                    let http = HttpContainer::in_pod(runtime, &linker, &compiled)
+                        .map_err(|e| ContainerError::Link {
+                            container: name.clone(),
+                            message: e.to_string(),
+                        })?
+                        .with_limits(http_limits(&self.http_limits, &container_spec.http));
                     let http = Arc::new(http);
                     http_ports.insert(port, &http);
                     Runnable::Http { container: http, port }

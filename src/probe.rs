@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 
-use crate::http::HttpPorts;
+use crate::route::HttpPorts;
 use crate::net::PodNetwork;
 use crate::spec::{Probe, ProbeAction};
 

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::http::HttpContainer;
+use crate::container::HttpContainer;
 use crate::net::{NetError, PodNetwork};
 use crate::status::{EventKind, Events};
 

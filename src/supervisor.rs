@@ -13,8 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::JoinSet;
 
-use crate::container::{Exit, PreparedContainer};
-use crate::http::HttpContainer;
+use crate::container::{CommandContainer, Exit, HttpContainer};
 use crate::pod::{ContainerControl, Shared};
 use crate::probe::{self, ProbeTarget, Probes};
 use crate::spec::{ContainerSpec, DependencyCondition, RestartPolicy};
@@ -22,7 +21,7 @@ use crate::status::{ContainerState, EventKind, PodPhase, PodStatus, WaitingReaso
 
 /// A container ready to run: a command run to its end, or an http handler served per request.
 pub(crate) enum Runnable {
-    Command(Arc<PreparedContainer>),
+    Command(Arc<CommandContainer>),
     Http { container: Arc<HttpContainer>, port: u16 },
 }
 
@@ -33,7 +32,7 @@ impl Runnable {
 
     fn spec(&self) -> &ContainerSpec {
         match self {
-            Runnable::Command(command) => &command.spec,
+            Runnable::Command(command) => command.spec(),
             Runnable::Http { container, .. } => container.spec(),
         }
     }
@@ -230,7 +229,7 @@ async fn serve_http(shared: &Shared, container: &Arc<HttpContainer>, port: u16, 
         }
     });
     shared.events.emit(Some(name), EventKind::Started);
-    let target = probe_target(shared, None);
+    let target = probe_target(shared, Some(container.health_check()));
     let spec = container.spec();
     let probes = Probes {
         startup: spec.startup_probe.as_ref(),
@@ -311,14 +310,14 @@ fn record_exit(shared: &Shared, name: &str, exit: Exit) -> Exit {
 /// under `never`.
 async fn run_with_restarts(
     shared: &Shared,
-    container: &Arc<PreparedContainer>,
+    container: &Arc<CommandContainer>,
     control: &ContainerControl,
     init: bool,
 ) -> Exit {
-    let name = container.spec.name.as_str();
+    let name = container.spec().name.as_str();
     let backoff = shared.spec.restart_backoff;
     let mut restarts_in_a_row = 0u32;
-    let target = probe_target(shared, Some(container.health_check(&shared.logs, &shared.network)));
+    let target = probe_target(shared, Some(container.health_check()));
     loop {
         let started_at = Instant::now();
         shared.update(name, |c| {
@@ -329,12 +328,12 @@ async fn run_with_restarts(
         });
         shared.events.emit(Some(name), EventKind::Started);
         let probes = Probes {
-            startup: container.spec.startup_probe.as_ref(),
-            readiness: container.spec.readiness_probe.as_ref(),
-            liveness: container.spec.liveness_probe.as_ref(),
+            startup: container.spec().startup_probe.as_ref(),
+            readiness: container.spec().readiness_probe.as_ref(),
+            liveness: container.spec().liveness_probe.as_ref(),
         };
         let exit = tokio::select! {
-            exit = container.run(&shared.logs, &shared.network, &control.terminating) => exit,
+            exit = container.run(&control.terminating) => exit,
             () = control.kill.cancelled() => Exit::Stopped,
             () = control.restart.notified() => Exit::Restarted,
             // Init containers run to completion: no probes, no readiness (validation refuses

@@ -16,7 +16,8 @@ use http_body_util::{BodyExt, Channel, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{HeaderMap, Request, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
-use wasmpod::http::{HttpContainer, HttpLimits, LocalRoutes};
+use wasmpod::container::{HttpContainer, HttpLimits};
+use wasmpod::route::LocalRoutes;
 use wasmpod::spec::ContainerSpec;
 use wasmpod::status::Events;
 use wasmpod::{EventKind, Logs};
@@ -574,13 +575,16 @@ async fn outgoing_requests_outside_the_pod_are_denied_and_unserved_ports_refused
         .all()
         .into_iter()
         .filter_map(|event| match event.kind {
-            EventKind::OutgoingDenied { url } => Some((event.container, url)),
+            EventKind::EgressDenied { destination } => Some((event.container, destination)),
             _ => None,
         })
         .collect();
     assert_eq!(
         denied,
-        vec![(Some("caller".to_string()), "http://example.com/x".to_string())]
+        vec![(
+            Some("caller".to_string()),
+            "http request to http://example.com/x".to_string()
+        )]
     );
 
     let response = web

@@ -165,7 +165,7 @@ async fn outgoing_requests_outside_the_pod_are_denied_with_an_event() {
     );
     assert!(pod.events().all().iter().any(|e| {
         e.container.as_deref() == Some("front")
-            && matches!(&e.kind, EventKind::OutgoingDenied { url } if url.contains("example.com"))
+            && matches!(&e.kind, EventKind::EgressDenied { destination } if destination.contains("http request to") && destination.contains("example.com"))
     }));
     pod.stop().await;
 }
@@ -236,7 +236,7 @@ async fn an_allowed_host_wasmpod_internal_destination_is_served_by_the_hosts_loo
             .all()
             .iter()
             .any(|e| e.container.as_deref() == Some("denied")
-                && matches!(&e.kind, EventKind::OutgoingDenied { url } if url.contains("host.wasmpod.internal")))
+                && matches!(&e.kind, EventKind::EgressDenied { destination } if destination.contains("host.wasmpod.internal")))
     );
     pod.stop().await;
 }

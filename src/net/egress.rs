@@ -320,6 +320,8 @@ pub enum DeniedKind {
     Connect,
     /// A name lookup of a name outside the pod.
     Lookup,
+    /// An outgoing `wasi:http` request to a destination outside the pod.
+    Http,
 }
 
 /// A refused egress attempt, for the pod to turn into an event.
@@ -428,7 +430,7 @@ impl Egress {
             return Ok(addr);
         }
         let names = self.names_of(ip);
-        if names.iter().any(|n| self.policy.allows(n, port)) {
+        if names.iter().any(|n| self.policy.allows(n, port)) && !is_host_itself(ip) {
             return Ok(addr);
         }
         let destination = match names.first() {
@@ -487,6 +489,167 @@ impl Egress {
             }
         }
         Ok(addrs)
+    }
+}
+
+/// Whether `ip` is the host itself or the pod: loopback, unspecified, the gateway, or an
+/// address of one of the host's own interfaces. Such an address never leaves through a *name*
+/// (a rule for `vm` whose DNS answer is 127.0.0.1, or a wildcard rule rebound to the host's
+/// own address), only through a rule that names the address, or `host.wasmpod.internal`.
+pub(crate) fn is_host_itself(ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    is_pod_address(ip) || ip == HOST_GATEWAY || host_interface_addresses().contains(&ip)
+}
+
+/// The addresses of the host's network interfaces, read fresh each time (interfaces come and
+/// go; this runs once per outbound connection through a name, not per byte).
+fn host_interface_addresses() -> Vec<IpAddr> {
+    let mut found = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list that we walk read-only and free once.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return found;
+        }
+        let mut entry = list;
+        while !entry.is_null() {
+            let addr = (*entry).ifa_addr;
+            if !addr.is_null() {
+                match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let v4 = &*(addr as *const libc::sockaddr_in);
+                        found.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))));
+                    }
+                    libc::AF_INET6 => {
+                        let v6 = &*(addr as *const libc::sockaddr_in6);
+                        found.push(IpAddr::V6(std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+            entry = (*entry).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    found
+}
+
+impl Egress {
+    /// Decides and opens a host connection to `host:port` for a request the container makes
+    /// without a socket of its own (outgoing `wasi:http`): the same decision as a guest's
+    /// lookup and connect — the rule must name the host (or `host.wasmpod.internal`, which
+    /// means the host's loopback), every resolved address is checked, and addresses of the
+    /// host itself never leave through a name. `what` names the request in the denial report.
+    pub(crate) async fn dial_outside(
+        self: Arc<Self>,
+        host: &str,
+        port: u16,
+        what: &str,
+    ) -> Result<OutsideConnection, NetError> {
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let candidates: Vec<SocketAddr> = if let Ok(ip) = host.parse::<IpAddr>() {
+            let ip = ip.to_canonical();
+            let allowed = if ip == HOST_GATEWAY {
+                self.policy.allows(HOST_INTERNAL, port).then_some(HOST_LOOPBACK)
+            } else {
+                (!is_pod_address(ip) && self.policy.allows_ip(ip, port)).then_some(ip)
+            };
+            match allowed {
+                Some(ip) => vec![SocketAddr::new(ip, port)],
+                None => return Err(self.deny_http(what, None)),
+            }
+        } else {
+            let Some(name) = normalize_name(host) else {
+                return Err(self.deny_http(what, None));
+            };
+            if name == HOST_INTERNAL {
+                if !self.policy.allows(HOST_INTERNAL, port) {
+                    return Err(self.deny_http(what, None));
+                }
+                vec![SocketAddr::new(HOST_LOOPBACK, port)]
+            } else {
+                if !self.policy.allows(&name, port) {
+                    return Err(self.deny_http(what, None));
+                }
+                let resolved = self.clone().resolve(name).await?;
+                let outside: Vec<SocketAddr> = resolved
+                    .iter()
+                    .filter(|ip| !is_host_itself(**ip))
+                    .map(|ip| SocketAddr::new(*ip, port))
+                    .collect();
+                if outside.is_empty() {
+                    let first = resolved.first().map(ToString::to_string).unwrap_or_default();
+                    return Err(self.deny_http(what, Some(&first)));
+                }
+                outside
+            }
+        };
+        let permit = self
+            .connections
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| NetError::ConnectionAborted)?;
+        let mut last = NetError::ConnectionRefused;
+        for addr in candidates {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    return Ok(OutsideConnection {
+                        stream,
+                        _permit: permit,
+                    });
+                }
+                Err(e) => last = connect_error(&e),
+            }
+        }
+        Err(last)
+    }
+
+    fn deny_http(&self, what: &str, resolved_to_host: Option<&str>) -> NetError {
+        let destination = match resolved_to_host {
+            Some(ip) => format!("{what} (resolves to {ip}, an address of the host itself)"),
+            None => what.to_string(),
+        };
+        self.deny(DeniedKind::Http, destination);
+        NetError::AccessDenied
+    }
+}
+
+/// A real host connection made for a container by [`Egress::dial_outside`]; it counts
+/// against the container's outbound connection limit until dropped.
+pub struct OutsideConnection {
+    stream: TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for OutsideConnection {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for OutsideConnection {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 

@@ -602,6 +602,14 @@ impl ContainerNet {
         &self.egress
     }
 
+    /// Opens a host connection for a request this container makes outside the pod (outgoing
+    /// `wasi:http`), through the same egress decision as its sockets; see
+    /// [`egress::Egress::dial_outside`]. `what` names the request in a denial report.
+    pub async fn dial_outside(&self, host: &str, port: u16, what: &str) -> Result<egress::OutsideConnection, NetError> {
+        self.check_attached()?;
+        self.egress.clone().dial_outside(host, port, what).await
+    }
+
     pub(crate) fn owner(&self) -> Owner {
         self.owner
     }

@@ -1,29 +1,24 @@
 //! HTTP containers: a component that exports `wasi:http/incoming-handler`, served with a fresh
-//! instance per request, and the routing of every container's outgoing `wasi:http` requests.
+//! instance per request.
 //!
 //! [`HttpContainer`] owns the per-request path: admission (a bounded number of live instances,
-//! a bounded wait beyond it), a new `Store` with the container's WASI context (the same env,
-//! stdio and mounts a command container gets, see [`crate::container::wasi_context`]), the
-//! request and response bodies streamed both ways with backpressure, the request timeout (the
-//! store yields at every epoch tick, so a guest that never returns is cut without holding up
-//! anyone else), and turning traps and timeouts into 500/504 answers plus pod events. It can
-//! serve HTTP/1.1 on any byte stream ([`HttpContainer::serve_connection`]); which streams reach
-//! it (the pod network, the front proxy) is decided elsewhere.
-//!
-//! Outgoing requests go through [`OutgoingHooks`], which asks an [`OutgoingRoute`] (implemented
-//! by the pod) where a destination lives: another http container of the pod (called in-process,
-//! no serialisation), a pod port served by a command container, the outside world, or nowhere.
-//! This module does not own the pod's port namespace or its egress policy; [`LocalRoutes`] is a
-//! minimal table for tests and embedders.
+//! a bounded wait beyond it), a new Store from the container's runtime (the same args, env,
+//! mounts, pod network, egress, memory budget and CPU share every kind gets, see
+//! [`super::store`]; the memory budget covers all concurrent instances together), the request
+//! and response bodies streamed both ways with backpressure, the request timeout (the store
+//! yields at every epoch tick, so a guest that never returns is cut without holding up anyone
+//! else), and turning traps, out-of-memory and timeouts into 500/504 answers plus pod events.
+//! It can serve HTTP/1.1 on any byte stream ([`HttpContainer::serve_connection`]); which
+//! streams reach it (the pod network, the front proxy) is decided elsewhere, and where its
+//! outgoing requests go is [`crate::route`]'s.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,25 +30,22 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use wasmtime::Store;
-use wasmtime::component::{Component, Linker, Resource, ResourceTable};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::component::{Component, Resource};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
-use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
-use crate::container::{self, Exit};
+use super::store::{ContainerData, ContainerRuntime, PodServices};
+use super::{Exit, classify, out_of_memory};
 use crate::engine::Engine;
 use crate::logs::Logs;
-use crate::net::PodNetwork;
+use crate::route::{BodyError, OutgoingRoute};
 use crate::spec::ContainerSpec;
 use crate::status::{EventKind, Events};
 use crate::volume::Mount;
-
-/// The error type of bodies crossing wasmtime-wasi-http (what its guests' streams report).
-pub type BodyError = wasmtime_wasi_http::Error;
 
 /// Per-container limits on requests; the defaults suit a development pod on a small machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,53 +90,12 @@ pub enum HttpError {
     },
 }
 
-/// The imports an http container gets: all of WASI 0.2 (as command containers) plus
-/// `wasi:http`. One linker serves every request of a container.
-pub fn linker(engine: &Engine) -> Result<Linker<RequestState>, wasmtime::Error> {
-    let mut linker = Linker::new(engine.wasmtime());
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    Ok(linker)
-}
-
-/// The per-request Store data: the container's WASI context, the wasi:http context and the
-/// hooks that route outgoing requests.
-pub struct RequestState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    hooks: OutgoingHooks,
-}
-
-impl WasiView for RequestState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for RequestState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
-    }
-}
-
 /// An http container, ready to serve any number of requests, each in a fresh instance.
 pub struct HttpContainer {
     name: Arc<str>,
-    spec: ContainerSpec,
-    mounts: Vec<Mount>,
-    logs: Logs,
-    events: Events,
+    runtime: ContainerRuntime,
     limits: HttpLimits,
-    pre: ProxyPre<RequestState>,
-    outgoing: Arc<dyn OutgoingRoute>,
+    pre: ProxyPre<ContainerData>,
     /// One permit per live instance.
     permits: Arc<Semaphore>,
     /// Requests currently waiting for a permit.
@@ -152,8 +103,8 @@ pub struct HttpContainer {
 }
 
 impl HttpContainer {
-    /// Links a compiled component as an http handler. Outgoing requests are denied until
-    /// [`HttpContainer::with_outgoing`] gives a route.
+    /// An http container on its own (tests, embedders): a pod network of its own, egress as
+    /// its spec allows, and no pod routes until [`HttpContainer::with_outgoing`] gives some.
     pub fn new(
         engine: &Engine,
         component: &Component,
@@ -162,24 +113,38 @@ impl HttpContainer {
         logs: Logs,
         events: Events,
     ) -> Result<HttpContainer, HttpError> {
+        let name = spec.name.clone();
+        let runtime = ContainerRuntime::new(spec, mounts, PodServices::standalone(engine, logs, events))
+            .map_err(|e| HttpError::Link {
+                container: name,
+                message: e.to_string(),
+            })?;
+        let linker = super::linker(engine).map_err(|e| HttpError::Link {
+            container: runtime.name().to_string(),
+            message: format!("{e:#}"),
+        })?;
+        HttpContainer::in_pod(runtime, &linker, component)
+    }
+
+    /// Links a compiled component as an http handler of a pod.
+    pub fn in_pod(
+        runtime: ContainerRuntime,
+        linker: &wasmtime::component::Linker<ContainerData>,
+        component: &Component,
+    ) -> Result<HttpContainer, HttpError> {
         let link_error = |e: wasmtime::Error| HttpError::Link {
-            container: spec.name.clone(),
+            container: runtime.name().to_string(),
             message: format!("{e:#}"),
         };
-        let linker = linker(engine).map_err(link_error)?;
         let pre = linker.instantiate_pre(component).map_err(link_error)?;
         let pre = ProxyPre::new(pre).map_err(link_error)?;
         let limits = HttpLimits::default();
         Ok(HttpContainer {
-            name: spec.name.as_str().into(),
+            name: runtime.name().into(),
             permits: Arc::new(Semaphore::new(limits.max_concurrent_instances.max(1))),
             limits,
-            spec,
-            mounts,
-            logs,
-            events,
+            runtime,
             pre,
-            outgoing: Arc::new(DenyAll),
             queued: AtomicUsize::new(0),
         })
     }
@@ -194,13 +159,27 @@ impl HttpContainer {
     /// Routes this container's outgoing requests (the pod gives each container a route that
     /// knows its egress policy).
     pub fn with_outgoing(mut self, route: Arc<dyn OutgoingRoute>) -> HttpContainer {
-        self.outgoing = route;
+        self.runtime.set_routes(route);
         self
     }
 
-    /// The container's name.
+    /// The container's spec.
     pub fn spec(&self) -> &ContainerSpec {
-        &self.spec
+        self.runtime.spec()
+    }
+
+    /// What every Store of this container is built from.
+    pub fn runtime(&self) -> &ContainerRuntime {
+        &self.runtime
+    }
+
+    /// The container's in-process health check (`health = {}` probes).
+    pub fn health_check(self: &Arc<Self>) -> crate::probe::HealthCheck {
+        let this = self.clone();
+        Arc::new(move || {
+            let this = this.clone();
+            Box::pin(async move { super::health::check(&this.runtime, this.pre.instance_pre()).await })
+        })
     }
 
     /// The container's name.
@@ -258,17 +237,15 @@ impl HttpContainer {
         };
         let request = hyper::Request::from_parts(parts, body);
 
-        let state = match self.request_state() {
-            Ok(state) => state,
+        let mut store = match self.runtime.store(None) {
+            Ok(store) => store,
             Err(message) => {
-                self.events.emit(Some(&self.name), EventKind::RequestFailed { message });
+                self.runtime()
+                    .events()
+                    .emit(Some(&self.name), EventKind::RequestFailed { message });
                 return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
             }
         };
-        let mut store = Store::new(self.pre.engine(), state);
-        // A guest that never returns still lets other requests run on this thread, and the
-        // timeout can drop it; the container's CPU share applies per request too.
-        crate::resources::CpuShare::new(self.spec.resources.cpu).install(&mut store);
         let (response_tx, response_rx) = oneshot::channel();
         let resources = store
             .data_mut()
@@ -293,7 +270,7 @@ impl HttpContainer {
             outparam,
             timeout: self.limits.request_timeout,
             container: self.name.clone(),
-            events: self.events.clone(),
+            events: self.runtime.events().clone(),
             permit,
         };
         // A task of its own: the guest keeps streaming the response body after this function
@@ -317,7 +294,7 @@ impl HttpContainer {
                 if over_limit.load(Ordering::Acquire) {
                     return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
                 }
-                self.events.emit(
+                self.runtime.events().emit(
                     Some(&self.name),
                     EventKind::RequestFailed {
                         message: format!("the handler answered with error {code:?}"),
@@ -336,7 +313,7 @@ impl HttpContainer {
                     Outcome::TimedOut(_) => plain(StatusCode::GATEWAY_TIMEOUT, "request timed out\n"),
                     Outcome::Overloaded => plain(StatusCode::SERVICE_UNAVAILABLE, "no instance available\n"),
                     Outcome::Finished => {
-                        self.events.emit(
+                        self.runtime.events().emit(
                             Some(&self.name),
                             EventKind::RequestFailed {
                                 message: "the handler returned without a response".into(),
@@ -403,15 +380,6 @@ impl HttpContainer {
             .await
             .ok()?
             .ok()
-    }
-
-    fn request_state(&self) -> Result<RequestState, String> {
-        Ok(RequestState {
-            wasi: container::wasi_context(&self.spec, &self.mounts, &self.logs, None)?,
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-            hooks: OutgoingHooks::new(&self.name, self.events.clone(), self.outgoing.clone()),
-        })
     }
 }
 
@@ -487,8 +455,8 @@ impl fmt::Display for Outcome {
 
 /// Everything one request's guest task owns.
 struct GuestRun {
-    pre: ProxyPre<RequestState>,
-    store: Store<RequestState>,
+    pre: ProxyPre<ContainerData>,
+    store: Store<ContainerData>,
     incoming: Resource<HostIncomingRequest>,
     outparam: Resource<HostResponseOutparam>,
     timeout: Duration,
@@ -524,7 +492,7 @@ impl GuestRun {
                 .await
             {
                 Ok(()) => Outcome::Finished,
-                Err(e) => match container::classify(e) {
+                Err(e) => match out_of_memory(classify(e), store.data().memory()) {
                     Exit::Trapped(message) => Outcome::Trapped(message),
                     exit @ Exit::OutOfMemory { .. } => Outcome::Trapped(exit.to_string()),
                     Exit::Code(code) => Outcome::Trapped(format!("the handler exited with code {code}")),
@@ -734,353 +702,4 @@ impl Body for LimitedBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Outgoing requests
-
-/// Where an outgoing request is addressed, normalised for routing decisions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Destination {
-    /// `http` or `https` (lowercase).
-    pub scheme: String,
-    /// Lowercase, without IPv6 brackets (`::1`, `localhost`, `api.example.com`).
-    pub host: String,
-    /// Explicit, or 80/443 from the scheme.
-    pub port: u16,
-    /// The whole URL, for messages and events.
-    pub url: String,
-}
-
-impl Destination {
-    /// Reads the destination of a request URI; `None` when it has no host.
-    pub fn of(uri: &hyper::Uri) -> Option<Destination> {
-        let scheme = uri.scheme_str().unwrap_or("http").to_ascii_lowercase();
-        let host = uri.host()?;
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host)
-            .to_ascii_lowercase();
-        let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
-        Some(Destination {
-            scheme,
-            host,
-            port,
-            url: uri.to_string(),
-        })
-    }
-
-    /// Whether the host names the pod itself: `localhost` (and `*.localhost`), 127.0.0.0/8 or
-    /// `::1`. Container names are the pod's business ([`OutgoingRoute`]).
-    pub fn is_loopback(&self) -> bool {
-        if self.host == "localhost" || self.host.ends_with(".localhost") {
-            return true;
-        }
-        self.host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-    }
-}
-
-/// Where an outgoing request goes.
-#[derive(Clone)]
-pub enum Route {
-    /// Into an http container of the same pod, in-process (no HTTP serialisation).
-    Container(Arc<HttpContainer>),
-    /// To a pod port served by a command container: HTTP/1.1 over the pod network.
-    PodPort { network: Arc<PodNetwork>, port: u16 },
-    /// Out through the host's sockets (the egress policy allows this host).
-    External,
-    /// Nothing listens there: the guest gets `connection-refused`.
-    Refused,
-    /// The egress policy forbids it: the guest gets `HTTP-request-denied` and an event is
-    /// recorded.
-    Denied,
-}
-
-impl fmt::Debug for Route {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Route::Container(container) => f.debug_tuple("Container").field(&container.name()).finish(),
-            Route::PodPort { port, .. } => f.debug_tuple("PodPort").field(port).finish(),
-            Route::External => f.write_str("External"),
-            Route::Refused => f.write_str("Refused"),
-            Route::Denied => f.write_str("Denied"),
-        }
-    }
-}
-
-/// Decides where a container's outgoing requests go; the pod implements it with its port
-/// namespace and the container's egress policy.
-pub trait OutgoingRoute: Send + Sync {
-    fn route(&self, destination: &Destination) -> Route;
-}
-
-/// Denies everything outside and refuses everything inside: the route of a container that was
-/// given none.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DenyAll;
-
-impl OutgoingRoute for DenyAll {
-    fn route(&self, destination: &Destination) -> Route {
-        if destination.is_loopback() {
-            Route::Refused
-        } else {
-            Route::Denied
-        }
-    }
-}
-
-/// A minimal route table: pod ports served by http containers, plus hosts allowed outside.
-/// Holds the containers weakly, so a container whose route points back at itself (or at a
-/// container that calls it) does not keep the pod alive.
-#[derive(Default)]
-pub struct LocalRoutes {
-    http: RwLock<HashMap<u16, Weak<HttpContainer>>>,
-    allowed_hosts: RwLock<Vec<String>>,
-}
-
-impl LocalRoutes {
-    pub fn new() -> LocalRoutes {
-        LocalRoutes::default()
-    }
-
-    /// Serves pod port `port` (on every loopback name) with `container`.
-    pub fn add_http(&self, port: u16, container: &Arc<HttpContainer>) {
-        write(&self.http).insert(port, Arc::downgrade(container));
-    }
-
-    /// Lets requests to `host` (exact, case-insensitive) leave the pod.
-    pub fn allow_host(&self, host: &str) {
-        write(&self.allowed_hosts).push(host.to_ascii_lowercase());
-    }
-}
-
-impl OutgoingRoute for LocalRoutes {
-    fn route(&self, destination: &Destination) -> Route {
-        if destination.is_loopback() {
-            let http = self.http.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-            return match http.get(&destination.port).and_then(Weak::upgrade) {
-                Some(container) => Route::Container(container),
-                None => Route::Refused,
-            };
-        }
-        let allowed = self
-            .allowed_hosts
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if allowed.contains(&destination.host) {
-            Route::External
-        } else {
-            Route::Denied
-        }
-    }
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    // The tables hold only finished entries; a panic elsewhere cannot leave one half-written.
-    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-type SendFuture = Box<
-    dyn Future<
-            Output = Result<
-                (
-                    hyper::Response<WasiBody>,
-                    Box<dyn Future<Output = Result<(), BodyError>> + Send>,
-                ),
-                BodyError,
-            >,
-        > + Send,
->;
-
-/// The wasi:http hooks of every wasmpod Store: outgoing requests are routed by the pod, never
-/// sent to the host network behind its back. Usable by command containers' Stores too.
-pub struct OutgoingHooks {
-    container: Arc<str>,
-    events: Events,
-    route: Arc<dyn OutgoingRoute>,
-}
-
-impl OutgoingHooks {
-    pub fn new(container: &str, events: Events, route: Arc<dyn OutgoingRoute>) -> OutgoingHooks {
-        OutgoingHooks {
-            container: container.into(),
-            events,
-            route,
-        }
-    }
-}
-
-impl WasiHttpHooks for OutgoingHooks {
-    /// Inside a pod, plain HTTP is the norm (TLS to a pod port is refused), so a guest that
-    /// names no scheme means `http`, not wasmtime's default `https`.
-    fn default_scheme(&mut self) -> Option<http::uri::Scheme> {
-        Some(http::uri::Scheme::HTTP)
-    }
-
-    fn send_request(
-        &mut self,
-        request: hyper::Request<WasiBody>,
-        options: Option<RequestOptions>,
-        _response_errors: Box<dyn Future<Output = Result<(), BodyError>> + Send>,
-    ) -> SendFuture {
-        let Some(destination) = Destination::of(request.uri()) else {
-            return failed(BodyError::HttpRequestUriInvalid);
-        };
-        match self.route.route(&destination) {
-            // Containers speak plain HTTP; TLS to one cannot be honoured.
-            Route::Container(_) if destination.scheme != "http" => failed(BodyError::TlsProtocolError),
-            Route::Container(target) => Box::new(async move {
-                let response = target.handle(request).await.map(|body| body.boxed_unsync());
-                Ok((
-                    response,
-                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
-                ))
-            }),
-            Route::PodPort { .. } if destination.scheme != "http" => failed(BodyError::TlsProtocolError),
-            Route::PodPort { network, port } => Box::new(send_over_pod_network(network, port, request)),
-            Route::Refused => failed(BodyError::ConnectionRefused),
-            Route::Denied => {
-                self.events.emit(
-                    Some(&self.container),
-                    EventKind::OutgoingDenied { url: destination.url },
-                );
-                failed(BodyError::HttpRequestDenied)
-            }
-            Route::External => Box::new(async move {
-                let mut request = request;
-                if destination.host == crate::net::egress::HOST_INTERNAL {
-                    // The host's own loopback, as `host.wasmpod.internal` promises.
-                    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                    let uri = format!("{}://127.0.0.1:{}{path}", destination.scheme, destination.port);
-                    *request.uri_mut() = uri.parse().map_err(|_| BodyError::HttpRequestUriInvalid)?;
-                }
-                let (response, connection) = wasmtime_wasi_http::default_send_request(request, options).await?;
-                Ok((
-                    response.map(|body| body.boxed_unsync()),
-                    Box::new(connection) as Box<dyn Future<Output = _> + Send>,
-                ))
-            }),
-        }
-    }
-}
-
-/// Sends one request as HTTP/1.1 to whatever listens on a pod port (a command container's own
-/// server), over the pod's network: nothing leaves the process.
-async fn send_over_pod_network(
-    network: Arc<PodNetwork>,
-    port: u16,
-    mut request: hyper::Request<WasiBody>,
-) -> Result<
-    (
-        hyper::Response<WasiBody>,
-        Box<dyn Future<Output = Result<(), BodyError>> + Send>,
-    ),
-    BodyError,
-> {
-    let stream = network.connect(port).map_err(|_| BodyError::ConnectionRefused)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(BodyError::from)?;
-    // The connection is driven by its own task from the start (the response cannot arrive
-    // otherwise); the future handed back to wasmtime owns it, so it ends with the exchange.
-    let driver = AbortOnDrop(tokio::spawn(connection));
-    // An origin-form request line, as a server behind a port expects.
-    let path = request
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    *request.uri_mut() = path.parse().map_err(|_| BodyError::HttpRequestUriInvalid)?;
-    let response = sender.send_request(request).await.map_err(BodyError::from)?;
-    let response = response.map(|body| body.map_err(BodyError::from).boxed_unsync());
-    let finished: Box<dyn Future<Output = Result<(), BodyError>> + Send> = Box::new(async move {
-        let mut driver = driver;
-        match (&mut driver.0).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(BodyError::from(e)),
-            Err(_) => Err(BodyError::ConnectionTerminated),
-        }
-    });
-    Ok((response, finished))
-}
-
-/// A spawned task that is aborted when its handle is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// The routes of one container of a pod: `localhost`, loopback addresses and container names
-/// mean the pod; a port served by an http container is called in-process, a port a command
-/// container listens on is reached over the pod network; anything else leaves the pod only
-/// where the container's egress policy allows it.
-pub struct PodRoutes {
-    network: Arc<PodNetwork>,
-    http: Arc<HttpPorts>,
-    egress: EgressCheck,
-}
-
-/// Says whether a destination outside the pod (host, port) is allowed.
-pub type EgressCheck = Arc<dyn Fn(&str, u16) -> bool + Send + Sync>;
-
-/// The pod's http containers by port, shared by every container's routes. Weak, so containers
-/// that call each other do not keep each other alive.
-#[derive(Default)]
-pub struct HttpPorts(RwLock<HashMap<u16, Weak<HttpContainer>>>);
-
-impl HttpPorts {
-    pub fn insert(&self, port: u16, container: &Arc<HttpContainer>) {
-        write(&self.0).insert(port, Arc::downgrade(container));
-    }
-
-    pub fn get(&self, port: u16) -> Option<Arc<HttpContainer>> {
-        self.0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&port)
-            .and_then(Weak::upgrade)
-    }
-}
-
-impl PodRoutes {
-    /// `egress(host, port)` says whether a destination outside the pod is allowed.
-    pub fn new(network: Arc<PodNetwork>, http: Arc<HttpPorts>, egress: EgressCheck) -> PodRoutes {
-        PodRoutes { network, http, egress }
-    }
-}
-
-impl OutgoingRoute for PodRoutes {
-    fn route(&self, destination: &Destination) -> Route {
-        let in_pod = destination.is_loopback()
-            || destination
-                .host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_unspecified())
-            || self.network.has_name(&destination.host);
-        if !in_pod {
-            return if (self.egress)(&destination.host, destination.port) {
-                Route::External
-            } else {
-                Route::Denied
-            };
-        }
-        if let Some(container) = self.http.get(destination.port) {
-            return Route::Container(container);
-        }
-        if self.network.is_listening(destination.port) {
-            return Route::PodPort {
-                network: self.network.clone(),
-                port: destination.port,
-            };
-        }
-        Route::Refused
-    }
-}
-
-fn failed(error: BodyError) -> SendFuture {
-    Box::new(async move { Err(error) })
 }

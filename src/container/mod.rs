@@ -1,0 +1,150 @@
+//! One container of a pod: what it is (its [`ContainerKind`], told from the component's
+//! exports), how its runs end ([`Exit`]), and how each kind is driven.
+//!
+//! Every kind runs in Stores built by one place, [`store::ContainerRuntime`] (its args, env,
+//! mounts, logs, pod network, egress, outgoing-HTTP routes, memory budget and CPU share), so
+//! the kinds differ only in how a Store is driven: a command runs `wasi:cli/run` once
+//! ([`command`]), an http container serves `wasi:http/incoming-handler` with a fresh instance
+//! per request ([`http`]), and a health check calls the `wasmpod:health/check` export
+//! ([`health`]). When a container runs or restarts is the supervisor's business
+//! ([`crate::supervisor`]).
+
+pub mod command;
+pub mod health;
+pub mod http;
+pub mod store;
+
+use std::fmt;
+
+use wasmtime::component::Component;
+use wasmtime_wasi::I32Exit;
+
+pub use command::CommandContainer;
+pub use http::{HttpContainer, HttpLimits};
+pub use store::{ContainerData, ContainerRuntime, PodServices, linker};
+
+use crate::resources::MemoryBudget;
+
+/// What a component is, told from its exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerKind {
+    /// Exports `wasi:cli/run`: a process with `main`.
+    Command,
+    /// Exports `wasi:http/incoming-handler`: served per request.
+    Http,
+}
+
+impl ContainerKind {
+    /// Like [`ContainerKind::of`], with an error naming the container when it is neither.
+    pub fn require(
+        engine: &wasmtime::Engine,
+        component: &Component,
+        container: &str,
+    ) -> Result<ContainerKind, ContainerError> {
+        ContainerKind::of(engine, component).ok_or_else(|| ContainerError::Unsupported {
+            container: container.to_string(),
+            message: "the component exports neither `wasi:cli/run` (a command) nor \
+                      `wasi:http/incoming-handler` (an http handler)"
+                .into(),
+        })
+    }
+
+    /// Reads the kind from a compiled component's exports (`incoming-handler` first: `wstd`
+    /// http guests export `wasi:cli/run` too).
+    pub fn of(engine: &wasmtime::Engine, component: &Component) -> Option<ContainerKind> {
+        let ty = component.component_type();
+        let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+        if names.iter().any(|n| n.starts_with("wasi:http/incoming-handler@")) {
+            Some(ContainerKind::Http)
+        } else if names.iter().any(|n| n.starts_with("wasi:cli/run@")) {
+            Some(ContainerKind::Command)
+        } else {
+            None
+        }
+    }
+}
+
+/// How one run of a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// `main` returned or the guest called `exit`; 0 is success.
+    Code(i32),
+    /// The guest trapped (a panic, `unreachable`, an out-of-bounds access, ...).
+    Trapped(String),
+    /// It trapped after its memory limit refused to grow its memory (Kubernetes' `OOMKilled`).
+    OutOfMemory { limit: u64, trap: String },
+    /// The host could not start it (instantiation or a mount failed).
+    Failed(String),
+    /// The pod stopped it.
+    Stopped,
+    /// Restarted on request ([`crate::Pod::restart`]).
+    Restarted,
+    /// Cancelled by the pod because a startup or liveness probe failed.
+    Killed(String),
+}
+
+impl Exit {
+    /// Whether the run counts as a success for restart policies and the pod's outcome.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Exit::Code(0) | Exit::Stopped | Exit::Restarted)
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exited with code {code}"),
+            Exit::Trapped(message) => write!(f, "trapped: {message}"),
+            Exit::OutOfMemory { limit, trap } => {
+                write!(
+                    f,
+                    "OOMKilled: memory limit of {} reached ({trap})",
+                    crate::resources::format_bytes(*limit)
+                )
+            }
+            Exit::Failed(message) => write!(f, "failed to start: {message}"),
+            Exit::Stopped => write!(f, "stopped"),
+            Exit::Restarted => write!(f, "restarted on request"),
+            Exit::Killed(reason) => write!(f, "killed: {reason}"),
+        }
+    }
+}
+
+/// Why a container could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("container {container:?}: {message}")]
+    Unsupported { container: String, message: String },
+    #[error("container {container:?}: cannot link the component: {message}")]
+    Link { container: String, message: String },
+}
+
+/// A trap after the memory budget refused growth is an out-of-memory kill (Kubernetes'
+/// `OOMKilled`): say so, with the limit, instead of only the trap that followed.
+pub(crate) fn out_of_memory(exit: Exit, memory: &MemoryBudget) -> Exit {
+    match (exit, memory.limit()) {
+        (Exit::Trapped(trap), Some(limit)) if memory.exceeded() => Exit::OutOfMemory { limit, trap },
+        (exit, _) => exit,
+    }
+}
+
+/// Turns a wasmtime error from a run into an [`Exit`]: the guest's exit code, or a trap with a
+/// readable message (the trap and the innermost named wasm function).
+pub fn classify(error: wasmtime::Error) -> Exit {
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return Exit::Code(exit.0);
+    }
+    let Some(trap) = error.downcast_ref::<wasmtime::Trap>() else {
+        return Exit::Trapped(format!("{:#}", error.root_cause()));
+    };
+    let function = error.downcast_ref::<wasmtime::WasmBacktrace>().and_then(|bt| {
+        bt.frames()
+            .iter()
+            .find_map(|frame| frame.func_name().map(str::to_owned))
+    });
+    match function {
+        Some(function) => Exit::Trapped(format!("{trap} (in {function})")),
+        None => Exit::Trapped(trap.to_string()),
+    }
+}
+
