@@ -68,8 +68,10 @@ impl Destination {
         if host.is_empty() {
             return Err(BodyError::HttpRequestUriInvalid);
         }
-        let port = match uri.port() {
-            Some(port) => port.as_str().parse::<u16>().map_err(|_| BodyError::HttpRequestUriInvalid)?,
+        // `Uri::port` hides a port that is not a u16 (it answers "no port"), so the authority
+        // is read as written.
+        let port = match written_port(uri.authority().map(|a| a.as_str()).unwrap_or_default()) {
+            Some(port) => port.parse::<u16>().map_err(|_| BodyError::HttpRequestUriInvalid)?,
             None if scheme == "https" => 443,
             None => 80,
         };
@@ -92,6 +94,17 @@ impl Destination {
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| crate::net::is_pod_address(ip))
     }
+}
+
+/// The port of an authority exactly as written (`None` when it names none): what follows the
+/// host (after any userinfo, and after the brackets of an IPv6 literal).
+fn written_port(authority: &str) -> Option<&str> {
+    let host_and_port = authority.rsplit_once('@').map_or(authority, |(_, rest)| rest);
+    let after_host = match host_and_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
+        None => host_and_port.find(':').map_or("", |i| &host_and_port[i..]),
+    };
+    after_host.strip_prefix(':').filter(|port| !port.is_empty())
 }
 
 /// Where an outgoing request goes.
@@ -492,6 +505,14 @@ mod tests {
         assert_eq!(plain.port, 80);
         let tls = destination("https://Example.COM/").expect("valid");
         assert_eq!((tls.host.as_str(), tls.port), ("example.com", 443));
+        assert!(matches!(
+            destination("http://[::1]:70000/"),
+            Err(BodyError::HttpRequestUriInvalid)
+        ));
+        assert!(matches!(
+            destination("http://user@localhost:1x/"),
+            Err(BodyError::HttpRequestUriInvalid)
+        ));
         let v6 = destination("http://[::1]:8080/x").expect("valid");
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 8080));
         assert!(v6.is_loopback());

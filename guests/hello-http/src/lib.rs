@@ -15,7 +15,14 @@
 //! - `/trap-midway` answers 200, sends `partial` and flushes, then panics
 //! - `/loop-midway` answers 200, sends `partial` and flushes, then spins forever
 //! - `/fetch?url=U` GETs `U` with `wasi:http/outgoing-handler` and answers its status and body,
-//!                  with header `x-upstream-status`; 502 with `error: CODE` when the request fails
+//!                  with header `x-upstream-status`; 502 with `error: CODE` when the request fails.
+//!                  `&connect_ms=N`, `&first_byte_ms=N`, `&between_bytes_ms=N` set its
+//!                  request-options timeouts
+//! - `/alloc?mib=N` allocates and touches N MiB, then answers `held N MiB`
+//! - `/sleep?ms=N`  waits N milliseconds, then answers `slept N ms`
+//! - `/slow-body?ms=N` answers 200 and `first`, then waits N milliseconds before `second`
+//! - `/tcp?port=N&send=TEXT` connects to `localhost:N` with `wasi:sockets` (std::net), sends
+//!                  TEXT, half-closes and answers what came back; 502 with `error: ...` on failure
 //! - anything else  404
 
 use std::io::{Read as _, Write as _};
@@ -75,6 +82,33 @@ impl wasip2::exports::http::incoming_handler::Guest for HelloHttp {
                 }
             }
             "/fetch" => fetch(&query, out),
+            "/alloc" => {
+                let mib: usize = param(&query, "mib").and_then(|v| v.parse().ok()).unwrap_or(1);
+                let mut held: Vec<Vec<u8>> = Vec::new();
+                for _ in 0..mib {
+                    // Touch every page, so the memory is really used, not only reserved.
+                    held.push(vec![1u8; 1 << 20]);
+                }
+                let text = format!("held {} MiB\n", std::hint::black_box(&held).len());
+                respond(out, 200, &[("content-type", "text/plain")], text.as_bytes());
+            }
+            "/sleep" => {
+                let ms: u64 = param(&query, "ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                respond(out, 200, &[], format!("slept {ms} ms\n").as_bytes());
+            }
+            "/slow-body" => {
+                let ms: u64 = param(&query, "ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let (response, outgoing) = start_response(200, &[("content-type", "text/plain")]);
+                ResponseOutparam::set(out, Ok(response));
+                if let Ok(mut stream) = outgoing.write() {
+                    let _ = stream.write_all(b"first\n").and_then(|()| std::io::Write::flush(&mut stream));
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    let _ = stream.write_all(b"second\n").and_then(|()| std::io::Write::flush(&mut stream));
+                }
+                let _ = OutgoingBody::finish(outgoing, None);
+            }
+            "/tcp" => tcp(&query, out),
             _ => respond(out, 404, &[("content-type", "text/plain")], b"not found\n"),
         }
     }
@@ -196,6 +230,11 @@ fn fetch(query: &str, out: ResponseOutparam) {
         None => (rest, "/"),
     };
     let request = OutgoingRequest::new(Fields::new());
+    let options = wasip2::http::types::RequestOptions::new();
+    let ms = |name: &str| param(query, name).and_then(|v| v.parse::<u64>().ok()).map(|ms| ms * 1_000_000);
+    let _ = options.set_connect_timeout(ms("connect_ms"));
+    let _ = options.set_first_byte_timeout(ms("first_byte_ms"));
+    let _ = options.set_between_bytes_timeout(ms("between_bytes_ms"));
     let scheme = match scheme {
         "http" => Scheme::Http,
         "https" => Scheme::Https,
@@ -204,7 +243,7 @@ fn fetch(query: &str, out: ResponseOutparam) {
     let _ = request.set_scheme(Some(&scheme));
     let _ = request.set_authority(Some(authority));
     let _ = request.set_path_with_query(Some(path));
-    match send(request) {
+    match send(request, options) {
         Ok((status, body)) => {
             let status_text = status.to_string();
             respond(out, status, &[("x-upstream-status", &status_text)], &body)
@@ -213,8 +252,11 @@ fn fetch(query: &str, out: ResponseOutparam) {
     }
 }
 
-fn send(request: OutgoingRequest) -> Result<(u16, Vec<u8>), ErrorCode> {
-    let future = outgoing_handler::handle(request, None)?;
+fn send(
+    request: OutgoingRequest,
+    options: wasip2::http::types::RequestOptions,
+) -> Result<(u16, Vec<u8>), ErrorCode> {
+    let future = outgoing_handler::handle(request, Some(options))?;
     let response = loop {
         match future.get() {
             Some(Ok(result)) => break result?,
@@ -226,14 +268,51 @@ fn send(request: OutgoingRequest) -> Result<(u16, Vec<u8>), ErrorCode> {
     let body = response
         .consume()
         .map_err(|()| ErrorCode::InternalError(Some("no body".into())))?;
-    let mut input = body
+    let input = body
         .stream()
         .map_err(|()| ErrorCode::InternalError(Some("no body stream".into())))?;
     let mut bytes = Vec::new();
-    input
-        .read_to_end(&mut bytes)
-        .map_err(|e| ErrorCode::InternalError(Some(format!("reading the response body: {e}"))))?;
+    loop {
+        match input.blocking_read(CHUNK) {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(wasip2::io::streams::StreamError::Closed) => break,
+            // The body failed: say how, as the host reported it.
+            Err(wasip2::io::streams::StreamError::LastOperationFailed(e)) => {
+                let code = wasip2::http::types::http_error_code(&e);
+                return Err(code.unwrap_or_else(|| ErrorCode::InternalError(Some(e.to_debug_string()))));
+            }
+        }
+    }
     drop(input);
     let _ = IncomingBody::finish(body);
     Ok((status, bytes))
+}
+
+/// The value of `name=` in a query string.
+fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then_some(value)
+    })
+}
+
+/// Talks to a pod port over `wasi:sockets` (an http container has the pod network too).
+fn tcp(query: &str, out: ResponseOutparam) {
+    use std::net::{Shutdown, TcpStream};
+    let Some(port) = param(query, "port").and_then(|p| p.parse::<u16>().ok()) else {
+        return respond(out, 400, &[], b"missing port= parameter\n");
+    };
+    let text = param(query, "send").unwrap_or("");
+    let exchange = || -> std::io::Result<Vec<u8>> {
+        let mut stream = TcpStream::connect(("localhost", port))?;
+        stream.write_all(text.as_bytes())?;
+        stream.shutdown(Shutdown::Write)?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply)?;
+        Ok(reply)
+    };
+    match exchange() {
+        Ok(reply) => respond(out, 200, &[], &reply),
+        Err(e) => respond(out, 502, &[], format!("error: {e}\n").as_bytes()),
+    }
 }
