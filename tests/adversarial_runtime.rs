@@ -201,6 +201,7 @@ async fn request_timeouts_hold_on_routes_inside_the_pod() {
     let (pod, addr) = started(
         r#"
         name = "http-timeouts"
+        termination_grace_period = "100ms"
         [expose]
         port = 8080
         [[containers]]
