@@ -13,12 +13,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::container::{self, CommandContainer, ContainerError, ContainerKind, ContainerRuntime, PodServices};
-use crate::engine::{CompileError, CompileSource, Engine};
 use crate::container::{HttpContainer, HttpLimits};
-use crate::route::{HttpPorts, PodRoutes};
+use crate::engine::{CompileError, CompileSource, Engine};
 use crate::logs::{DEFAULT_LINES_PER_CONTAINER, LogLine, Logs};
 use crate::net::PodNetwork;
 use crate::proxy::{FrontProxy, ProxyError, ProxyLimits, ProxyTarget};
+use crate::route::{HttpPorts, PodRoutes};
 use crate::spec::{ComponentSource, ContainerSpec, PodSpec, SpecError};
 use crate::status::{
     ContainerState, ContainerStatus, DEFAULT_EVENT_CAPACITY, EventKind, Events, PodPhase, PodStatus, WaitingReason,

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 
-use crate::route::HttpPorts;
 use crate::net::PodNetwork;
+use crate::route::HttpPorts;
 use crate::spec::{Probe, ProbeAction};
 
 /// An in-process health check: calls the component's health export in a fresh instance.

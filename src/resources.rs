@@ -69,9 +69,9 @@ impl MemoryAccount {
 
     /// Gives back bytes taken with [`MemoryAccount::try_charge`].
     pub fn release(&self, bytes: u64) {
-        let _ = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| Some(used.saturating_sub(bytes)));
+        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            Some(used.saturating_sub(bytes))
+        });
     }
 }
 
@@ -151,11 +151,14 @@ impl ResourceLimiter for MemoryBudget {
     }
 }
 
-/// What to do when a running guest reaches its epoch deadline.
-#[derive(Debug, Clone, Copy)]
+/// What to do when a running guest reaches its epoch deadline. Clones share one count of the
+/// ticks they throttled (all Stores of a container).
+#[derive(Debug, Clone)]
 pub struct CpuShare {
     /// The pause after each sampled tick of computation; zero for an unlimited container.
     pause: Duration,
+    /// Ticks after which a Store of this container paused: how often the share held it back.
+    throttled: Arc<AtomicU64>,
 }
 
 impl CpuShare {
@@ -165,14 +168,23 @@ impl CpuShare {
             Some(share) if share > 0.0 && share < 1.0 => EPOCH_TICK.mul_f64((1.0 - share) / share),
             _ => Duration::ZERO,
         };
-        CpuShare { pause }
+        CpuShare {
+            pause,
+            throttled: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// How many times a Store of this share was paused (Kubernetes' `nr_throttled`).
+    pub fn throttled_ticks(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
     }
 
     /// Makes `store` yield at every epoch tick, pausing as this share requires. Every Store
-    /// that runs guest code gets this, command runs and http requests alike.
-    pub fn install<T: 'static>(self, store: &mut wasmtime::Store<T>) {
+    /// that runs guest code gets this, whatever its kind.
+    pub fn install<T: 'static>(&self, store: &mut wasmtime::Store<T>) {
+        let share = self.clone();
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| Ok(self.on_deadline()));
+        store.epoch_deadline_callback(move |_| Ok(share.on_deadline()));
     }
 
     /// The epoch-deadline decision: yield (and pause when throttled), then run one more tick.
@@ -184,6 +196,7 @@ impl CpuShare {
             // runtime those are otherwise only looked at every 61 task polls, ~0.6 s here).
             UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
         } else {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
             UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(self.pause)))
         }
     }

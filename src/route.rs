@@ -360,11 +360,13 @@ where
         ),
         None => Box::new(stream),
     };
-    let (mut sender, connection) =
-        tokio::time::timeout(timeouts.connect, hyper::client::conn::http1::handshake(TokioIo::new(stream)))
-            .await
-            .map_err(|_| BodyError::ConnectionTimeout)?
-            .map_err(BodyError::from)?;
+    let (mut sender, connection) = tokio::time::timeout(
+        timeouts.connect,
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)),
+    )
+    .await
+    .map_err(|_| BodyError::ConnectionTimeout)?
+    .map_err(BodyError::from)?;
     // The connection is driven by its own task from the start (the response cannot arrive
     // otherwise); the future handed back to wasmtime owns it, so it ends with the exchange.
     let driver = AbortOnDrop(tokio::spawn(connection));
@@ -379,7 +381,8 @@ where
         .await
         .map_err(|_| BodyError::ConnectionReadTimeout)?
         .map_err(BodyError::from)?;
-    let response = response.map(|body| TimedBody::new(body.map_err(BodyError::from), timeouts.between_bytes).boxed_unsync());
+    let response =
+        response.map(|body| TimedBody::new(body.map_err(BodyError::from), timeouts.between_bytes).boxed_unsync());
     let finished: Box<dyn Future<Output = Result<(), BodyError>> + Send> = Box::new(async move {
         let mut driver = driver;
         match (&mut driver.0).await {
@@ -520,7 +523,12 @@ mod tests {
 
     #[test]
     fn unspecified_and_loopback_addresses_mean_the_pod() {
-        for uri in ["http://0.0.0.0:1/", "http://127.1.2.3/", "http://[::]/", "http://app.localhost/"] {
+        for uri in [
+            "http://0.0.0.0:1/",
+            "http://127.1.2.3/",
+            "http://[::]/",
+            "http://app.localhost/",
+        ] {
             assert!(destination(uri).expect("valid").is_loopback(), "{uri}");
         }
         assert!(!destination("http://10.0.0.1/").expect("valid").is_loopback());

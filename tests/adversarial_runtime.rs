@@ -37,7 +37,9 @@ async fn started(toml: &str) -> (Pod, std::net::SocketAddr) {
 /// GET through the front proxy; (status, body as text).
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the proxy");
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to the proxy");
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
                 .await
@@ -53,7 +55,9 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         let body = response.into_body().collect().await.expect("the whole body").to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
     };
-    tokio::time::timeout(DEADLINE, exchange).await.expect("answered in time")
+    tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .expect("answered in time")
 }
 
 fn events_of(pod: &Pod, mut wanted: impl FnMut(&EventKind) -> bool) -> Vec<String> {
@@ -85,7 +89,8 @@ async fn an_http_container_is_held_to_its_memory_limit_and_keeps_serving() {
     assert_eq!(status, 500, "a request over the limit fails: {body}");
     let oom = events_of(&pod, |kind| matches!(kind, EventKind::RequestTrapped { .. }));
     assert!(
-        oom.iter().any(|e| e.contains("OOMKilled: memory limit of 16MiB reached")),
+        oom.iter()
+            .any(|e| e.contains("OOMKilled: memory limit of 16MiB reached")),
         "the trap is reported as out of memory: {oom:?}"
     );
     // The budget is given back with the instance: later requests work, also ones that allocate.

@@ -34,6 +34,16 @@ struct Web {
 }
 
 async fn web(name: &str, limits: HttpLimits, env: &[(&str, &str)], routes: Option<Arc<LocalRoutes>>) -> Web {
+    web_with(name, limits, env, routes, wasmpod::spec::Resources::default()).await
+}
+
+async fn web_with(
+    name: &str,
+    limits: HttpLimits,
+    env: &[(&str, &str)],
+    routes: Option<Arc<LocalRoutes>>,
+    resources: wasmpod::spec::Resources,
+) -> Web {
     let engine = engine();
     let path = guest("hello_http");
     let compiled = tokio::task::spawn_blocking({
@@ -48,6 +58,7 @@ async fn web(name: &str, limits: HttpLimits, env: &[(&str, &str)], routes: Optio
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect::<BTreeMap<_, _>>();
+    spec.resources = resources;
     let logs = Logs::new(100);
     let events = Events::new(100);
     let mut container = HttpContainer::new(
@@ -594,6 +605,42 @@ async fn outgoing_requests_outside_the_pod_are_denied_and_unserved_ports_refused
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let body = response.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(text(&body), "error: ErrorCode::ConnectionRefused\n");
+}
+
+#[tokio::test]
+async fn an_http_container_is_held_to_its_cpu_share() {
+    let limits = HttpLimits {
+        request_timeout: Duration::from_millis(300),
+        ..HttpLimits::default()
+    };
+    let throttled = web_with(
+        "throttled",
+        limits.clone(),
+        &[],
+        None,
+        wasmpod::spec::Resources {
+            cpu: Some(0.1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let response = throttled
+        .container
+        .handle(request("GET", "/loop", full(Bytes::new())))
+        .await;
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        throttled.container.runtime().cpu().throttled_ticks() > 0,
+        "a computing request of a container with cpu = 0.1 is throttled"
+    );
+    let free = web("free", limits, &[], None).await;
+    let response = free.container.handle(request("GET", "/loop", full(Bytes::new()))).await;
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        free.container.runtime().cpu().throttled_ticks(),
+        0,
+        "no share, no throttling"
+    );
 }
 
 /// Not a test: request rates for the report. Run it optimised, alone:

@@ -17,8 +17,8 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -114,10 +114,12 @@ impl HttpContainer {
         events: Events,
     ) -> Result<HttpContainer, HttpError> {
         let name = spec.name.clone();
-        let runtime = ContainerRuntime::new(spec, mounts, PodServices::standalone(engine, logs, events))
-            .map_err(|e| HttpError::Link {
-                container: name,
-                message: e.to_string(),
+        let runtime =
+            ContainerRuntime::new(spec, mounts, PodServices::standalone(engine, logs, events)).map_err(|e| {
+                HttpError::Link {
+                    container: name,
+                    message: e.to_string(),
+                }
             })?;
         let linker = super::linker(engine).map_err(|e| HttpError::Link {
             container: runtime.name().to_string(),

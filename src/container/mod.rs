@@ -147,4 +147,3 @@ pub fn classify(error: wasmtime::Error) -> Exit {
         None => Exit::Trapped(trap.to_string()),
     }
 }
-

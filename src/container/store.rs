@@ -166,6 +166,11 @@ impl ContainerRuntime {
         &self.memory
     }
 
+    /// The container's CPU share, shared by all its Stores.
+    pub fn cpu(&self) -> &CpuShare {
+        &self.cpu
+    }
+
     /// Replaces the routes of outgoing requests (before the container is shared).
     pub fn set_routes(&mut self, routes: Arc<dyn OutgoingRoute>) {
         self.pod.routes = routes;
