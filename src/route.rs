@@ -92,7 +92,7 @@ impl Destination {
         }
         self.host
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| crate::net::is_pod_address(ip))
+            .is_ok_and(crate::net::is_pod_address)
     }
 }
 
