@@ -1,9 +1,9 @@
-//! What a pod and its containers are doing, as data: phases, container states, exits, and the
-//! pod's event log.
+//! What a pod and its containers are doing, as data: phases, container states, how a run ended
+//! ([`Exit`]), and the pod's event log.
 //!
 //! Lifecycles are enums with explicit transitions (Kubernetes' vocabulary: a pod is Pending,
 //! Initializing, Running, then Succeeded, Failed or Stopped; a container is Waiting, Running or
-//! Terminated). The supervisor ([`crate::pod`]) writes these; the library API and the CLI read
+//! Terminated). The pod's state ([`crate::pod::state`]) writes these, one transition at a time; the library API and the CLI read
 //! them. Events are kept in a bounded log and can be followed: by one channel
 //! ([`Events::follow`], the CLI that runs the pod) or by any number of cursors ([`Events::tail`],
 //! `wasmpod events --follow`) that never hold the supervisor up.
@@ -14,8 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
-
-use crate::container::Exit;
 
 /// The pod's phase.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +48,52 @@ impl fmt::Display for PodPhase {
             PodPhase::Succeeded => f.write_str("Succeeded"),
             PodPhase::Failed { reason } => write!(f, "Failed: {reason}"),
             PodPhase::Stopped => f.write_str("Stopped"),
+        }
+    }
+}
+
+/// How one run of a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// `main` returned or the guest called `exit`; 0 is success.
+    Code(i32),
+    /// The guest trapped (a panic, `unreachable`, an out-of-bounds access, ...).
+    Trapped(String),
+    /// It trapped after its memory limit refused to grow its memory (Kubernetes' `OOMKilled`).
+    OutOfMemory { limit: u64, trap: String },
+    /// The host could not start it (instantiation or a mount failed).
+    Failed(String),
+    /// The pod stopped it.
+    Stopped,
+    /// Restarted on request ([`crate::Pod::restart`]).
+    Restarted,
+    /// Cancelled by the pod because a startup or liveness probe failed.
+    Killed(String),
+}
+
+impl Exit {
+    /// Whether the run counts as a success for restart policies and the pod's outcome.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Exit::Code(0) | Exit::Stopped | Exit::Restarted)
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exited with code {code}"),
+            Exit::Trapped(message) => write!(f, "trapped: {message}"),
+            Exit::OutOfMemory { limit, trap } => {
+                write!(
+                    f,
+                    "OOMKilled: memory limit of {} reached ({trap})",
+                    crate::resources::format_bytes(*limit)
+                )
+            }
+            Exit::Failed(message) => write!(f, "failed to start: {message}"),
+            Exit::Stopped => write!(f, "stopped"),
+            Exit::Restarted => write!(f, "restarted on request"),
+            Exit::Killed(reason) => write!(f, "killed: {reason}"),
         }
     }
 }

@@ -415,7 +415,7 @@ impl TestPodBuilder {
 
     /// Exposes pod port `port` through the front proxy (on `127.0.0.1:0`; see [`TestPod::url`]).
     pub fn expose(mut self, port: u16) -> Self {
-        self.spec.expose = Some(Expose { port });
+        self.spec.expose = Some(Expose::new(port));
         self
     }
 

@@ -66,7 +66,7 @@ async fn readiness_gates_the_front_proxy() {
         path: "/ready.txt".into(),
     }));
     spec.containers = vec![web];
-    spec.expose = Some(Expose { port: 8080 });
+    spec.expose = Some(Expose::new(8080));
     let options = PodOptions {
         engine: Some(engine()),
         listen: Some("127.0.0.1:0".parse().unwrap()),

@@ -72,7 +72,7 @@ async fn started(spec: PodSpec) -> (Pod, std::net::SocketAddr) {
 async fn hello_through_the_front_proxy_and_a_4_mib_echo() {
     let mut spec = pod_spec("hello", RestartPolicy::Always);
     spec.containers = vec![hello("hello", 8080)];
-    spec.expose = Some(Expose { port: 8080 });
+    spec.expose = Some(Expose::new(8080));
     let (pod, addr) = started(spec).await;
     let (status, headers, body) = request(addr, "GET", "/", Vec::new()).await;
     assert_eq!(status, 200);
@@ -90,7 +90,7 @@ async fn hello_through_the_front_proxy_and_a_4_mib_echo() {
 async fn a_trapping_request_answers_500_and_the_next_one_works() {
     let mut spec = pod_spec("trap", RestartPolicy::Always);
     spec.containers = vec![hello("hello", 8080)];
-    spec.expose = Some(Expose { port: 8080 });
+    spec.expose = Some(Expose::new(8080));
     let (pod, addr) = started(spec).await;
     assert_eq!(request(addr, "GET", "/trap", Vec::new()).await.0, 500);
     assert_eq!(request(addr, "GET", "/", Vec::new()).await.0, 200);
@@ -107,7 +107,7 @@ async fn a_trapping_request_answers_500_and_the_next_one_works() {
 async fn http_containers_chain_in_process_through_localhost() {
     let mut spec = pod_spec("chain", RestartPolicy::Always);
     spec.containers = vec![hello("front", 8080), hello("back", 8081)];
-    spec.expose = Some(Expose { port: 8080 });
+    spec.expose = Some(Expose::new(8080));
     let (pod, addr) = started(spec).await;
     for url in ["http://localhost:8081/", "http://back:8081/", "http://127.0.0.1:8081/"] {
         let (status, headers, body) = request(addr, "GET", &format!("/fetch?url={url}"), Vec::new()).await;
@@ -128,7 +128,7 @@ async fn an_http_container_calls_a_command_containers_std_net_server() {
     let mut web = webserver("web", &["9000"]);
     web.ports = vec![9000];
     spec.containers = vec![hello("front", 8080), web];
-    spec.expose = Some(Expose { port: 8080 });
+    spec.expose = Some(Expose::new(8080));
     let (pod, addr) = started(spec).await;
     tokio::time::timeout(DEADLINE, pod.network().wait_listening(9000))
         .await
@@ -154,7 +154,7 @@ async fn a_command_container_calls_an_http_container() {
 async fn outgoing_requests_outside_the_pod_are_denied_with_an_event() {
     let mut spec = pod_spec("denied", RestartPolicy::Always);
     spec.containers = vec![hello("front", 8080)];
-    spec.expose = Some(Expose { port: 8080 });
+    spec.expose = Some(Expose::new(8080));
     let (pod, addr) = started(spec).await;
     let (status, _, body) = request(addr, "GET", "/fetch?url=http://example.com/", Vec::new()).await;
     assert_eq!(status, 502);
@@ -210,7 +210,7 @@ async fn an_allowed_host_wasmpod_internal_destination_is_served_by_the_hosts_loo
     // Not allowed: the same destination from a container without the rule.
     let denied = hello("denied", 8081);
     spec.containers = vec![front, client, denied];
-    spec.expose = Some(Expose { port: 8080 });
+    spec.expose = Some(Expose::new(8080));
     let (pod, addr) = started(spec).await;
 
     // wasi:http from an http container.

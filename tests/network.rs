@@ -119,7 +119,7 @@ async fn sixteen_mib_through_the_front_proxy_arrive_intact_with_half_close() {
     let mut server = netcheck("server", "listen 0.0.0.0:8080 && echo 1");
     server.ports = vec![8080];
     spec.containers = vec![server];
-    spec.expose = Some(Expose { port: 8080 });
+    spec.expose = Some(Expose::new(8080));
     let pod = exposed_pod(spec);
     pod.start().await.unwrap();
     let addr = pod.proxy_addr().expect("the front proxy listens");
@@ -158,7 +158,7 @@ async fn a_real_http_client_reaches_a_std_net_http_server_through_the_front_prox
     web.ports = vec![8080];
     web.volume_mounts.push(mount("site", "/site", true));
     spec.containers = vec![web];
-    spec.expose = Some(Expose { port: 8080 });
+    spec.expose = Some(Expose::new(8080));
     let pod = exposed_pod(spec);
     pod.start().await.unwrap();
     let addr = pod.proxy_addr().unwrap();
@@ -183,7 +183,7 @@ async fn nothing_listening_behind_the_front_proxy_closes_the_client_promptly_wit
     let mut idle = toolbox("idle", &["serve-forever", "1000"]);
     idle.ports = vec![9000];
     spec.containers = vec![idle];
-    spec.expose = Some(Expose { port: 9000 });
+    spec.expose = Some(Expose::new(9000));
     let pod = exposed_pod(spec);
     pod.start().await.unwrap();
     let mut client = tokio::net::TcpStream::connect(pod.proxy_addr().unwrap()).await.unwrap();
@@ -210,7 +210,7 @@ async fn two_pods_in_one_process_listen_on_the_same_port_and_never_see_each_othe
         let mut web = ContainerSpecExt::with_args(guest_container("web", "webserver"), &["80"]);
         web.ports = vec![80];
         spec.containers = vec![web];
-        spec.expose = Some(Expose { port: 80 });
+        spec.expose = Some(Expose::new(80));
         spec.name = format!("pod-{name}");
         let pod = exposed_pod(spec);
         pod.start().await.unwrap();

@@ -1,14 +1,17 @@
 //! The pod runtime core through the library API, on the real `toolbox` guest: volumes, mounts,
-//! isolation, args and env, init containers, restart policies and back-off, traps, stop.
+//! isolation, args and env, init containers, restart policies and back-off, traps, stop, and a
+//! start that is claimed once.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
-use wasmpod::spec::{ComponentSource, VolumeSource, VolumeSpec};
-use wasmpod::{ContainerState, EventKind, Exit, Pod, PodError, PodPhase, RestartPolicy, WaitingReason};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wasmpod::spec::{ComponentSource, ContainerSpec, Expose, PodSpec, VolumeSource, VolumeSpec};
+use wasmpod::{ContainerState, EventKind, Exit, Pod, PodError, PodOptions, PodPhase, RestartPolicy, WaitingReason};
 
 #[tokio::test]
 async fn two_containers_share_an_empty_dir() {
@@ -395,4 +398,165 @@ async fn start_twice_is_an_error_and_stop_before_start_is_fine() {
     pod.start().await.unwrap();
     assert!(matches!(pod.start().await, Err(PodError::AlreadyStarted)));
     pod.wait().await;
+}
+
+/// A webserver exposed through the front proxy (on a free port) that serves the files of an
+/// `empty_dir`.
+fn exposed_site(name: &str) -> PodSpec {
+    let mut spec = pod_spec(name, RestartPolicy::Never);
+    spec.volumes.push(empty_dir("site"));
+    let mut web = ContainerSpec::new("web", guest("webserver"));
+    web.args = vec!["8080".into(), "/site".into()];
+    web.ports = vec![8080];
+    web.volume_mounts.push(mount("site", "/site", true));
+    spec.containers = vec![web];
+    spec.expose = Some(Expose::new(8080));
+    spec
+}
+
+fn listening_on_a_free_port(spec: PodSpec) -> Pod {
+    let options = PodOptions {
+        engine: Some(engine()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..PodOptions::default()
+    };
+    Pod::with_options(spec, options).unwrap()
+}
+
+/// A GET through the front proxy; returns the raw response.
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut response))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn concurrent_starts_one_wins_the_other_is_refused_at_once_and_nothing_is_overwritten() {
+    let pod = listening_on_a_free_port(exposed_site("race"));
+    let finished = Mutex::new(Vec::new());
+    let start = async |caller: usize| {
+        let result = pod.start().await;
+        finished.lock().unwrap().push(caller);
+        result
+    };
+    let (first, second) = tokio::join!(start(1), start(2));
+    let (winner, loser) = match (&first, &second) {
+        (Ok(()), Err(PodError::AlreadyStarted)) => (1, 2),
+        (Err(PodError::AlreadyStarted), Ok(())) => (2, 1),
+        other => panic!("expected one start to win and one AlreadyStarted, got {other:?}"),
+    };
+    assert_eq!(
+        *finished.lock().unwrap(),
+        vec![loser, winner],
+        "the loser is refused before the winner's work is done"
+    );
+
+    // One start's work, once: one compile, one volume, one front proxy.
+    let events = pod.events().all();
+    let count = |what: fn(&EventKind) -> bool| events.iter().filter(|e| what(&e.kind)).count();
+    assert_eq!(count(|k| matches!(k, EventKind::Compiling)), 1, "{}", explain(&pod));
+    assert_eq!(
+        count(|k| matches!(k, EventKind::VolumeReady { .. })),
+        1,
+        "{}",
+        explain(&pod)
+    );
+    assert_eq!(
+        count(|k| matches!(k, EventKind::Exposed { .. })),
+        1,
+        "{}",
+        explain(&pod)
+    );
+    let exposed_at = events.iter().find_map(|e| match e.kind {
+        EventKind::Exposed { host_addr, .. } => Some(host_addr),
+        _ => None,
+    });
+    let addr = pod.proxy_addr().expect("the winner's front proxy");
+    assert_eq!(Some(addr), exposed_at);
+    let site = pod.volume_dir("site").expect("the winner's volume");
+    let announced = events.iter().find_map(|e| match &e.kind {
+        EventKind::VolumeReady { host_dir, .. } => Some(host_dir.clone()),
+        _ => None,
+    });
+    assert_eq!(announced.as_deref(), site.to_str());
+
+    // The pod runs normally on what the winner prepared.
+    std::fs::write(site.join("index.txt"), "served by the winner").unwrap();
+    wait_until(&pod, "the web container to be ready", |pod| {
+        pod.status().container("web").unwrap().ready
+    })
+    .await;
+    let response = get(addr, "/index.txt").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.trim_end().ends_with("served by the winner"), "{response}");
+    assert!(matches!(pod.start().await, Err(PodError::AlreadyStarted)));
+    assert_eq!(pod.proxy_addr(), Some(addr));
+    let status = pod.stop().await;
+    assert_eq!(status.phase, PodPhase::Stopped);
+    assert!(!site.exists(), "the volume is removed when the pod ends");
+}
+
+#[tokio::test]
+async fn a_failed_start_ends_the_pod_and_it_cannot_be_started_again() {
+    let mut spec = exposed_site("failedstart");
+    let mut broken = toolbox("broken", &[]);
+    broken.component = ComponentSource::Bytes(vec![0, b'a', b's', b'm', 0x0d, 0, 1, 0, 0xff, 0xff].into());
+    spec.containers.push(broken);
+    let pod = listening_on_a_free_port(spec);
+    let error = pod.start().await.expect_err("garbage does not compile");
+    let status = tokio::time::timeout(DEADLINE, pod.wait())
+        .await
+        .expect("the pod has ended");
+    match &status.phase {
+        PodPhase::Failed { reason } => assert_eq!(reason, &error.to_string()),
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    assert!(pod.proxy_addr().is_none(), "nothing prepared is kept");
+    assert!(pod.volume_dir("site").is_none(), "nothing prepared is kept");
+    assert!(matches!(pod.start().await, Err(PodError::AlreadyStarted)));
+    assert!(
+        pod.events()
+            .all()
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::PodFailed { reason } if reason.contains("\"broken\"")))
+    );
+    assert_eq!(pod.stop().await.phase, status.phase, "stop keeps the outcome");
+}
+
+#[tokio::test]
+async fn stop_during_start_waits_for_the_start_and_ends_the_pod_stopped() {
+    let pod = listening_on_a_free_port(exposed_site("stopwhilestarting"));
+    let seen_dir = Mutex::new(None);
+    let stop = async {
+        // The start has claimed the pod and is compiling (it yields to get its volume ready).
+        wait_until(&pod, "the start to begin", |pod| {
+            pod.events()
+                .all()
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::Compiling))
+        })
+        .await;
+        let status = pod.stop().await;
+        *seen_dir.lock().unwrap() = pod.volume_dir("site");
+        status
+    };
+    let (started, status) = tokio::join!(pod.start(), stop);
+    started.expect("the start itself succeeds");
+    assert_eq!(status.phase, PodPhase::Stopped, "{}", explain(&pod));
+    assert!(
+        seen_dir.lock().unwrap().is_none(),
+        "the volumes are gone when stop returns"
+    );
+    let site = pod.events().all().into_iter().find_map(|e| match e.kind {
+        EventKind::VolumeReady { host_dir, .. } => Some(host_dir),
+        _ => None,
+    });
+    assert!(!std::path::Path::new(&site.expect("the volume was made")).exists());
+    assert!(pod.proxy_addr().is_none());
 }

@@ -173,7 +173,7 @@ fn full_spec_parses_into_the_resolved_model() {
         },
         termination_grace_period: wasmpod::spec::DEFAULT_TERMINATION_GRACE_PERIOD,
         readiness_wait: wasmpod::spec::DEFAULT_READINESS_WAIT,
-        expose: Some(Expose { port: 8080 }),
+        expose: Some(Expose::new(8080)),
         volumes: vec![
             VolumeSpec {
                 name: "scratch".into(),
@@ -884,7 +884,7 @@ fn rust_built_spec(pod: &PodDir) -> PodSpec {
         restart_backoff: Backoff::default(),
         termination_grace_period: wasmpod::spec::DEFAULT_TERMINATION_GRACE_PERIOD,
         readiness_wait: wasmpod::spec::DEFAULT_READINESS_WAIT,
-        expose: Some(Expose { port: 8080 }),
+        expose: Some(Expose::new(8080)),
         volumes: vec![VolumeSpec {
             name: "scratch".into(),
             source: VolumeSource::EmptyDir,
@@ -921,7 +921,7 @@ fn rust_built_spec_problems_name_their_fields() {
         mount_path: "/creds".into(),
         read_only: false,
     }];
-    spec.expose = Some(Expose { port: 9090 });
+    spec.expose = Some(Expose::new(9090));
     spec.restart_backoff.initial = Duration::ZERO;
 
     let error = spec.validate().expect_err("the spec has problems");

@@ -14,8 +14,6 @@ pub mod health;
 pub mod http;
 pub mod store;
 
-use std::fmt;
-
 use wasmtime::component::Component;
 use wasmtime_wasi::I32Exit;
 
@@ -64,51 +62,7 @@ impl ContainerKind {
     }
 }
 
-/// How one run of a container ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Exit {
-    /// `main` returned or the guest called `exit`; 0 is success.
-    Code(i32),
-    /// The guest trapped (a panic, `unreachable`, an out-of-bounds access, ...).
-    Trapped(String),
-    /// It trapped after its memory limit refused to grow its memory (Kubernetes' `OOMKilled`).
-    OutOfMemory { limit: u64, trap: String },
-    /// The host could not start it (instantiation or a mount failed).
-    Failed(String),
-    /// The pod stopped it.
-    Stopped,
-    /// Restarted on request ([`crate::Pod::restart`]).
-    Restarted,
-    /// Cancelled by the pod because a startup or liveness probe failed.
-    Killed(String),
-}
-
-impl Exit {
-    /// Whether the run counts as a success for restart policies and the pod's outcome.
-    pub fn is_success(&self) -> bool {
-        matches!(self, Exit::Code(0) | Exit::Stopped | Exit::Restarted)
-    }
-}
-
-impl fmt::Display for Exit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Exit::Code(code) => write!(f, "exited with code {code}"),
-            Exit::Trapped(message) => write!(f, "trapped: {message}"),
-            Exit::OutOfMemory { limit, trap } => {
-                write!(
-                    f,
-                    "OOMKilled: memory limit of {} reached ({trap})",
-                    crate::resources::format_bytes(*limit)
-                )
-            }
-            Exit::Failed(message) => write!(f, "failed to start: {message}"),
-            Exit::Stopped => write!(f, "stopped"),
-            Exit::Restarted => write!(f, "restarted on request"),
-            Exit::Killed(reason) => write!(f, "killed: {reason}"),
-        }
-    }
-}
+pub use crate::status::Exit;
 
 /// Why a container could not be prepared.
 #[derive(Debug, thiserror::Error)]

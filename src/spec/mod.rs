@@ -93,6 +93,29 @@ impl Backoff {
 pub struct Expose {
     /// A pod port that exactly one container lists in `ports`.
     pub port: u16,
+    /// Whose readiness lets the front proxy forward connections (`[expose] ready`).
+    pub ready: ExposeReady,
+}
+
+impl Expose {
+    /// Exposes `port`, gated on the readiness of the container that serves it.
+    pub fn new(port: u16) -> Expose {
+        Expose {
+            port,
+            ready: ExposeReady::default(),
+        }
+    }
+}
+
+/// What the front proxy waits for before it forwards a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExposeReady {
+    /// The container(s) listing the exposed port in `ports` are ready: a failed sidecar does
+    /// not take the app's traffic down (what users of container groups expect).
+    #[default]
+    Container,
+    /// Every app container is ready (or completed successfully): Kubernetes Service semantics.
+    Pod,
 }
 
 /// A named volume that containers mount.

@@ -21,8 +21,8 @@ use toml::Spanned;
 use crate::net::egress::EgressRule;
 
 use super::{
-    Backoff, ComponentSource, ContainerSpec, Dependency, DependencyCondition, Expose, HttpSettings, MountSpec, PodSpec,
-    Probe, ProbeAction, Resources, RestartPolicy, VolumeSource, VolumeSpec,
+    Backoff, ComponentSource, ContainerSpec, Dependency, DependencyCondition, Expose, ExposeReady, HttpSettings,
+    MountSpec, PodSpec, Probe, ProbeAction, Resources, RestartPolicy, VolumeSource, VolumeSpec,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -202,6 +202,16 @@ struct RawBackoff {
 #[serde(deny_unknown_fields)]
 struct RawExpose {
     port: Spanned<RawPort>,
+    #[serde(default)]
+    ready: RawExposeReady,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+enum RawExposeReady {
+    #[default]
+    Container,
+    Pod,
 }
 
 #[derive(Deserialize)]
@@ -386,7 +396,11 @@ fn lower_pod(raw: RawPod, base_dir: &Path, report: &mut Report) -> PodSpec {
     let expose = raw.expose.and_then(|raw_expose| {
         report.record(Field::ExposePort, raw_expose.port.span());
         let port = lower_port(&raw_expose.port, report)?;
-        Some(Expose { port })
+        let ready = match raw_expose.ready {
+            RawExposeReady::Container => ExposeReady::Container,
+            RawExposeReady::Pod => ExposeReady::Pod,
+        };
+        Some(Expose { port, ready })
     });
 
     // Which volumes are secrets decides the default of `read_only` on their mounts.

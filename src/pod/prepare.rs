@@ -1,0 +1,144 @@
+//! Turning a pod's spec into runnable containers: compiling every component (or loading it
+//! from the cache), preparing the volumes and each container's mounts, egress and outgoing
+//! routes, and telling command containers from http handlers.
+//!
+//! Nothing here changes the pod's state: a start that fails while preparing leaves the pod's
+//! status as it was, and [`Pod::start`] records the failure.
+
+use std::sync::Arc;
+
+use crate::container::{
+    self, CommandContainer, ContainerError, ContainerKind, ContainerRuntime, HttpContainer, HttpLimits, PodServices,
+};
+use crate::engine::CompileSource;
+use crate::route::PodRoutes;
+use crate::spec::{ComponentSource, ContainerSpec};
+use crate::status::EventKind;
+use crate::supervisor::Runnable;
+use crate::volume::Volumes;
+
+use super::{Pod, PodError};
+
+impl Pod {
+    /// Prepares the volumes and every container, init containers first, in spec order (the
+    /// order of the pod's container ids). The volumes are returned to the caller, who holds
+    /// them for the pod's life; dropping them removes the `empty_dir`s and secrets.
+    pub(super) async fn prepare_containers(&self) -> Result<(Volumes, Vec<Runnable>), PodError> {
+        let shared = &self.parts;
+        let linker = container::linker(&shared.engine).map_err(|e| PodError::Engine(format!("{e:#}")))?;
+        let spec = shared.spec.clone();
+        let volumes = tokio::task::spawn_blocking(move || Volumes::prepare(&spec))
+            .await
+            .map_err(|e| PodError::Engine(format!("volume preparation panicked: {e}")))??;
+        for volume in &shared.spec.volumes {
+            if let Some(dir) = volumes.host_dir(&volume.name) {
+                let host_dir = dir.display().to_string();
+                shared.events.emit(
+                    None,
+                    EventKind::VolumeReady {
+                        volume: volume.name.clone(),
+                        host_dir,
+                    },
+                );
+            }
+        }
+        let http_ports = shared.http_ports.clone();
+        let services = PodServices {
+            engine: shared.engine.clone(),
+            logs: shared.logs.clone(),
+            events: shared.events.clone(),
+            network: shared.network.clone(),
+            routes: Arc::new(PodRoutes::new(shared.network.clone(), http_ports.clone())),
+        };
+        let mut prepared = Vec::new();
+        for (index, container_spec) in shared.spec.all_containers().enumerate() {
+            let init = index < shared.spec.init_containers.len();
+            let compiled = self.compile(container_spec).await?;
+            let mounts = volumes.mounts_for(container_spec)?;
+            let name = container_spec.name.clone();
+            let runtime = ContainerRuntime::new(container_spec.clone(), mounts, services.clone())?;
+            let runnable = match ContainerKind::require(shared.engine.wasmtime(), &compiled, &name)? {
+                ContainerKind::Command => {
+                    Runnable::Command(Arc::new(CommandContainer::new(runtime, &linker, &compiled)?))
+                }
+                ContainerKind::Http => {
+                    let port = match (init, container_spec.ports.as_slice()) {
+                        (false, [port]) => *port,
+                        (true, _) => {
+                            return Err(ContainerError::Unsupported {
+                                container: name,
+                                message: "an init container must be a command (`wasi:cli/run`), not an http handler"
+                                    .into(),
+                            }
+                            .into());
+                        }
+                        (false, ports) => {
+                            return Err(ContainerError::Unsupported {
+                                container: name,
+                                message: format!(
+                                    "an http container serves exactly one port; list it in `ports` (it lists {})",
+                                    ports.len()
+                                ),
+                            }
+                            .into());
+                        }
+                    };
+                    let http = HttpContainer::in_pod(runtime, &linker, &compiled)
+                        .map_err(|e| ContainerError::Link {
+                            container: name.clone(),
+                            message: e.to_string(),
+                        })?
+                        .with_limits(http_limits(&self.http_limits, &container_spec.http));
+                    let http = Arc::new(http);
+                    http_ports.insert(port, &http);
+                    Runnable::Http { container: http, port }
+                }
+            };
+            prepared.push(runnable);
+        }
+        Ok((volumes, prepared))
+    }
+
+    async fn compile(&self, container: &ContainerSpec) -> Result<wasmtime::component::Component, PodError> {
+        let shared = &self.parts;
+        let name = container.name.clone();
+        shared.events.emit(Some(&name), EventKind::Compiling);
+        let engine = shared.engine.clone();
+        let source = container.component.clone();
+        let what = match &source {
+            ComponentSource::File(path) => format!("{} (container {name:?})", path.display()),
+            ComponentSource::Bytes(_) => format!("the component bytes of container {name:?}"),
+        };
+        let compiled = tokio::task::spawn_blocking(move || match &source {
+            ComponentSource::File(path) => engine.compile_file(path, &what),
+            ComponentSource::Bytes(bytes) => engine.compile(bytes, &what),
+        })
+        .await
+        .map_err(|e| PodError::Engine(format!("compilation panicked: {e}")))?
+        .map_err(|source| PodError::Compile {
+            container: name.clone(),
+            source,
+        })?;
+        let cached = compiled.source != CompileSource::Compiled;
+        shared.events.emit(
+            Some(&name),
+            EventKind::Compiled {
+                cached,
+                took: compiled.elapsed,
+            },
+        );
+        Ok(compiled.component)
+    }
+}
+
+/// The pod's default request limits, with what the container's spec sets.
+fn http_limits(defaults: &HttpLimits, settings: &crate::spec::HttpSettings) -> HttpLimits {
+    HttpLimits {
+        request_timeout: settings.request_timeout.unwrap_or(defaults.request_timeout),
+        max_concurrent_instances: settings
+            .max_concurrent_instances
+            .unwrap_or(defaults.max_concurrent_instances),
+        max_request_body_bytes: settings.max_request_body.unwrap_or(defaults.max_request_body_bytes),
+        ..defaults.clone()
+    }
+}
