@@ -48,7 +48,7 @@ impl FileLimit {
 /// The soft limit to ask for: the hard limit, or the kernel's per-process ceiling when the hard
 /// limit is "unlimited" (a soft limit above `nr_open` is refused).
 fn target(soft: u64, hard: u64, nr_open: Option<u64>) -> u64 {
-    let ceiling = if hard == libc::RLIM_INFINITY as u64 {
+    let ceiling = if hard == libc::RLIM_INFINITY {
         nr_open.unwrap_or(1 << 20)
     } else {
         hard
@@ -66,7 +66,7 @@ pub fn raise_open_file_limit() -> std::io::Result<FileLimit> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let (before, hard) = (limit.rlim_cur as u64, limit.rlim_max as u64);
+    let (before, hard) = (limit.rlim_cur, limit.rlim_max);
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|text| text.trim().parse().ok());
@@ -79,7 +79,7 @@ pub fn raise_open_file_limit() -> std::io::Result<FileLimit> {
         });
     }
     let raised = libc::rlimit {
-        rlim_cur: wanted as libc::rlim_t,
+        rlim_cur: wanted,
         rlim_max: limit.rlim_max,
     };
     // SAFETY: `raised` is a valid rlimit; only the soft limit changes, within the hard limit.
@@ -100,7 +100,7 @@ mod tests {
     #[test]
     fn the_soft_limit_goes_up_to_the_hard_limit_or_nr_open() {
         assert_eq!(target(1024, 524_288, Some(1 << 20)), 524_288);
-        assert_eq!(target(1024, libc::RLIM_INFINITY as u64, Some(1 << 20)), 1 << 20);
+        assert_eq!(target(1024, libc::RLIM_INFINITY, Some(1 << 20)), 1 << 20);
         assert_eq!(target(4096, 4096, None), 4096);
     }
 
