@@ -2,11 +2,13 @@
 # The front proxy at edge scale (issue 16): wrk against examples/hello-http through the front
 # proxy of a release `wasmpod run`, all on loopback.
 #
-#   1. held      10,000 concurrent keep-alive connections for 60 s, each sending a request
+#   1. idle      10,000 keep-alive connections that send about one request each (10,000 in
+#                all, at once) and then stay idle for 20 s: the growth of the server's RSS (sampled every 2 s) over the warm idle
+#                server, divided by 10,000, is the cost of an idle keep-alive client
+#   1b. held     10,000 concurrent keep-alive connections for 60 s, each sending a request
 #                every 1-3 s (wrk's delay(): about 5,000 req/s offered, so the connections are
-#                open and active without all 10,000 requests being in flight at once); the
-#                server's RSS is sampled every 2 s and the growth over the idle server, divided
-#                by 10,000, is the memory per open connection
+#                open and active without all 10,000 requests being in flight at once); peak RSS
+#                growth over the warm server, divided by 10,000, per active connection
 #   2. rps       full speed (no delay) at 32 connections and at 10,000 connections, 20 s each
 #   3. million   1,000,000 requests at 1,000 connections (each wrk thread stops after its half)
 #
@@ -36,7 +38,7 @@ while [[ $# -gt 0 ]]; do
         --held) held=$2; shift 2 ;;
         --rps-for) rps_for=$2; shift 2 ;;
         --million) million=$2; shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) echo "proxy_scale.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -69,6 +71,19 @@ cat >"$work/held.lua" <<'EOF'
 -- Every connection sends one request every 1 to 3 seconds.
 function delay()
     return math.random(1000, 3000)
+end
+EOF
+cat >"$work/idle.lua" <<EOF
+-- wrk asks delay() before every request, a connection's first one included: each thread lets
+-- as many requests go at once as it has connections (about one per connection; a quick one may
+-- take two while another takes none), then nothing more during the run.
+local asked = 0
+function delay()
+    asked = asked + 1
+    if asked <= $held / 2 then
+        return 0
+    end
+    return 600000
 end
 EOF
 cat >"$work/million.lua" <<EOF
@@ -112,7 +127,18 @@ wrk -t2 -c32 -d5s "$url" >/dev/null   # warm-up: compiled, instances pooled
 idle_rss=$(rss_kib)
 echo "== idle server RSS: $idle_rss KiB"
 
-echo "== 1. held: wrk -t2 -c$held -d$held_for --timeout 30s -s held.lua"
+echo "== 1. idle: wrk -t2 -c$held -d20s --timeout 30s -s idle.lua"
+before=$idle_rss
+: >"$work/rss"
+( while kill -0 "$server" 2>/dev/null; do rss_kib >>"$work/rss"; sleep 2; done ) &
+sampler=$!
+wrk -t2 -c"$held" -d20s --timeout 30s -s "$work/idle.lua" "$url" >"$work/idle.txt"
+kill "$sampler" 2>/dev/null || true
+peak=$(sort -n "$work/rss" | tail -1)
+echo "idle: $(summary "$work/idle.txt")"
+echo "idle: server RSS before $before KiB, peak $peak KiB: $(( (peak - before) * 1024 / held )) bytes per idle connection"
+
+echo "== 1b. held: wrk -t2 -c$held -d$held_for --timeout 30s -s held.lua"
 : >"$work/rss"
 ( while kill -0 "$server" 2>/dev/null; do rss_kib >>"$work/rss"; sleep 2; done ) &
 sampler=$!
@@ -130,7 +156,22 @@ echo "rps at 32:      $(summary "$work/rps32.txt")"
 echo "rps at $held: $(summary "$work/rpsmany.txt")"
 
 echo "== 3. million: wrk -t2 -c$million_connections -d600s --timeout 30s -s million.lua"
-wrk -t2 -c"$million_connections" -d600s --timeout 30s -s "$work/million.lua" "$url" >"$work/million.txt"
+wrk -t2 -c"$million_connections" -d600s --timeout 30s -s "$work/million.lua" "$url" >"$work/million.txt" &
+client=$!
+# wrk's main thread sleeps for the whole -d; once both worker threads stopped (each after its
+# half), SIGINT ends that sleep and wrk prints the results over the time actually taken.
+running=0
+while kill -0 "$client" 2>/dev/null; do
+    threads=$(awk '/^Threads/ { print $2 }' "/proc/$client/status" 2>/dev/null || echo 0)
+    if (( ${threads:-0} > 1 )); then
+        running=1
+    elif (( running )); then
+        kill -INT "$client"
+        break
+    fi
+    sleep 0.2
+done
+wait "$client"
 cat "$work/million.txt"
 echo "million: $(summary "$work/million.txt")"
 

@@ -279,6 +279,21 @@ async fn an_unfinished_request_head_is_closed_after_the_header_read_timeout() {
     pod.stop().await;
 }
 
+/// A client that connects and never sends a byte is closed after the keep-alive timeout.
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_keep_alive_timeout() {
+    let limits = ProxyLimits {
+        header_read_timeout: Duration::from_secs(600),
+        keep_alive_timeout: Duration::from_millis(300),
+        ..ProxyLimits::default()
+    };
+    let (pod, addr) = hello_pod(limits).await;
+    let mut silent = connect_from("127.0.0.8", addr).await;
+    closed_by_proxy(&mut silent).await;
+    get_from("127.0.0.8", addr).await;
+    pod.stop().await;
+}
+
 /// A keep-alive connection that sends no next request is closed after the keep-alive timeout;
 /// pipelined requests are each answered, in order.
 #[tokio::test]

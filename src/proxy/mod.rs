@@ -332,6 +332,14 @@ impl Forwarder {
         }
         let (network, port) = match &self.target {
             ProxyTarget::Http(container) => {
+                // hyper allocates its read and write buffers (8 KiB each) as soon as it serves a
+                // connection; a client that has sent nothing yet costs only its socket and this
+                // task until its first byte. Silence counts against the keep-alive timeout.
+                let first_byte = tokio::time::timeout(self.limits.keep_alive_timeout, client.readable());
+                tokio::select! {
+                    () = self.stop.cancelled() => return,
+                    readable = first_byte => if !matches!(readable, Ok(Ok(()))) { return },
+                }
                 let guard = slow_client::Guard::new(self.limits.header_read_timeout, self.limits.keep_alive_timeout);
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
