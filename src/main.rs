@@ -10,6 +10,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tokio::io::AsyncWriteExt;
 use wasmpod::control::{self, Client, ControlError, PodClaim, Request, Response};
+use wasmpod::proxy::{ProxyLimits, raise_open_file_limit};
 use wasmpod::{Event, EventKind, LogLine, Pod, PodError, PodOptions, PodPhase, PodSpec, Stream};
 
 #[derive(Parser)]
@@ -36,6 +37,8 @@ enum Command {
         /// The host address of the front proxy (default 127.0.0.1:PORT for `[expose] port`).
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        proxy: ProxyFlags,
     },
     /// Check a pod spec and print `ok` or every problem (file:line:column: message).
     Validate {
@@ -80,6 +83,48 @@ enum Command {
     },
 }
 
+/// Limits of the front proxy (`wasmpod run`); defaults are [`ProxyLimits::default`]'s.
+#[derive(clap::Args)]
+#[command(next_help_heading = "Front proxy")]
+struct ProxyFlags {
+    /// Connections open at once; beyond it new clients wait in the listen backlog [default: 16384].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Connections one client address (IPv6: one /64) may hold; 0: no cap [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_connections_per_address: Option<usize>,
+    /// Length of the listen backlog where clients wait at the limit [default: 4096].
+    #[arg(long, value_name = "N")]
+    listen_backlog: Option<u32>,
+    /// HTTP: time a client has to send a request head, from its first byte [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    header_read_timeout: Option<std::time::Duration>,
+    /// HTTP: time a keep-alive connection may wait for its next request [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    keep_alive_timeout: Option<std::time::Duration>,
+    /// TCP: a forwarded connection with no bytes moving either way is closed after this
+    /// [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    idle_timeout: Option<std::time::Duration>,
+}
+
+impl ProxyFlags {
+    fn limits(&self) -> ProxyLimits {
+        let default = ProxyLimits::default();
+        ProxyLimits {
+            max_connections: self.max_connections.unwrap_or(default.max_connections).max(1),
+            max_connections_per_address: self
+                .max_connections_per_address
+                .unwrap_or(default.max_connections_per_address),
+            backlog: self.listen_backlog.unwrap_or(default.backlog),
+            header_read_timeout: self.header_read_timeout.unwrap_or(default.header_read_timeout),
+            keep_alive_timeout: self.keep_alive_timeout.unwrap_or(default.keep_alive_timeout),
+            idle_timeout: self.idle_timeout.unwrap_or(default.idle_timeout),
+            ..default
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -92,7 +137,12 @@ fn main() -> ExitCode {
             json,
         } => logs(&names, tail, follow, json),
         Command::Events { pod, follow, json } => events(pod.as_deref(), follow, json),
-        Command::Run { spec, no_color, listen } => {
+        Command::Run {
+            spec,
+            no_color,
+            listen,
+            proxy,
+        } => {
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(e) => {
@@ -101,7 +151,7 @@ fn main() -> ExitCode {
                 }
             };
             let color = !no_color && std::io::stdout().is_terminal();
-            runtime.block_on(run(&spec, color, listen))
+            runtime.block_on(run(&spec, color, listen, proxy.limits()))
         }
     }
 }
@@ -119,9 +169,12 @@ fn validate(spec: &Path) -> ExitCode {
     }
 }
 
-async fn run(spec: &Path, color: bool, listen: Option<std::net::SocketAddr>) -> ExitCode {
+async fn run(spec: &Path, color: bool, listen: Option<std::net::SocketAddr>, proxy_limits: ProxyLimits) -> ExitCode {
+    // Every client of the front proxy is a file descriptor: raise the soft limit as servers do.
+    let file_limit = raise_open_file_limit();
     let options = PodOptions {
         listen,
+        proxy_limits,
         ..PodOptions::default()
     };
     let pod = match PodSpec::from_file(spec)
@@ -151,6 +204,19 @@ async fn run(spec: &Path, color: bool, listen: Option<std::net::SocketAddr>) -> 
     };
     let names: Vec<String> = pod.spec().all_containers().map(|c| c.name.clone()).collect();
     let printer = Printer::new(names, color);
+    // The warning about a low limit concerns the front proxy only.
+    let clients = if pod.spec().expose.is_some() {
+        proxy_limits.max_connections
+    } else {
+        0
+    };
+    let file_notes = match file_limit {
+        Ok(limit) => limit.notes(clients),
+        Err(e) => vec![format!("warning: cannot read or raise the open-file limit: {e}")],
+    };
+    for note in &file_notes {
+        printer.note(note).await;
+    }
     let mut output = pod.output().follow();
     let mut events = pod.events().follow();
 

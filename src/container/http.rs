@@ -349,14 +349,28 @@ impl HttpContainer {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.keep_alive(true);
+        self.serve_connection_with(io, shutdown, &builder).await
+    }
+
+    /// Like [`HttpContainer::serve_connection_until`], with the connection settings of `builder`
+    /// (the front proxy's: header-read and keep-alive timeouts, with their timer).
+    pub async fn serve_connection_with<IO>(
+        self: Arc<Self>,
+        io: IO,
+        shutdown: impl Future<Output = ()> + Send,
+        builder: &hyper::server::conn::http1::Builder,
+    ) -> Result<(), HttpError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let name = self.name.to_string();
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let container = self.clone();
             async move { Ok::<_, Infallible>(container.handle(request).await) }
         });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(io), service);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
         let mut connection = std::pin::pin!(connection);
         let mut shutdown = std::pin::pin!(shutdown);
         let result = tokio::select! {
