@@ -30,7 +30,7 @@ async fn hello_pod(limits: ProxyLimits) -> (Pod, SocketAddr) {
     let mut hello = ContainerSpec::new("hello", guest("hello_http"));
     hello.ports = vec![8080];
     spec.containers = vec![hello];
-    spec.expose = Some(Expose { port: 8080 });
+    spec.expose = Some(Expose::new(8080));
     exposed(spec, limits).await
 }
 
@@ -242,7 +242,7 @@ async fn the_per_address_cap_also_holds_for_a_plain_tcp_port() {
     web.args = vec!["8080".into()];
     web.ports = vec![8080];
     spec.containers = vec![web];
-    spec.expose = Some(Expose { port: 8080 });
+    spec.expose = Some(Expose::new(8080));
     let limits = ProxyLimits {
         max_connections_per_address: 4,
         ..ProxyLimits::default()
