@@ -1025,6 +1025,92 @@ mod tests {
         assert!(got == *data, "16 MiB echo differs");
     }
 
+    /// Who pays: a container for what it writes, the receiving container for what the host
+    /// side writes to it; every byte goes back on read, reset, drop and container abort.
+    #[tokio::test]
+    async fn queued_bytes_are_charged_and_always_given_back() {
+        let net = PodNetwork::new();
+        let account = MemoryAccount::new(Some(1 << 20));
+        let srv = net.attach_limited(
+            "srv",
+            EgressPolicy::deny_all(),
+            None,
+            account.clone(),
+            SocketLimits::default(),
+        );
+        let cli = net.attach("cli");
+        let lease = net.lease(80, srv.owner()).unwrap();
+        let q = net.listen(&lease, 8, srv.budget()).unwrap();
+        let cli_port = net.lease(0, cli.owner()).unwrap();
+        let c = net.open_connection(cli_port.port(), 80, cli.budget()).unwrap();
+        cli.track(&c);
+        let s = q.pop().unwrap();
+        srv.track(&s);
+        c.tx.write(bytes::Bytes::from_static(b"hello")).unwrap();
+        s.tx.write(bytes::Bytes::from_static(b"bye!!!")).unwrap();
+        assert_eq!((cli.buffered_bytes(), srv.buffered_bytes()), (5, 6));
+        // The host writes into the server container: the server pays.
+        let mut h = net.connect(80).unwrap();
+        let hs = q.pop().unwrap();
+        srv.track(&hs);
+        h.write_all(b"0123456789").await.unwrap();
+        assert_eq!(srv.buffered_bytes(), 16);
+        assert_eq!(account.used(), 16);
+        assert_eq!(net.buffered_bytes(), 21);
+        // Read: given back.
+        assert_eq!(&s.rx.try_read(100).unwrap()[..], b"hello");
+        assert_eq!(cli.buffered_bytes(), 0);
+        // Host stream dropped with its bytes unread by the host: given back.
+        hs.tx.write(bytes::Bytes::from_static(b"to the host")).unwrap();
+        assert_eq!(srv.buffered_bytes(), 27);
+        drop(h);
+        assert_eq!(srv.buffered_bytes(), 16);
+        // A reset gives back both directions.
+        hs.reset();
+        assert_eq!(srv.buffered_bytes(), 6);
+        // A killed container (abort) gives back what it wrote and what it was sent.
+        c.tx.write(bytes::Bytes::from_static(b"more")).unwrap();
+        assert_eq!(cli.buffered_bytes(), 4);
+        srv.abort();
+        assert_eq!((cli.buffered_bytes(), srv.buffered_bytes()), (0, 0));
+        drop((c, s, hs, q, lease, cli_port));
+        assert_eq!(account.used(), 0);
+        assert_eq!(net.buffered_bytes(), 0);
+    }
+
+    /// The host-side client of a container blocked on the container's budget resumes when the
+    /// container reads.
+    #[tokio::test]
+    async fn host_writes_wait_for_the_receiving_container() {
+        let net = PodNetwork::new();
+        let limits = SocketLimits {
+            max_buffered_bytes: 1000,
+            max_sockets: 8,
+        };
+        let srv = net.attach_limited("srv", EgressPolicy::deny_all(), None, MemoryAccount::new(None), limits);
+        let lease = net.lease(81, srv.owner()).unwrap();
+        let q = net.listen(&lease, 8, srv.budget()).unwrap();
+        let mut h = net.connect(81).unwrap();
+        let s = q.pop().unwrap();
+        let writer = tokio::spawn(async move {
+            h.write_all(&[9u8; 100_000]).await.unwrap();
+            h.shutdown().await.unwrap();
+            h
+        });
+        let mut total = 0;
+        loop {
+            std::future::poll_fn(|cx| s.rx.poll_readable(cx)).await;
+            assert!(srv.buffered_bytes() <= 1000);
+            match s.rx.try_read(300) {
+                Ok(b) => total += b.len(),
+                Err(_) => break,
+            }
+        }
+        assert_eq!(total, 100_000);
+        drop(writer.await.unwrap());
+        assert_eq!(net.buffered_bytes(), 0);
+    }
+
     #[tokio::test]
     async fn wait_listening_wakes() {
         let net = PodNetwork::new();

@@ -767,6 +767,68 @@ mod tests {
     }
 
     #[test]
+    fn socket_limit_refuses_creates_and_accepts() {
+        let pod = PodNetwork::new();
+        let limits = crate::net::SocketLimits {
+            max_buffered_bytes: 1 << 20,
+            max_sockets: 2,
+        };
+        let a = pod.attach_limited(
+            "a",
+            crate::net::EgressPolicy::deny_all(),
+            None,
+            crate::resources::MemoryAccount::new(None),
+            limits,
+        );
+        let mut l = listener(&a, v4(7070));
+        let other = VTcpSocket::new(&a, Family::V6).unwrap();
+        assert_eq!(a.open_sockets(), 2);
+        assert_eq!(VTcpSocket::new(&a, Family::V4).err(), Some(NetError::SocketLimit));
+        assert_eq!(
+            crate::net::udp::VUdpSocket::new(&a, false).err(),
+            Some(NetError::SocketLimit)
+        );
+        // Empty backlog: would-block, as usual.
+        assert_eq!(l.accept(&a).err(), Some(NetError::WouldBlock));
+        let b = pod.attach("b");
+        let mut c = VTcpSocket::new(&b, Family::V4).unwrap();
+        c.start_connect(&b, v4(7070)).unwrap();
+        let _streams = c.finish_connect().unwrap();
+        // Out of slots: the connection stays queued until one is free.
+        assert_eq!(l.accept(&a).err(), Some(NetError::SocketLimit));
+        drop(other);
+        let (accepted, _rx, _tx) = l.accept(&a).unwrap();
+        assert_eq!(a.open_sockets(), 2);
+        drop(accepted);
+        assert_eq!(a.open_sockets(), 1);
+    }
+
+    /// shutdown(receive) on one end: its reads end, the peer's writes go on succeeding.
+    #[test]
+    fn shutdown_receive_keeps_the_peer_writing() {
+        let pod = PodNetwork::new();
+        let srv = pod.attach("server");
+        let cli = pod.attach("client");
+        let mut l = listener(&srv, v4(8181));
+        let mut c = VTcpSocket::new(&cli, Family::V4).unwrap();
+        c.start_connect(&cli, v4(8181)).unwrap();
+        let (c_rx, _c_tx) = c.finish_connect().unwrap();
+        let (_s, _s_rx, s_tx) = l.accept(&srv).unwrap();
+        s_tx.write(Bytes::from_static(b"unread")).unwrap();
+        c.shutdown(true, false).unwrap();
+        assert!(matches!(c_rx.try_read(10), Err(StreamError::Closed)));
+        for _ in 0..10 {
+            assert!(s_tx.check_write().unwrap() > 0);
+            s_tx.write(Bytes::from_static(b"more")).unwrap();
+        }
+        assert_eq!(srv.buffered_bytes(), 0, "discarded bytes are not charged");
+        // Dropping the socket is what ends the connection for the writer.
+        drop(c_rx);
+        drop(c);
+        assert!(matches!(s_tx.check_write(), Err(StreamError::Closed)));
+    }
+
+    #[test]
     fn options_validate_like_wasmtime() {
         let pod = PodNetwork::new();
         let a = pod.attach("a");

@@ -513,4 +513,80 @@ mod tests {
         b_out.send(&b, vec![(b"lost".to_vec(), None)]).unwrap();
         assert_eq!(a_in.receive(1).err(), Some(NetError::Detached));
     }
+
+    fn bound(net: &ContainerNet, addr: &str) -> VUdpSocket {
+        let mut s = VUdpSocket::new(net, addr.starts_with('[')).unwrap();
+        s.start_bind(net, addr.parse().unwrap()).unwrap();
+        s.finish_bind().unwrap();
+        s
+    }
+
+    #[test]
+    fn wildcard_reads_as_loopback_while_connected() {
+        let pod = PodNetwork::new();
+        let a = pod.attach("a");
+        for (any, lo) in [("0.0.0.0:0", "127.0.0.1"), ("[::]:0", "::1")] {
+            let mut s = bound(&a, any);
+            let port = s.local_address().unwrap().port();
+            let remote = if lo == "::1" { "[::1]:9" } else { "127.0.0.1:9" };
+            drop(s.stream(&a, Some(remote.parse().unwrap())).unwrap());
+            assert_eq!(s.local_address().unwrap(), SocketAddr::new(lo.parse().unwrap(), port));
+            drop(s.stream(&a, None).unwrap());
+            assert_eq!(s.local_address().unwrap(), any.replace(":0", &format!(":{port}")).parse().unwrap());
+        }
+    }
+
+    #[test]
+    fn connected_send_to_nobody_is_refused_on_the_next_receive() {
+        let pod = PodNetwork::new();
+        let a = pod.attach("a");
+        let mut connected = bound(&a, "127.0.0.1:0");
+        let (mut c_in, mut c_out) = connected.stream(&a, Some("127.0.0.1:4999".parse().unwrap())).unwrap();
+        c_out.check_send();
+        assert_eq!(c_out.send(&a, vec![(b"x".to_vec(), None)]), Ok(1));
+        assert_eq!(c_in.receive(1).err(), Some(NetError::ConnectionRefused));
+        assert_eq!(c_in.receive(1), Ok(vec![])); // reported once
+        // Unconnected: silently dropped, as before.
+        let mut loose = bound(&a, "127.0.0.1:0");
+        let (mut l_in, mut l_out) = loose.stream(&a, None).unwrap();
+        l_out.check_send();
+        let to = Some("127.0.0.1:4999".parse().unwrap());
+        assert_eq!(l_out.send(&a, vec![(b"x".to_vec(), to)]), Ok(1));
+        assert_eq!(l_in.receive(1), Ok(vec![]));
+    }
+
+    #[test]
+    fn inbox_bytes_are_charged_to_the_receiver() {
+        let pod = PodNetwork::new();
+        let limits = crate::net::SocketLimits {
+            max_buffered_bytes: 1000,
+            max_sockets: 8,
+        };
+        let rx = pod.attach_limited(
+            "rx",
+            crate::net::EgressPolicy::deny_all(),
+            None,
+            crate::resources::MemoryAccount::new(None),
+            limits,
+        );
+        let tx = pod.attach("tx");
+        let mut r = bound(&rx, "127.0.0.1:6000");
+        let (mut r_in, _r_out) = r.stream(&rx, None).unwrap();
+        let mut s = bound(&tx, "127.0.0.1:0");
+        let (_s_in, mut s_out) = s.stream(&tx, Some("127.0.0.1:6000".parse().unwrap())).unwrap();
+        for _ in 0..20 {
+            s_out.check_send();
+            s_out.send(&tx, vec![(vec![1u8; 100], None)]).unwrap();
+        }
+        // 100 bytes + overhead each: only what fits in 1000 is queued, the rest dropped.
+        assert_eq!(rx.buffered_bytes(), 6 * (100 + DATAGRAM_OVERHEAD) as u64);
+        assert_eq!(tx.buffered_bytes(), 0);
+        assert_eq!(r_in.receive(16).unwrap().len(), 6);
+        assert_eq!(rx.buffered_bytes(), 0);
+        s_out.check_send();
+        s_out.send(&tx, vec![(vec![1u8; 100], None)]).unwrap();
+        assert!(rx.buffered_bytes() > 0);
+        drop(rx); // exit: the port and its inbox go
+        assert_eq!(pod.buffered_bytes(), 0);
+    }
 }
