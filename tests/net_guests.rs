@@ -169,7 +169,12 @@ async fn closing_the_read_side_keeps_the_peer_writing() {
     listening(&pod, 7300).await;
     let p3 = pod.clone();
     let client = tokio::spawn(async move {
-        run(&p3, "client", "shut-read 127.0.0.1:7300 && read-until-closed 127.0.0.1:7301").await
+        run(
+            &p3,
+            "client",
+            "shut-read 127.0.0.1:7300 && read-until-closed 127.0.0.1:7301",
+        )
+        .await
     });
     let (code, out) = server.await.unwrap();
     assert_eq!((code, out.as_str()), (0, "listening 7300\nwrote 1048576\n"));
@@ -196,7 +201,10 @@ async fn udp_wildcard_reports_loopback_once_connected() {
         (lines[0], lines[1], "0.0.0.0:", "127.0.0.1:"),
         (lines[2], lines[3], "[::]:", "[::1]:"),
     ] {
-        let port = before.strip_prefix("before: ").and_then(|a| a.strip_prefix(any)).expect(&out);
+        let port = before
+            .strip_prefix("before: ")
+            .and_then(|a| a.strip_prefix(any))
+            .expect(&out);
         assert_eq!(after, format!("connected: {lo}{port}"), "{out}");
     }
 }
@@ -206,7 +214,12 @@ async fn udp_wildcard_reports_loopback_once_connected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_connected_send_to_nobody_is_refused() {
     let pod = PodNetwork::new();
-    let (code, out) = run(&pod, "c", "udp-refused 127.0.0.1:4999 && udp-unconnected 127.0.0.1:4999").await;
+    let (code, out) = run(
+        &pod,
+        "c",
+        "udp-refused 127.0.0.1:4999 && udp-unconnected 127.0.0.1:4999",
+    )
+    .await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(out, "recv: error ConnectionRefused\nrecv: error WouldBlock\n");
 }

@@ -18,7 +18,6 @@ use super::egress::{HOST_GATEWAY, HOST_INTERNAL, normalize_name};
 use super::{ContainerNet, NetError};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-
 /// The answer to a lookup: known now, or to be asked of the host's resolver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
@@ -99,7 +98,10 @@ mod tests {
         assert_eq!(addrs(&web, "[nope]"), Err(NetError::InvalidArgument));
         // WHATWG IPv4 spellings are addresses, as in wasmtime (and stay in the pod).
         assert_eq!(addrs(&web, "127.1").unwrap(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
-        assert_eq!(addrs(&web, "2130706433").unwrap(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+        assert_eq!(
+            addrs(&web, "2130706433").unwrap(),
+            vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+        );
         // Another pod's names are not ours.
         let other = PodNetwork::new().attach("x");
         assert_eq!(addrs(&other, "web"), Err(NetError::NameUnresolvable));

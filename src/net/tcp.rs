@@ -419,7 +419,11 @@ impl VTcpSocket {
         };
         // Out of socket slots, the connection stays queued (as EMFILE leaves it in the
         // kernel's backlog) and the accept fails.
-        let slot = if queue.is_empty() { None } else { Some(net.open_socket()?) };
+        let slot = if queue.is_empty() {
+            None
+        } else {
+            Some(net.open_socket()?)
+        };
         let (Some(slot), Some(ep)) = (slot, queue.pop()) else {
             return Err(if queue.is_closed() {
                 NetError::ConnectionAborted

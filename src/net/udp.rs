@@ -532,7 +532,10 @@ mod tests {
             drop(s.stream(&a, Some(remote.parse().unwrap())).unwrap());
             assert_eq!(s.local_address().unwrap(), SocketAddr::new(lo.parse().unwrap(), port));
             drop(s.stream(&a, None).unwrap());
-            assert_eq!(s.local_address().unwrap(), any.replace(":0", &format!(":{port}")).parse().unwrap());
+            assert_eq!(
+                s.local_address().unwrap(),
+                any.replace(":0", &format!(":{port}")).parse().unwrap()
+            );
         }
     }
 
