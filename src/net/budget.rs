@@ -75,10 +75,19 @@ impl std::fmt::Debug for SocketBudget {
 
 impl SocketBudget {
     pub(crate) fn new(account: Arc<MemoryAccount>, limits: SocketLimits, pod_total: Arc<AtomicU64>) -> Arc<Self> {
+        Self::with_role(account, limits, pod_total, false)
+    }
+
+    fn with_role(
+        account: Arc<MemoryAccount>,
+        limits: SocketLimits,
+        pod_total: Arc<AtomicU64>,
+        host: bool,
+    ) -> Arc<Self> {
         Arc::new(Self {
             account,
             limits,
-            host: false,
+            host,
             buffered: AtomicU64::new(0),
             sockets: AtomicUsize::new(0),
             pod_total,
@@ -92,11 +101,7 @@ impl SocketBudget {
             max_buffered_bytes: u64::MAX,
             max_sockets: usize::MAX,
         };
-        let mut b = Self::new(MemoryAccount::new(None), limits, pod_total);
-        if let Some(b) = Arc::get_mut(&mut b) {
-            b.host = true;
-        }
-        b
+        Self::with_role(MemoryAccount::new(None), limits, pod_total, true)
     }
 
     /// Who pays for a pipe written by `writer` and read by `reader` (see module doc).
@@ -163,7 +168,9 @@ impl SocketBudget {
     }
 
     /// Gives back `n` bytes and wakes the writers that waited for room. Never call it with a
-    /// pipe lock held (it takes the waiting pipes' locks).
+    /// pipe lock held (it takes the waiting pipes' locks). All waiters are woken: each retries
+    /// its charge and re-registers if it lost, so no wakeup is lost; a writer only waits here
+    /// while it is blocked, so the list is as long as the container's blocked writers.
     pub(crate) fn release(&self, n: usize) {
         if n == 0 {
             return;

@@ -3,7 +3,8 @@
 //!
 //! This module owns the namespace ([`PodNetwork`]: ports, ephemeral allocation, listeners with
 //! bounded backlogs, port leases released on `Drop`), a container's attachment to it
-//! ([`ContainerNet`]: owner identity, connection bookkeeping, teardown on exit/restart) and the
+//! ([`ContainerNet`]: owner identity, connection bookkeeping, its socket budget and limits,
+//! teardown on exit/restart) and the
 //! host-side endpoints ([`PodStream`], [`PodListener`]). It does not own the byte transport
 //! ([`pipe`]), what a container's sockets may hold in the host ([`budget`]), the socket state machines ([`tcp`], [`udp`]), name lookup ([`lookup`]), what may
 //! leave the pod ([`egress`]) or the WASI glue ([`p2`]). TCP and UDP ports are separate
