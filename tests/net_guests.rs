@@ -152,3 +152,88 @@ async fn udp_between_containers() {
     assert_eq!(code, 0, "{out}");
     assert!(out.ends_with("udp echoed hello udp\nudp echoed v6\n"), "{out}");
 }
+
+// ---- fidelity with wasmtime's host sockets (issue 12, part 1) ---------------------------------
+
+/// A client that shuts its read side down (but keeps the socket) does not break the server's
+/// writes: on Linux and on wasmtime they succeed and the bytes are discarded. 1 MiB is four
+/// times a pipe, so the server would block forever if the bytes were kept, and failed on the
+/// old code (`write: Broken pipe`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_read_side_keeps_the_peer_writing() {
+    let pod = PodNetwork::new();
+    let gate = pod.listen_host(7301, 1).unwrap();
+    let p2 = pod.clone();
+    let server =
+        tokio::spawn(async move { run(&p2, "server", "listen 127.0.0.1:7300 && write-after-peer-shut 1048576").await });
+    listening(&pod, 7300).await;
+    let p3 = pod.clone();
+    let client = tokio::spawn(async move {
+        run(
+            &p3,
+            "client",
+            "shut-read 127.0.0.1:7300 && read-until-closed 127.0.0.1:7301",
+        )
+        .await
+    });
+    let (code, out) = server.await.unwrap();
+    assert_eq!((code, out.as_str()), (0, "listening 7300\nwrote 1048576\n"));
+    // The client holds its socket until the gate closes; only then does it exit.
+    let held = tokio::time::timeout(DEADLINE, gate.accept()).await.unwrap().unwrap();
+    drop(held);
+    let (code, out) = client.await.unwrap();
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "read after shutdown: 0\nconnected\nclosed: eof\n")
+    );
+    assert_eq!(pod.buffered_bytes(), 0, "discarded bytes are not kept or charged");
+}
+
+/// `getsockname` on a wildcard-bound UDP socket names the loopback once it is connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_wildcard_reports_loopback_once_connected() {
+    let pod = PodNetwork::new();
+    let (code, out) = run(&pod, "c", "udp-local 127.0.0.1:9 && udp-local [::1]:9").await;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    for (before, after, any, lo) in [
+        (lines[0], lines[1], "0.0.0.0:", "127.0.0.1:"),
+        (lines[2], lines[3], "[::]:", "[::1]:"),
+    ] {
+        let port = before
+            .strip_prefix("before: ")
+            .and_then(|a| a.strip_prefix(any))
+            .expect(&out);
+        assert_eq!(after, format!("connected: {lo}{port}"), "{out}");
+    }
+}
+
+/// A connected UDP socket that sends to a port nobody bound learns it from its next receive
+/// (ICMP port unreachable on Linux); an unconnected one is told nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_connected_send_to_nobody_is_refused() {
+    let pod = PodNetwork::new();
+    let (code, out) = run(
+        &pod,
+        "c",
+        "udp-refused 127.0.0.1:4999 && udp-unconnected 127.0.0.1:4999",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "recv: error ConnectionRefused\nrecv: error WouldBlock\n");
+}
+
+/// Non-ASCII names are converted with IDNA (as wasmtime does), not rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_converts_non_ascii_names_with_idna() {
+    let pod = PodNetwork::new();
+    pod.register_name("xn--bcher-kva");
+    pod.register_name("db");
+    let (code, out) = run(&pod, "c", "lookup bücher && lookup ＤＢ && lookup bücher.test").await;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], ["addr: 127.0.0.1", "addr: 127.0.0.1"], "{out}");
+    // Outside the pod and not allowed: refused by the policy, not an invalid name.
+    assert!(lines[2].starts_with("lookup failed"), "{out}");
+}

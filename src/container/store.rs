@@ -20,6 +20,7 @@ use crate::engine::Engine;
 use crate::logs::{Logs, Stream};
 use crate::net::egress::{Denied, DeniedHook, DeniedKind, EgressPolicy};
 use crate::net::p2::{NetCtxView, NetView};
+use crate::net::budget::SocketLimits;
 use crate::net::{ContainerNet, PodNetwork};
 use crate::resources::{CpuShare, MemoryAccount, MemoryBudget};
 use crate::route::{NoPodRoutes, OutgoingHooks, OutgoingRoute};
@@ -197,7 +198,7 @@ impl ContainerRuntime {
         Ok(store)
     }
 
-    /// Attaches a Store to the pod network with the container's egress policy; refusals
+    /// Attaches a Store to the pod network with the container's egress policy and memory account; refusals
     /// (sockets, lookups and outgoing HTTP alike) become events naming the container.
     fn attach(&self) -> ContainerNet {
         let events = self.pod.events.clone();
@@ -214,9 +215,15 @@ impl ContainerRuntime {
                 },
             );
         });
-        self.pod
-            .network
-            .attach_with(&self.spec.name, self.egress.clone(), Some(on_denied))
+        // Bytes its sockets keep queued in the host count against the same memory account as
+        // its linear memories, under the default per-Store socket caps.
+        self.pod.network.attach_limited(
+            &self.spec.name,
+            self.egress.clone(),
+            Some(on_denied),
+            self.memory.clone(),
+            SocketLimits::default(),
+        )
     }
 
     /// The container's WASI context: only its own args, env, stdio and mounts; no host

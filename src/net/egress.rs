@@ -671,7 +671,8 @@ pub(crate) fn dial(
     // Host calls run inside the runtime that drives the Store; without one there is nothing
     // to run the connection on.
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NotSupported)?;
-    let (guest, host) = Endpoint::pair(DEFAULT_PIPE_CAPACITY, 0, dest.port());
+    // Both directions are the container's: what it sends, and what the host sends to it.
+    let (guest, host) = Endpoint::pair(DEFAULT_PIPE_CAPACITY, (net.budget(), 0), (net.budget(), dest.port()));
     net.track(&guest);
     let (tx, rx) = oneshot::channel();
     let permits = net.egress().connections.clone();
@@ -745,7 +746,8 @@ async fn bridge(stream: TcpStream, host: Endpoint) {
         host_to_guest(&mut read_half, &host.tx)
     );
     match outcome {
-        Ok(_) => {}
+        // The host connection is gone: the guest's further writes fail, as to a closed socket.
+        Ok(_) => host.rx.pipe().close_reader(),
         Err(Fault::Host) => host.reset(),
         Err(Fault::Guest) => {
             // A zero linger makes the close an RST, so the host peer sees the reset too.

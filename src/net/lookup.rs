@@ -8,6 +8,11 @@
 //! [`HOST_GATEWAY`] only when a rule names it, any other name is looked up with the host's
 //! resolver (async) only when a rule covers it; otherwise the answer is `name-unresolvable` and
 //! the refusal is reported.
+//!
+//! Names are first parsed as wasmtime-wasi parses them (`url::Host::parse`): non-ASCII names
+//! are converted to their IDNA (punycode) form, and the WHATWG IPv4 spellings (`127.1`,
+//! `2130706433`, `0x7f.1`) are addresses, so a guest sees the same answers as on wasmtime's
+//! host network.
 
 use super::egress::{HOST_GATEWAY, HOST_INTERNAL, normalize_name};
 use super::{ContainerNet, NetError};
@@ -27,13 +32,13 @@ pub fn resolve(net: &ContainerNet, name: &str) -> Result<Resolution, NetError> {
     if let Ok(ip) = name.parse::<IpAddr>() {
         return Ok(Resolution::Addresses(vec![ip]));
     }
-    if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
-        return inner
-            .parse::<Ipv6Addr>()
-            .map(|ip| Resolution::Addresses(vec![IpAddr::V6(ip)]))
-            .map_err(|_| NetError::InvalidArgument);
-    }
-    let lower = normalize_name(name).ok_or(NetError::InvalidArgument)?;
+    let domain = match url::Host::parse(name) {
+        Ok(url::Host::Domain(domain)) => domain,
+        Ok(url::Host::Ipv4(ip)) => return Ok(Resolution::Addresses(vec![IpAddr::V4(ip)])),
+        Ok(url::Host::Ipv6(ip)) => return Ok(Resolution::Addresses(vec![IpAddr::V6(ip)])),
+        Err(_) => return Err(NetError::InvalidArgument),
+    };
+    let lower = normalize_name(&domain).ok_or(NetError::InvalidArgument)?;
     if lower == "localhost" || lower.ends_with(".localhost") {
         return Ok(Resolution::Addresses(vec![
             IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -91,6 +96,12 @@ mod tests {
         assert_eq!(addrs(&web, ""), Err(NetError::InvalidArgument));
         assert_eq!(addrs(&web, "a b"), Err(NetError::InvalidArgument));
         assert_eq!(addrs(&web, "[nope]"), Err(NetError::InvalidArgument));
+        // WHATWG IPv4 spellings are addresses, as in wasmtime (and stay in the pod).
+        assert_eq!(addrs(&web, "127.1").unwrap(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+        assert_eq!(
+            addrs(&web, "2130706433").unwrap(),
+            vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+        );
         // Another pod's names are not ours.
         let other = PodNetwork::new().attach("x");
         assert_eq!(addrs(&other, "web"), Err(NetError::NameUnresolvable));
@@ -121,5 +132,23 @@ mod tests {
             Resolution::Host("api.example.com".into())
         );
         assert_eq!(resolve(&open, "example.com"), Err(NetError::NameUnresolvable));
+    }
+
+    /// Non-ASCII names go through IDNA, as in wasmtime, instead of being rejected.
+    #[test]
+    fn non_ascii_names_are_converted_with_idna() {
+        let pod = PodNetwork::new();
+        let rules = vec!["xn--bcher-kva.example:443".to_string()];
+        let net = pod.attach_with("c", crate::net::EgressPolicy::parse(&rules).unwrap(), None);
+        assert_eq!(
+            resolve(&net, "Bücher.example").unwrap(),
+            Resolution::Host("xn--bcher-kva.example".into())
+        );
+        // A member name written with full-width letters maps onto the ASCII name.
+        pod.register_name("db");
+        assert_eq!(addrs(&net, "ｄｂ").unwrap(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+        // Not allowed: refused by the policy, not rejected as invalid input.
+        assert_eq!(addrs(&net, "bücher.test"), Err(NetError::NameUnresolvable));
+        assert_eq!(addrs(&net, "a b"), Err(NetError::InvalidArgument));
     }
 }

@@ -3,9 +3,10 @@
 //!
 //! This module owns the namespace ([`PodNetwork`]: ports, ephemeral allocation, listeners with
 //! bounded backlogs, port leases released on `Drop`), a container's attachment to it
-//! ([`ContainerNet`]: owner identity, connection bookkeeping, teardown on exit/restart) and the
+//! ([`ContainerNet`]: owner identity, connection bookkeeping, its socket budget and limits,
+//! teardown on exit/restart) and the
 //! host-side endpoints ([`PodStream`], [`PodListener`]). It does not own the byte transport
-//! ([`pipe`]), the socket state machines ([`tcp`], [`udp`]), name lookup ([`lookup`]), what may
+//! ([`pipe`]), what a container's sockets may hold in the host ([`budget`]), the socket state machines ([`tcp`], [`udp`]), name lookup ([`lookup`]), what may
 //! leave the pod ([`egress`]) or the WASI glue ([`p2`]). TCP and UDP ports are separate
 //! namespaces.
 //!
@@ -19,6 +20,7 @@
 //! (as with a kernel backlog); there is no TIME_WAIT, a released port is immediately reusable;
 //! ports are not per-IP (binding `127.0.0.2:80` and `127.0.0.1:80` conflicts).
 
+pub mod budget;
 pub mod egress;
 pub mod lookup;
 pub mod p2;
@@ -26,13 +28,16 @@ pub mod pipe;
 pub mod tcp;
 pub mod udp;
 
+use crate::resources::MemoryAccount;
+use budget::SocketBudget;
+pub use budget::{DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_SOCKETS, SocketLimits};
 pub use egress::{Denied, DeniedHook, DeniedKind, EgressError, EgressPolicy};
 use pipe::{Pipe, PipeReader, PipeWriter};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -83,6 +88,8 @@ pub enum NetError {
     Timeout,
     #[error("the container's network attachment was shut down")]
     Detached,
+    #[error("too many open sockets")]
+    SocketLimit,
 }
 
 /// Who holds a port, so a container's ports can be released together when it exits.
@@ -135,6 +142,10 @@ pub struct PodNetwork {
     /// Signalled whenever a listener appears, so waiters (probes, tests) need no polling loop.
     listeners_changed: tokio::sync::Notify,
     pipe_capacity: usize,
+    /// Bytes queued in all of the pod's pipes and inboxes (every container and the host side).
+    buffered_total: Arc<AtomicU64>,
+    /// Pays for pipes between two host-side ends (see `budget.rs`).
+    host_budget: Arc<SocketBudget>,
 }
 
 impl std::fmt::Debug for PodNetwork {
@@ -146,6 +157,7 @@ impl std::fmt::Debug for PodNetwork {
 impl PodNetwork {
     /// A fresh, empty namespace: nothing listens, every port is free.
     pub fn new() -> Arc<Self> {
+        let buffered_total = Arc::new(AtomicU64::new(0));
         Arc::new(Self {
             st: Mutex::new(NetState {
                 ports: HashMap::new(),
@@ -155,7 +167,15 @@ impl PodNetwork {
             }),
             listeners_changed: tokio::sync::Notify::new(),
             pipe_capacity: pipe::DEFAULT_PIPE_CAPACITY,
+            host_budget: SocketBudget::host(buffered_total.clone()),
+            buffered_total,
         })
+    }
+
+    /// Bytes queued right now in the pod's connections and datagram inboxes, all containers
+    /// and the host side together (write permits handed out but not used yet included).
+    pub fn buffered_bytes(&self) -> u64 {
+        self.buffered_total.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> MutexGuard<'_, NetState> {
@@ -170,12 +190,34 @@ impl PodNetwork {
     }
 
     /// Attaches a container with its egress policy (from `allowed_outbound_hosts`) and an
-    /// optional hook told about every refused outbound connect or lookup.
+    /// optional hook told about every refused outbound connect or lookup. Its sockets draw on
+    /// a fresh unlimited memory account under the default [`SocketLimits`].
     pub fn attach_with(
         self: &Arc<Self>,
         container_name: &str,
         policy: EgressPolicy,
         on_denied: Option<DeniedHook>,
+    ) -> ContainerNet {
+        self.attach_limited(
+            container_name,
+            policy,
+            on_denied,
+            MemoryAccount::new(None),
+            SocketLimits::default(),
+        )
+    }
+
+    /// Like [`PodNetwork::attach_with`], with the container's memory account (the one its
+    /// Stores' limiters draw on) and its socket limits: bytes its sockets keep queued are
+    /// charged to `account` and capped by `limits.max_buffered_bytes`, and it may have at most
+    /// `limits.max_sockets` sockets open (see [`budget`] for who pays for which byte).
+    pub fn attach_limited(
+        self: &Arc<Self>,
+        container_name: &str,
+        policy: EgressPolicy,
+        on_denied: Option<DeniedHook>,
+        account: Arc<MemoryAccount>,
+        limits: SocketLimits,
     ) -> ContainerNet {
         let id = {
             let mut st = self.lock();
@@ -194,6 +236,7 @@ impl PodNetwork {
             }),
             detached: AtomicBool::new(false),
             egress: Arc::new(egress::Egress::new(container_name, policy, on_denied)),
+            budget: SocketBudget::new(account, limits, self.buffered_total.clone()),
         }
     }
 
@@ -235,11 +278,30 @@ impl PodNetwork {
 
     /// Reserves TCP `port` (0 = an ephemeral port) for `owner`; the lease frees it on drop.
     pub(crate) fn lease(self: &Arc<Self>, port: u16, owner: Owner) -> Result<PortLease, NetError> {
-        self.lease_proto(Proto::Tcp, port, owner)
+        self.lease_proto(Proto::Tcp, port, owner, || PortKind::Bound)
+    }
+
+    /// Reserves UDP `port` (0 = an ephemeral port) for `owner`, whose inbox is charged to
+    /// `budget`. A UDP port receives from the moment it is bound, as a kernel socket does.
+    pub(crate) fn lease_udp(
+        self: &Arc<Self>,
+        port: u16,
+        owner: Owner,
+        budget: &Arc<SocketBudget>,
+    ) -> Result<PortLease, NetError> {
+        self.lease_proto(Proto::Udp, port, owner, || {
+            PortKind::Datagram(Arc::new(udp::UdpInbox::new(budget.clone())))
+        })
     }
 
     /// Reserves `port` of `proto` (0 = an ephemeral port) for `owner`.
-    pub(crate) fn lease_proto(self: &Arc<Self>, proto: Proto, port: u16, owner: Owner) -> Result<PortLease, NetError> {
+    fn lease_proto(
+        self: &Arc<Self>,
+        proto: Proto,
+        port: u16,
+        owner: Owner,
+        kind: impl FnOnce() -> PortKind,
+    ) -> Result<PortLease, NetError> {
         let mut st = self.lock();
         let port = if port == 0 {
             Self::pick_ephemeral(&mut st, proto)?
@@ -250,12 +312,14 @@ impl PodNetwork {
         };
         let id = st.next_id;
         st.next_id += 1;
-        let kind = match proto {
-            Proto::Tcp => PortKind::Bound,
-            // A UDP port receives from the moment it is bound, as a kernel socket does.
-            Proto::Udp => PortKind::Datagram(Arc::new(udp::UdpInbox::new())),
-        };
-        st.ports.insert((proto, port), PortEntry { lease: id, owner, kind });
+        st.ports.insert(
+            (proto, port),
+            PortEntry {
+                lease: id,
+                owner,
+                kind: kind(),
+            },
+        );
         Ok(PortLease {
             net: self.clone(),
             proto,
@@ -289,21 +353,29 @@ impl PodNetwork {
         }
     }
 
-    /// Delivers a datagram to whatever is bound on UDP `to_port`; silently dropped when
-    /// nothing is or its queue is full, as UDP does.
-    pub(crate) fn send_datagram(&self, from_port: u16, to_port: u16, data: Vec<u8>) {
+    /// Delivers a datagram to whatever is bound on UDP `to_port`; silently dropped when its
+    /// queue is full, as UDP does. False when nothing is bound there (the "port unreachable"
+    /// a kernel would answer with).
+    pub(crate) fn send_datagram(&self, from_port: u16, to_port: u16, data: Vec<u8>) -> bool {
         let inbox = match self.lock().ports.get(&(Proto::Udp, to_port)) {
             Some(PortEntry {
                 kind: PortKind::Datagram(q),
                 ..
             }) => q.clone(),
-            _ => return,
+            _ => return false,
         };
         inbox.push(from_port, data);
+        true
     }
 
-    /// Turns a bound port into a listener with a backlog of `backlog` connections.
-    pub(crate) fn listen(&self, lease: &PortLease, backlog: u32) -> Result<Arc<ListenQueue>, NetError> {
+    /// Turns a bound port into a listener with a backlog of `backlog` connections, whose
+    /// connections are paid for by `budget` (the listening container's, or the host's).
+    pub(crate) fn listen(
+        &self,
+        lease: &PortLease,
+        backlog: u32,
+        budget: &Arc<SocketBudget>,
+    ) -> Result<Arc<ListenQueue>, NetError> {
         let q = {
             let mut st = self.lock();
             let entry = match st.ports.get_mut(&(Proto::Tcp, lease.port)) {
@@ -315,7 +387,7 @@ impl PodNetwork {
                 PortKind::Listening(q) => q.clone(),
                 PortKind::Datagram(_) => return Err(NetError::InvalidState),
                 PortKind::Bound => {
-                    let q = Arc::new(ListenQueue::new(backlog));
+                    let q = Arc::new(ListenQueue::new(backlog, budget.clone()));
                     entry.kind = PortKind::Listening(q.clone());
                     q
                 }
@@ -325,9 +397,14 @@ impl PodNetwork {
         Ok(q)
     }
 
-    /// Creates a connection to `peer_port` from `local_port` and queues the server half on the
-    /// listener; returns the client half.
-    pub(crate) fn open_connection(&self, local_port: u16, peer_port: u16) -> Result<Endpoint, NetError> {
+    /// Creates a connection to `peer_port` from `local_port` (a client paying with `client`)
+    /// and queues the server half on the listener; returns the client half.
+    pub(crate) fn open_connection(
+        &self,
+        local_port: u16,
+        peer_port: u16,
+        client: &Arc<SocketBudget>,
+    ) -> Result<Endpoint, NetError> {
         let q = match self.lock().ports.get(&(Proto::Tcp, peer_port)) {
             Some(PortEntry {
                 kind: PortKind::Listening(q),
@@ -335,7 +412,7 @@ impl PodNetwork {
             }) => q.clone(),
             _ => return Err(NetError::ConnectionRefused),
         };
-        let (client, server) = Endpoint::pair(self.pipe_capacity, local_port, peer_port);
+        let (client, server) = Endpoint::pair(self.pipe_capacity, (client, local_port), (&q.budget, peer_port));
         // The net lock is released before the queue lock is taken: no lock-order question.
         match q.push(server) {
             Ok(()) => Ok(client),
@@ -382,7 +459,7 @@ impl PodNetwork {
             return Err(NetError::InvalidArgument);
         }
         let lease = self.lease(0, Owner::Host)?;
-        let ep = self.open_connection(lease.port, port)?;
+        let ep = self.open_connection(lease.port, port, &self.host_budget)?;
         Ok(PodStream {
             ep,
             _lease: Some(lease),
@@ -393,7 +470,7 @@ impl PodNetwork {
     /// e.g. an in-process HTTP handler or a test double.
     pub fn listen_host(self: &Arc<Self>, port: u16, backlog: u32) -> Result<PodListener, NetError> {
         let lease = self.lease(port, Owner::Host)?;
-        let queue = self.listen(&lease, backlog)?;
+        let queue = self.listen(&lease, backlog, &self.host_budget)?;
         Ok(PodListener { queue, lease })
     }
 }
@@ -434,10 +511,15 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    /// Two cross-wired endpoints: (client at `client_port`, server at `server_port`).
-    fn pair(capacity: usize, client_port: u16, server_port: u16) -> (Endpoint, Endpoint) {
-        let (c2s_w, c2s_r) = pipe::pipe(capacity);
-        let (s2c_w, s2c_r) = pipe::pipe(capacity);
+    /// Two cross-wired endpoints: (client, server), each given as (budget, port); each
+    /// direction is charged as `budget.rs` says (the writer, or the reader for host writers).
+    pub(crate) fn pair(
+        capacity: usize,
+        (client, client_port): (&Arc<SocketBudget>, u16),
+        (server, server_port): (&Arc<SocketBudget>, u16),
+    ) -> (Endpoint, Endpoint) {
+        let (c2s_w, c2s_r) = pipe::pipe(capacity, SocketBudget::payer(client, server));
+        let (s2c_w, s2c_r) = pipe::pipe(capacity, SocketBudget::payer(server, client));
         (
             Endpoint {
                 rx: s2c_r,
@@ -471,11 +553,14 @@ struct ListenState {
 /// The bounded queue of connections a listener has not accepted yet.
 pub(crate) struct ListenQueue {
     st: Mutex<ListenState>,
+    /// The listening side's budget: pays for what the server writes to its clients.
+    budget: Arc<SocketBudget>,
 }
 
 impl ListenQueue {
-    fn new(backlog: u32) -> Self {
+    fn new(backlog: u32, budget: Arc<SocketBudget>) -> Self {
         Self {
+            budget,
             st: Mutex::new(ListenState {
                 backlog: VecDeque::new(),
                 cap: backlog.clamp(1, MAX_BACKLOG) as usize,
@@ -503,6 +588,11 @@ impl ListenQueue {
             w.wake();
         }
         Ok(())
+    }
+
+    /// True when no connection is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().backlog.is_empty()
     }
 
     /// Next queued connection, if any.
@@ -572,6 +662,8 @@ pub struct ContainerNet {
     detached: AtomicBool,
     /// Shared with in-flight lookups, which record their answers after the call returned.
     egress: Arc<egress::Egress>,
+    /// What its sockets may hold in the host, and how many it may have.
+    budget: Arc<SocketBudget>,
 }
 
 impl std::fmt::Debug for ContainerNet {
@@ -612,6 +704,36 @@ impl ContainerNet {
 
     pub(crate) fn owner(&self) -> Owner {
         self.owner
+    }
+
+    pub(crate) fn budget(&self) -> &Arc<SocketBudget> {
+        &self.budget
+    }
+
+    /// The memory account its queued socket bytes are charged to.
+    pub fn memory(&self) -> &Arc<MemoryAccount> {
+        self.budget.account()
+    }
+
+    /// The limits it was attached with.
+    pub fn limits(&self) -> SocketLimits {
+        self.budget.limits()
+    }
+
+    /// Bytes charged to this container's sockets right now (queued, or permitted and about to
+    /// be written).
+    pub fn buffered_bytes(&self) -> u64 {
+        self.budget.buffered()
+    }
+
+    /// Sockets it has open right now (TCP and UDP, accepted ones included).
+    pub fn open_sockets(&self) -> usize {
+        self.budget.sockets()
+    }
+
+    /// Takes one of its socket slots, or fails with [`NetError::SocketLimit`].
+    pub(crate) fn open_socket(&self) -> Result<budget::SocketSlot, NetError> {
+        self.budget.open_socket().ok_or(NetError::SocketLimit)
     }
 
     /// Fails once the container has been shut down, so a zombie Store cannot take ports.
@@ -723,6 +845,13 @@ impl PodStream {
     /// Resets the connection (the peer sees `connection-reset`), e.g. on proxy idle timeout.
     pub fn reset(self) {
         self.ep.reset();
+    }
+}
+
+impl Drop for PodStream {
+    /// The whole connection is gone (not just its read side): the pod side's writes fail.
+    fn drop(&mut self) {
+        self.ep.rx.pipe().close_reader();
     }
 }
 
@@ -852,7 +981,7 @@ mod tests {
         let net = PodNetwork::new();
         let cn = net.attach("web");
         let lease = net.lease(8080, cn.owner()).unwrap();
-        let q = net.listen(&lease, 8).unwrap();
+        let q = net.listen(&lease, 8, cn.budget()).unwrap();
         let mut client = net.connect(8080).unwrap();
         let server = q.pop().unwrap();
         cn.track(&server);
@@ -903,6 +1032,92 @@ mod tests {
         writer.await.unwrap();
         echo.await.unwrap();
         assert!(got == *data, "16 MiB echo differs");
+    }
+
+    /// Who pays: a container for what it writes, the receiving container for what the host
+    /// side writes to it; every byte goes back on read, reset, drop and container abort.
+    #[tokio::test]
+    async fn queued_bytes_are_charged_and_always_given_back() {
+        let net = PodNetwork::new();
+        let account = MemoryAccount::new(Some(1 << 20));
+        let srv = net.attach_limited(
+            "srv",
+            EgressPolicy::deny_all(),
+            None,
+            account.clone(),
+            SocketLimits::default(),
+        );
+        let cli = net.attach("cli");
+        let lease = net.lease(80, srv.owner()).unwrap();
+        let q = net.listen(&lease, 8, srv.budget()).unwrap();
+        let cli_port = net.lease(0, cli.owner()).unwrap();
+        let c = net.open_connection(cli_port.port(), 80, cli.budget()).unwrap();
+        cli.track(&c);
+        let s = q.pop().unwrap();
+        srv.track(&s);
+        c.tx.write(bytes::Bytes::from_static(b"hello")).unwrap();
+        s.tx.write(bytes::Bytes::from_static(b"bye!!!")).unwrap();
+        assert_eq!((cli.buffered_bytes(), srv.buffered_bytes()), (5, 6));
+        // The host writes into the server container: the server pays.
+        let mut h = net.connect(80).unwrap();
+        let hs = q.pop().unwrap();
+        srv.track(&hs);
+        h.write_all(b"0123456789").await.unwrap();
+        assert_eq!(srv.buffered_bytes(), 16);
+        assert_eq!(account.used(), 16);
+        assert_eq!(net.buffered_bytes(), 21);
+        // Read: given back.
+        assert_eq!(&s.rx.try_read(100).unwrap()[..], b"hello");
+        assert_eq!(cli.buffered_bytes(), 0);
+        // Host stream dropped with its bytes unread by the host: given back.
+        hs.tx.write(bytes::Bytes::from_static(b"to the host")).unwrap();
+        assert_eq!(srv.buffered_bytes(), 27);
+        drop(h);
+        assert_eq!(srv.buffered_bytes(), 16);
+        // A reset gives back both directions.
+        hs.reset();
+        assert_eq!(srv.buffered_bytes(), 6);
+        // A killed container (abort) gives back what it wrote and what it was sent.
+        c.tx.write(bytes::Bytes::from_static(b"more")).unwrap();
+        assert_eq!(cli.buffered_bytes(), 4);
+        srv.abort();
+        assert_eq!((cli.buffered_bytes(), srv.buffered_bytes()), (0, 0));
+        drop((c, s, hs, q, lease, cli_port));
+        assert_eq!(account.used(), 0);
+        assert_eq!(net.buffered_bytes(), 0);
+    }
+
+    /// The host-side client of a container blocked on the container's budget resumes when the
+    /// container reads.
+    #[tokio::test]
+    async fn host_writes_wait_for_the_receiving_container() {
+        let net = PodNetwork::new();
+        let limits = SocketLimits {
+            max_buffered_bytes: 1000,
+            max_sockets: 8,
+        };
+        let srv = net.attach_limited("srv", EgressPolicy::deny_all(), None, MemoryAccount::new(None), limits);
+        let lease = net.lease(81, srv.owner()).unwrap();
+        let q = net.listen(&lease, 8, srv.budget()).unwrap();
+        let mut h = net.connect(81).unwrap();
+        let s = q.pop().unwrap();
+        let writer = tokio::spawn(async move {
+            h.write_all(&[9u8; 100_000]).await.unwrap();
+            h.shutdown().await.unwrap();
+            h
+        });
+        let mut total = 0;
+        loop {
+            std::future::poll_fn(|cx| s.rx.poll_readable(cx)).await;
+            assert!(srv.buffered_bytes() <= 1000);
+            match s.rx.try_read(300) {
+                Ok(b) => total += b.len(),
+                Err(_) => break,
+            }
+        }
+        assert_eq!(total, 100_000);
+        drop(writer.await.unwrap());
+        assert_eq!(net.buffered_bytes(), 0);
     }
 
     #[tokio::test]

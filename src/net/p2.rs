@@ -187,6 +187,7 @@ impl From<NetError> for ErrorCode {
             NetError::NameUnresolvable => ErrorCode::NameUnresolvable,
             NetError::Timeout => ErrorCode::Timeout,
             NetError::DatagramTooLarge => ErrorCode::DatagramTooLarge,
+            NetError::SocketLimit => ErrorCode::NewSocketLimit,
         }
     }
 }

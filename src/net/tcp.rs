@@ -13,6 +13,7 @@
 //! host socket, and `finish-connect` says `would-block` until the dial ends. The socket's
 //! pollable is ready at once in every state except `Listening` and such a pending dial.
 
+use super::budget::SocketSlot;
 use super::egress::{self, DialOutcome};
 use super::pipe::{Pipe, PipeReader, PipeWriter};
 use super::{ContainerNet, Endpoint, ListenQueue, NetError, PortLease, is_pod_address, loopback};
@@ -81,6 +82,15 @@ struct Conn {
     outbound: Arc<Pipe>,
 }
 
+impl Drop for Conn {
+    /// The socket is gone (not just a stream): the peer's further writes fail, and it reads
+    /// end-of-stream after what was already sent.
+    fn drop(&mut self) {
+        self.inbound.close_reader();
+        self.outbound.finish();
+    }
+}
+
 impl Conn {
     fn new(ep: Endpoint, local: SocketAddr, remote: SocketAddr, lease: Option<PortLease>) -> Self {
         Self {
@@ -146,6 +156,8 @@ pub struct VTcpSocket {
     pending: Option<PendingOp>,
     backlog: u32,
     opts: SockOpts,
+    /// One of the container's socket slots, given back when the socket is dropped.
+    _slot: SocketSlot,
 }
 
 impl std::fmt::Debug for VTcpSocket {
@@ -189,16 +201,17 @@ impl VTcpSocket {
     /// A new unbound socket of `family` for the container attached as `net`.
     pub fn new(net: &ContainerNet, family: Family) -> Result<Self, NetError> {
         net.check_attached()?;
-        Ok(Self::unbound(family))
+        Ok(Self::unbound(family, net.open_socket()?))
     }
 
-    fn unbound(family: Family) -> Self {
+    fn unbound(family: Family, slot: SocketSlot) -> Self {
         Self {
             family,
             state: State::Unbound,
             pending: None,
             backlog: super::DEFAULT_BACKLOG,
             opts: SockOpts::default(),
+            _slot: slot,
         }
     }
 
@@ -299,7 +312,7 @@ impl VTcpSocket {
             // Implicit bind to an ephemeral port, as the kernel does on connect.
             _ => (loopback(self.is_v6()), net.pod().lease(0, net.owner())?),
         };
-        let ep = net.pod().open_connection(lease.port(), addr.port())?;
+        let ep = net.pod().open_connection(lease.port(), addr.port(), net.budget())?;
         net.track(&ep);
         let local = SocketAddr::new(local_ip, lease.port());
         Ok(Conn::new(ep, local, addr, Some(lease)))
@@ -351,7 +364,7 @@ impl VTcpSocket {
         net.check_attached()?;
         match self.take_state() {
             State::Bound { addr, lease } => {
-                let queue = match net.pod().listen(&lease, self.backlog) {
+                let queue = match net.pod().listen(&lease, self.backlog, net.budget()) {
                     Ok(q) => q,
                     Err(e) => {
                         self.state = State::Bound { addr, lease };
@@ -404,7 +417,14 @@ impl VTcpSocket {
         let State::Listening { addr, queue, .. } = &self.state else {
             return Err(NetError::InvalidState);
         };
-        let Some(ep) = queue.pop() else {
+        // Out of socket slots, the connection stays queued (as EMFILE leaves it in the
+        // kernel's backlog) and the accept fails.
+        let slot = if queue.is_empty() {
+            None
+        } else {
+            Some(net.open_socket()?)
+        };
+        let (Some(slot), Some(ep)) = (slot, queue.pop()) else {
             return Err(if queue.is_closed() {
                 NetError::ConnectionAborted
             } else {
@@ -416,7 +436,7 @@ impl VTcpSocket {
         let remote = SocketAddr::new(loopback(self.is_v6()), ep.peer_port);
         let mut conn = Conn::new(ep, local, remote, None);
         let (rx, tx) = conn.streams.take().ok_or(NetError::InvalidState)?;
-        let mut sock = VTcpSocket::unbound(self.family);
+        let mut sock = VTcpSocket::unbound(self.family, slot);
         // Accepted sockets inherit the listener's options, as on Linux.
         sock.opts = self.opts;
         sock.state = State::Connected(conn);
@@ -558,13 +578,13 @@ impl VTcpSocket {
     }
 
     /// Half-close: `send` = FIN to the peer; `receive` = stop reading (the local stream then
-    /// reports end-of-stream and the peer's writes fail).
+    /// reports end-of-stream; the peer's writes still succeed and are discarded, as on Linux).
     pub fn shutdown(&mut self, receive: bool, send: bool) -> Result<(), NetError> {
         let State::Connected(c) = &self.state else {
             return Err(NetError::InvalidState);
         };
         if receive {
-            c.inbound.close_reader();
+            c.inbound.shutdown_read();
         }
         if send {
             c.outbound.finish();
@@ -748,6 +768,68 @@ mod tests {
         let srv2 = pod.attach("server");
         let _l2 = listener(&srv2, v4(9090));
         assert_eq!(VTcpSocket::new(&pod.attach("x"), Family::V4).map(|_| ()), Ok(()));
+    }
+
+    #[test]
+    fn socket_limit_refuses_creates_and_accepts() {
+        let pod = PodNetwork::new();
+        let limits = crate::net::SocketLimits {
+            max_buffered_bytes: 1 << 20,
+            max_sockets: 2,
+        };
+        let a = pod.attach_limited(
+            "a",
+            crate::net::EgressPolicy::deny_all(),
+            None,
+            crate::resources::MemoryAccount::new(None),
+            limits,
+        );
+        let mut l = listener(&a, v4(7070));
+        let other = VTcpSocket::new(&a, Family::V6).unwrap();
+        assert_eq!(a.open_sockets(), 2);
+        assert_eq!(VTcpSocket::new(&a, Family::V4).err(), Some(NetError::SocketLimit));
+        assert_eq!(
+            crate::net::udp::VUdpSocket::new(&a, false).err(),
+            Some(NetError::SocketLimit)
+        );
+        // Empty backlog: would-block, as usual.
+        assert_eq!(l.accept(&a).err(), Some(NetError::WouldBlock));
+        let b = pod.attach("b");
+        let mut c = VTcpSocket::new(&b, Family::V4).unwrap();
+        c.start_connect(&b, v4(7070)).unwrap();
+        let _streams = c.finish_connect().unwrap();
+        // Out of slots: the connection stays queued until one is free.
+        assert_eq!(l.accept(&a).err(), Some(NetError::SocketLimit));
+        drop(other);
+        let (accepted, _rx, _tx) = l.accept(&a).unwrap();
+        assert_eq!(a.open_sockets(), 2);
+        drop(accepted);
+        assert_eq!(a.open_sockets(), 1);
+    }
+
+    /// shutdown(receive) on one end: its reads end, the peer's writes go on succeeding.
+    #[test]
+    fn shutdown_receive_keeps_the_peer_writing() {
+        let pod = PodNetwork::new();
+        let srv = pod.attach("server");
+        let cli = pod.attach("client");
+        let mut l = listener(&srv, v4(8181));
+        let mut c = VTcpSocket::new(&cli, Family::V4).unwrap();
+        c.start_connect(&cli, v4(8181)).unwrap();
+        let (c_rx, _c_tx) = c.finish_connect().unwrap();
+        let (_s, _s_rx, s_tx) = l.accept(&srv).unwrap();
+        s_tx.write(Bytes::from_static(b"unread")).unwrap();
+        c.shutdown(true, false).unwrap();
+        assert!(matches!(c_rx.try_read(10), Err(StreamError::Closed)));
+        for _ in 0..10 {
+            assert!(s_tx.check_write().unwrap() > 0);
+            s_tx.write(Bytes::from_static(b"more")).unwrap();
+        }
+        assert_eq!(srv.buffered_bytes(), 0, "discarded bytes are not charged");
+        // Dropping the socket is what ends the connection for the writer.
+        drop(c_rx);
+        drop(c);
+        assert!(matches!(s_tx.check_write(), Err(StreamError::Closed)));
     }
 
     #[test]

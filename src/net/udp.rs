@@ -3,11 +3,14 @@
 //! `p2/host/udp.rs`) with no OS socket. No bindings here; `p2.rs` is the glue.
 //!
 //! UDP ports are their own namespace (a TCP and a UDP socket may share a number). A datagram to
-//! a pod port nobody bound, or to a full inbox, is dropped silently, which is what UDP promises.
-//! Inboxes are bounded in bytes and datagrams, so a flooding sender costs the receiver at most
-//! one inbox.
+//! a full inbox is dropped silently, which is what UDP promises; one to a pod port nobody bound
+//! is dropped too, and a *connected* sender then gets `connection-refused` from its next
+//! receive, as Linux reports the ICMP port-unreachable. Inboxes are bounded in bytes and
+//! datagrams, and their bytes are charged to the receiving container's budget (`budget.rs`), so
+//! a flooding sender costs the receiver at most one inbox, within the receiver's limits.
 
-use super::{ContainerNet, NetError, PodNetwork, PortLease, Proto, is_pod_address, loopback};
+use super::budget::{SocketBudget, SocketSlot};
+use super::{ContainerNet, NetError, PodNetwork, PortLease, is_pod_address, loopback};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};
@@ -25,28 +28,55 @@ pub const INBOX_BYTES: usize = 256 * 1024;
 const INBOX_DATAGRAMS: usize = 1024;
 /// Per-receive byte budget (wasmtime's `MAX_READ_SIZE_ALLOC`).
 const RECEIVE_BYTES: usize = 64 * 1024;
+/// What a queued datagram costs beyond its payload (queue slot and allocation), charged too so
+/// that floods of empty datagrams are not free.
+const DATAGRAM_OVERHEAD: usize = 64;
+
+fn cost(data: &[u8]) -> usize {
+    data.len() + DATAGRAM_OVERHEAD
+}
 
 struct InboxState {
     queue: VecDeque<(u16, Vec<u8>)>,
+    /// Payload bytes queued (bounded by [`INBOX_BYTES`]).
     bytes: usize,
+    /// Bytes charged to the budget for the queue.
+    charged: usize,
     closed: bool,
+    /// A datagram sent by this socket while connected found no receiver: the next receive
+    /// reports `connection-refused` (once).
+    refused: bool,
     waker: Option<Waker>,
+}
+
+impl InboxState {
+    fn pop(&mut self) -> Option<(u16, Vec<u8>)> {
+        let (from, data) = self.queue.pop_front()?;
+        self.bytes -= data.len();
+        self.charged -= cost(&data);
+        Some((from, data))
+    }
 }
 
 /// The receive queue of one bound UDP port.
 pub(crate) struct UdpInbox {
     st: Mutex<InboxState>,
+    /// The receiving container's budget, charged for queued datagrams.
+    budget: Arc<SocketBudget>,
 }
 
 impl UdpInbox {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(budget: Arc<SocketBudget>) -> Self {
         Self {
             st: Mutex::new(InboxState {
                 queue: VecDeque::new(),
                 bytes: 0,
+                charged: 0,
                 closed: false,
+                refused: false,
                 waker: None,
             }),
+            budget,
         }
     }
 
@@ -60,7 +90,12 @@ impl UdpInbox {
             if st.closed || st.queue.len() >= INBOX_DATAGRAMS || st.bytes + data.len() > INBOX_BYTES {
                 return;
             }
+            // Out of budget is a full receive buffer: the datagram is dropped.
+            if !self.budget.reserve_exact(cost(&data)) {
+                return;
+            }
             st.bytes += data.len();
+            st.charged += cost(&data);
             st.queue.push_back((from_port, data));
             st.waker.take()
         };
@@ -69,12 +104,11 @@ impl UdpInbox {
         }
     }
 
-    pub(crate) fn close(&self) {
+    /// Records that a datagram this socket sent while connected found no receiver.
+    fn refuse(&self) {
         let waker = {
             let mut st = self.lock();
-            st.closed = true;
-            st.queue.clear();
-            st.bytes = 0;
+            st.refused = true;
             st.waker.take()
         };
         if let Some(w) = waker {
@@ -82,17 +116,39 @@ impl UdpInbox {
         }
     }
 
-    /// Drops datagrams a connected socket must not see, so readiness stays exact.
-    fn discard_unwanted(st: &mut InboxState, only_from: Option<u16>) {
+    pub(crate) fn close(&self) {
+        let (waker, charged) = {
+            let mut st = self.lock();
+            st.closed = true;
+            st.queue.clear();
+            st.bytes = 0;
+            (st.waker.take(), std::mem::take(&mut st.charged))
+        };
+        self.budget.release(charged);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Drops datagrams a connected socket must not see, so readiness stays exact; returns the
+    /// bytes to give back to the budget.
+    fn discard_unwanted(st: &mut InboxState, only_from: Option<u16>) -> usize {
+        let mut freed = 0;
         if let Some(port) = only_from {
-            while let Some((from, data)) = st.queue.front() {
-                if *from == port {
-                    break;
+            while st.queue.front().is_some_and(|(from, _)| *from != port) {
+                if let Some((_, data)) = st.pop() {
+                    freed += cost(&data);
                 }
-                st.bytes -= data.len();
-                st.queue.pop_front();
             }
         }
+        freed
+    }
+}
+
+impl Drop for UdpInbox {
+    fn drop(&mut self) {
+        let st = self.st.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.budget.release(std::mem::take(&mut st.charged));
     }
 }
 
@@ -105,6 +161,8 @@ pub struct VUdpSocket {
     hop_limit: u8,
     recv_buf: u64,
     send_buf: u64,
+    /// One of the container's socket slots, given back when the socket is dropped.
+    _slot: SocketSlot,
 }
 
 impl std::fmt::Debug for VUdpSocket {
@@ -141,6 +199,7 @@ impl VUdpSocket {
             hop_limit: 64,
             recv_buf: INBOX_BYTES as u64,
             send_buf: INBOX_BYTES as u64,
+            _slot: net.open_socket()?,
         })
     }
 
@@ -162,7 +221,7 @@ impl VUdpSocket {
             return Err(NetError::AddressNotBindable);
         }
         net.check_attached()?;
-        let lease = net.pod().lease_proto(Proto::Udp, addr.port(), net.owner())?;
+        let lease = net.pod().lease_udp(addr.port(), net.owner(), net.budget())?;
         self.local = Some((SocketAddr::new(addr.ip(), lease.port()), lease));
         self.bind_pending = true;
         Ok(())
@@ -198,13 +257,15 @@ impl VUdpSocket {
             None => self.remote = None,
         }
         let inbox = net.pod().udp_inbox(lease)?;
+        let inbox2 = inbox.clone();
         Ok((
             UdpIncoming {
-                inbox,
+                inbox: inbox2,
                 only_from: self.remote.map(|a| a.port()),
                 v6: self.v6,
             },
             UdpOutgoing {
+                own: inbox.clone(),
                 pod: net.pod().clone(),
                 from_port: lease.port(),
                 remote: self.remote,
@@ -214,8 +275,14 @@ impl VUdpSocket {
         ))
     }
 
+    /// The bound address; once connected, a wildcard reads as the pod's loopback (the source
+    /// address a kernel would pick for the route), as `getsockname` does.
     pub fn local_address(&self) -> Result<SocketAddr, NetError> {
-        self.local.as_ref().map(|l| l.0).ok_or(NetError::InvalidState)
+        let local = self.local.as_ref().map(|l| l.0).ok_or(NetError::InvalidState)?;
+        Ok(match self.remote {
+            Some(_) if local.ip().is_unspecified() => SocketAddr::new(loopback(self.v6), local.port()),
+            _ => local,
+        })
     }
 
     pub fn remote_address(&self) -> Result<SocketAddr, NetError> {
@@ -276,35 +343,47 @@ impl UdpIncoming {
     /// Up to `max` datagrams (capped) with their senders; empty = none yet.
     pub fn receive(&mut self, max: u64) -> Result<Vec<(Vec<u8>, SocketAddr)>, NetError> {
         let max = usize::try_from(max).unwrap_or(usize::MAX).min(MAX_DATAGRAMS);
-        let mut st = self.inbox.lock();
-        if st.closed {
-            return Err(NetError::Detached);
-        }
-        let mut out = Vec::new();
-        let mut budget = 0usize;
-        while out.len() < max && budget < RECEIVE_BYTES {
-            UdpInbox::discard_unwanted(&mut st, self.only_from);
-            let Some((from, data)) = st.queue.pop_front() else {
-                break;
-            };
-            st.bytes -= data.len();
-            budget += 1 + data.len();
-            out.push((data, SocketAddr::new(loopback(self.v6), from)));
-        }
+        let mut freed = 0;
+        let out = {
+            let mut st = self.inbox.lock();
+            if st.closed {
+                return Err(NetError::Detached);
+            }
+            if std::mem::take(&mut st.refused) {
+                return Err(NetError::ConnectionRefused);
+            }
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            while out.len() < max && bytes < RECEIVE_BYTES {
+                freed += UdpInbox::discard_unwanted(&mut st, self.only_from);
+                let Some((from, data)) = st.pop() else {
+                    break;
+                };
+                freed += cost(&data);
+                bytes += 1 + data.len();
+                out.push((data, SocketAddr::new(loopback(self.v6), from)));
+            }
+            out
+        };
+        self.inbox.budget.release(freed);
         Ok(out)
     }
 
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut st = self.inbox.lock();
-        UdpInbox::discard_unwanted(&mut st, self.only_from);
-        if st.closed || !st.queue.is_empty() {
-            Poll::Ready(())
-        } else {
-            if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                st.waker = Some(cx.waker().clone());
+        let (ready, freed) = {
+            let mut st = self.inbox.lock();
+            let freed = UdpInbox::discard_unwanted(&mut st, self.only_from);
+            if st.closed || st.refused || !st.queue.is_empty() {
+                (true, freed)
+            } else {
+                if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    st.waker = Some(cx.waker().clone());
+                }
+                (false, freed)
             }
-            Poll::Pending
-        }
+        };
+        self.inbox.budget.release(freed);
+        if ready { Poll::Ready(()) } else { Poll::Pending }
     }
 }
 
@@ -317,6 +396,8 @@ impl Pollable for UdpIncoming {
 
 /// The sending side handed out by `stream`.
 pub struct UdpOutgoing {
+    /// This socket's own inbox, where a refused datagram is reported.
+    own: Arc<UdpInbox>,
     pod: Arc<PodNetwork>,
     from_port: u16,
     remote: Option<SocketAddr>,
@@ -369,7 +450,10 @@ impl UdpOutgoing {
         if !is_pod_address(to.ip()) {
             return Err(NetError::AccessDenied);
         }
-        self.pod.send_datagram(self.from_port, to.port(), data);
+        let delivered = self.pod.send_datagram(self.from_port, to.port(), data);
+        if !delivered && self.remote.is_some() {
+            self.own.refuse();
+        }
         Ok(())
     }
 }
@@ -428,5 +512,84 @@ mod tests {
         drop(a);
         b_out.send(&b, vec![(b"lost".to_vec(), None)]).unwrap();
         assert_eq!(a_in.receive(1).err(), Some(NetError::Detached));
+    }
+
+    fn bound(net: &ContainerNet, addr: &str) -> VUdpSocket {
+        let mut s = VUdpSocket::new(net, addr.starts_with('[')).unwrap();
+        s.start_bind(net, addr.parse().unwrap()).unwrap();
+        s.finish_bind().unwrap();
+        s
+    }
+
+    #[test]
+    fn wildcard_reads_as_loopback_while_connected() {
+        let pod = PodNetwork::new();
+        let a = pod.attach("a");
+        for (any, lo) in [("0.0.0.0:0", "127.0.0.1"), ("[::]:0", "::1")] {
+            let mut s = bound(&a, any);
+            let port = s.local_address().unwrap().port();
+            let remote = if lo == "::1" { "[::1]:9" } else { "127.0.0.1:9" };
+            drop(s.stream(&a, Some(remote.parse().unwrap())).unwrap());
+            assert_eq!(s.local_address().unwrap(), SocketAddr::new(lo.parse().unwrap(), port));
+            drop(s.stream(&a, None).unwrap());
+            assert_eq!(
+                s.local_address().unwrap(),
+                any.replace(":0", &format!(":{port}")).parse().unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn connected_send_to_nobody_is_refused_on_the_next_receive() {
+        let pod = PodNetwork::new();
+        let a = pod.attach("a");
+        let mut connected = bound(&a, "127.0.0.1:0");
+        let (mut c_in, mut c_out) = connected.stream(&a, Some("127.0.0.1:4999".parse().unwrap())).unwrap();
+        c_out.check_send();
+        assert_eq!(c_out.send(&a, vec![(b"x".to_vec(), None)]), Ok(1));
+        assert_eq!(c_in.receive(1).err(), Some(NetError::ConnectionRefused));
+        assert_eq!(c_in.receive(1), Ok(vec![])); // reported once
+        // Unconnected: silently dropped, as before.
+        let mut loose = bound(&a, "127.0.0.1:0");
+        let (mut l_in, mut l_out) = loose.stream(&a, None).unwrap();
+        l_out.check_send();
+        let to = Some("127.0.0.1:4999".parse().unwrap());
+        assert_eq!(l_out.send(&a, vec![(b"x".to_vec(), to)]), Ok(1));
+        assert_eq!(l_in.receive(1), Ok(vec![]));
+    }
+
+    #[test]
+    fn inbox_bytes_are_charged_to_the_receiver() {
+        let pod = PodNetwork::new();
+        let limits = crate::net::SocketLimits {
+            max_buffered_bytes: 1000,
+            max_sockets: 8,
+        };
+        let rx = pod.attach_limited(
+            "rx",
+            crate::net::EgressPolicy::deny_all(),
+            None,
+            crate::resources::MemoryAccount::new(None),
+            limits,
+        );
+        let tx = pod.attach("tx");
+        let mut r = bound(&rx, "127.0.0.1:6000");
+        let (mut r_in, _r_out) = r.stream(&rx, None).unwrap();
+        let mut s = bound(&tx, "127.0.0.1:0");
+        let (_s_in, mut s_out) = s.stream(&tx, Some("127.0.0.1:6000".parse().unwrap())).unwrap();
+        for _ in 0..20 {
+            s_out.check_send();
+            s_out.send(&tx, vec![(vec![1u8; 100], None)]).unwrap();
+        }
+        // 100 bytes + overhead each: only what fits in 1000 is queued, the rest dropped.
+        assert_eq!(rx.buffered_bytes(), 6 * (100 + DATAGRAM_OVERHEAD) as u64);
+        assert_eq!(tx.buffered_bytes(), 0);
+        assert_eq!(r_in.receive(16).unwrap().len(), 6);
+        assert_eq!(rx.buffered_bytes(), 0);
+        s_out.check_send();
+        s_out.send(&tx, vec![(vec![1u8; 100], None)]).unwrap();
+        assert!(rx.buffered_bytes() > 0);
+        drop(rx); // exit: the port and its inbox go
+        assert_eq!(pod.buffered_bytes(), 0);
     }
 }

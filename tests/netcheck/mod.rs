@@ -10,7 +10,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmpod::net::p2::{NetCtxView, NetView};
-use wasmpod::net::{ContainerNet, DeniedHook, EgressPolicy, PodNetwork};
+use wasmpod::net::{ContainerNet, DeniedHook, EgressPolicy, PodNetwork, SocketLimits};
+use wasmpod::resources::{MemoryAccount, MemoryBudget};
 use wasmtime::Store;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime_wasi::p2::bindings::Command;
@@ -24,6 +25,8 @@ pub struct Ctx {
     wasi: WasiCtx,
     table: ResourceTable,
     net: ContainerNet,
+    /// The Store's share of the container's memory account (the one its sockets draw on).
+    memory: MemoryBudget,
 }
 
 impl WasiView for Ctx {
@@ -93,6 +96,19 @@ pub async fn run_with_egress(
     run_attached(pod.attach_with(name, policy, Some(hook)), name, args).await
 }
 
+/// Like [`run`], as a container with a memory account (shared by its linear memory and its
+/// socket buffers, as the container runtime does) and socket limits.
+pub async fn run_limited(
+    pod: &Arc<PodNetwork>,
+    name: &str,
+    account: Arc<MemoryAccount>,
+    limits: SocketLimits,
+    args: &str,
+) -> (i32, String) {
+    let net = pod.attach_limited(name, EgressPolicy::deny_all(), None, account, limits);
+    run_attached(net, name, args).await
+}
+
 async fn run_attached(net: ContainerNet, name: &str, args: &str) -> (i32, String) {
     let g = guest();
     let stdout = MemoryOutputPipe::new(1 << 20);
@@ -109,14 +125,17 @@ async fn run_attached(net: ContainerNet, name: &str, args: &str) -> (i32, String
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .build();
+    let memory = MemoryBudget::in_account(net.memory().clone());
     let mut store = Store::new(
         &g.engine,
         Ctx {
             wasi,
             table: ResourceTable::new(),
             net,
+            memory,
         },
     );
+    store.limiter(|c| &mut c.memory);
     // wasmpod's engine interrupts at epoch ticks; yield there, as every container does.
     wasmpod::resources::CpuShare::new(None).install(&mut store);
     let fut = async {

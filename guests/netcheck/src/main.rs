@@ -24,6 +24,23 @@
 //! - `udp-echo N`               receive N datagrams on it, send each back; print `udp echoed TEXT`
 //! - `udp-send ADDR TEXT`       from a fresh socket, send TEXT and wait for the reply; print
 //!                              `udp reply: TEXT`
+//! - `udp-local ADDR`           bind a wildcard of ADDR's family to port 0, connect to ADDR;
+//!                              print `before: LOCAL` and `connected: LOCAL`
+//! - `udp-refused ADDR`         bind, connect to ADDR, send one datagram, receive (5 s
+//!                              timeout); print `recv: N bytes` or `recv: error KIND`
+//! - `udp-unconnected ADDR`     bind, send_to ADDR, then a non-blocking receive; print
+//!                              `recv: N bytes` or `recv: error KIND`
+//!
+//! Fidelity and limits steps:
+//! - `shut-read ADDR`           connect, shutdown(Read), read once (print `read after
+//!                              shutdown: N`), send `g`; the socket is kept for later steps
+//! - `write-after-peer-shut N`  accept one connection, read the 1-byte go, write N bytes
+//!                              (blocking); print `wrote N`
+//! - `flood ADDR CONNS BYTES CHUNK`  open CONNS connections (non-blocking once connected) and
+//!                              write up to BYTES on each in CHUNK-byte writes, moving on at
+//!                              the first would-block; connections are kept for later steps.
+//!                              Print `flood opened N failed F wrote W would-block B` and one
+//!                              `connect error: KIND` line per kind of connect failure
 //!
 //! Benchmark steps (`benches/pod_network.rs`; the same code runs natively there for the
 //! kernel-loopback baseline):
@@ -101,6 +118,32 @@ fn run_step(step: &[String], listener: &mut Option<TcpListener>, held: &mut Vec<
             held.push(s);
         }
         "send" => send(arg(0)?, number(1)?)?,
+        "shut-read" => {
+            let mut s = TcpStream::connect(arg(0)?).map_err(|e| format!("connect: {e}"))?;
+            s.shutdown(Shutdown::Read).map_err(|e| format!("shutdown: {e}"))?;
+            let mut buf = [0u8; 16];
+            let n = s.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+            println!("read after shutdown: {n}");
+            s.write_all(b"g").map_err(|e| format!("write: {e}"))?;
+            held.push(s);
+        }
+        "write-after-peer-shut" => {
+            let l = listener.as_ref().ok_or("no listener")?;
+            let (mut s, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
+            let mut go = [0u8; 1];
+            s.read_exact(&mut go).map_err(|e| format!("read go: {e}"))?;
+            let total = number(0)?;
+            let out: Vec<u8> = (0..CHUNK as u64).map(pattern).collect();
+            let mut sent = 0u64;
+            while sent < total {
+                let n = (total - sent).min(CHUNK as u64) as usize;
+                s.write_all(&out[..n]).map_err(|e| format!("write at {sent}: {e}"))?;
+                sent += n as u64;
+            }
+            s.flush().map_err(|e| format!("flush: {e}"))?;
+            println!("wrote {sent}");
+        }
+        "flood" => flood(arg(0)?, number(1)?, number(2)?, number(3)?, held)?,
         "half-close" => {
             let mut s = TcpStream::connect(arg(0)?).map_err(|e| format!("connect: {e}"))?;
             s.write_all(step[2..].join(" ").as_bytes())
@@ -206,6 +249,51 @@ fn run_step(step: &[String], listener: &mut Option<TcpListener>, held: &mut Vec<
     Ok(())
 }
 
+/// Opens `conns` connections to `addr` and writes up to `bytes` on each without ever waiting:
+/// what a container may make the host buffer for it.
+fn flood(addr: &str, conns: u64, bytes: u64, chunk: u64, held: &mut Vec<TcpStream>) -> Result<(), String> {
+    let buf = vec![0x5au8; chunk.max(1) as usize];
+    let (mut opened, mut wrote, mut would_block) = (0u64, 0u64, 0u64);
+    let mut failures: Vec<(std::io::ErrorKind, u64)> = Vec::new();
+    for _ in 0..conns {
+        let mut s = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                match failures.iter_mut().find(|(k, _)| *k == e.kind()) {
+                    Some((_, n)) => *n += 1,
+                    None => failures.push((e.kind(), 1)),
+                }
+                continue;
+            }
+        };
+        opened += 1;
+        s.set_nonblocking(true).map_err(|e| format!("set_nonblocking: {e}"))?;
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            match s.write(&buf[..n]) {
+                Ok(0) => break,
+                Ok(n) => {
+                    wrote += n as u64;
+                    left -= n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    would_block += 1;
+                    break;
+                }
+                Err(e) => return Err(format!("write: {e}")),
+            }
+        }
+        held.push(s);
+    }
+    let failed: u64 = failures.iter().map(|(_, n)| n).sum();
+    println!("flood opened {opened} failed {failed} wrote {wrote} would-block {would_block}");
+    for (kind, _) in failures {
+        println!("connect error: {kind:?}");
+    }
+    Ok(())
+}
+
 /// Byte `i` of the test pattern: not periodic at any power of two, so shifted or dropped
 /// chunks are detected.
 fn pattern(i: u64) -> u8 {
@@ -282,6 +370,39 @@ fn udp_step(step: &[String], udp: &mut Option<UdpSocket>) -> Result<(), String> 
             let mut buf = [0u8; 2048];
             let (len, _) = s.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
             println!("udp reply: {}", String::from_utf8_lossy(&buf[..len]));
+        }
+        "udp-local" => {
+            let any = if arg(0)?.starts_with('[') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
+            let s = UdpSocket::bind(any).map_err(|e| format!("bind: {e}"))?;
+            println!("before: {}", s.local_addr().map_err(|e| e.to_string())?);
+            s.connect(arg(0)?).map_err(|e| format!("connect: {e}"))?;
+            println!("connected: {}", s.local_addr().map_err(|e| e.to_string())?);
+        }
+        "udp-refused" => {
+            let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+            s.connect(arg(0)?).map_err(|e| format!("connect: {e}"))?;
+            // A bound on a broken emulation; not all targets support it, so best effort.
+            let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            s.send(b"anyone?").map_err(|e| format!("send: {e}"))?;
+            let mut buf = [0u8; 64];
+            match s.recv(&mut buf) {
+                Ok(n) => println!("recv: {n} bytes"),
+                Err(e) => println!("recv: error {:?}", e.kind()),
+            }
+        }
+        "udp-unconnected" => {
+            let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+            s.send_to(b"anyone?", arg(0)?).map_err(|e| format!("send: {e}"))?;
+            s.set_nonblocking(true).map_err(|e| format!("set_nonblocking: {e}"))?;
+            let mut buf = [0u8; 64];
+            match s.recv_from(&mut buf) {
+                Ok((n, _)) => println!("recv: {n} bytes"),
+                Err(e) => println!("recv: error {:?}", e.kind()),
+            }
         }
         other => return Err(format!("unknown step {other:?}")),
     }
