@@ -555,10 +555,36 @@ async fn accept_loop(listener: UnixListener, pod: Arc<Pod>, stop: CancellationTo
 }
 
 fn reply_bytes(response: &Response) -> Vec<u8> {
-    // Serializing these plain structs cannot fail; an empty line would only be skipped.
-    let mut bytes = serde_json::to_vec(response).unwrap_or_default();
+    let mut bytes = to_json(response).into_bytes();
     bytes.push(b'\n');
     bytes
+}
+
+/// One reply as a line of JSON with no character a terminal acts on, even printed raw.
+pub fn to_json(response: &Response) -> String {
+    // Serializing these plain structs cannot fail; an empty line would only be skipped.
+    let json = serde_json::to_string(response).unwrap_or_default();
+    json_without_raw_controls(&json).into_owned()
+}
+
+/// JSON text with DEL and the C1 controls written as `\u00XX` escapes. serde_json escapes C0
+/// controls only, and a raw U+009B is a CSI to some terminals (`wasmpod logs --json` is often
+/// read on one). Outside strings JSON holds ASCII only, so every such character is inside a
+/// string, where the escape means exactly the same character: the text stays exact.
+pub fn json_without_raw_controls(json: &str) -> std::borrow::Cow<'_, str> {
+    let raw_control = |c: char| ('\u{7f}'..='\u{9f}').contains(&c);
+    if !json.contains(raw_control) {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut escaped = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if raw_control(c) {
+            escaped.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
 }
 
 async fn serve_connection(stream: UnixStream, pod: &Pod, ended: &CancellationToken) {
@@ -813,7 +839,8 @@ impl Replies {
         match self.reader.read_line(&mut line) {
             Ok(0) => None,
             Ok(_) => {
-                let line = line.trim_end().to_string();
+                // A server of another wasmpod version may still send them raw.
+                let line = json_without_raw_controls(line.trim_end()).into_owned();
                 Some(
                     serde_json::from_str(&line)
                         .map(|response| (line, response))
@@ -1028,6 +1055,21 @@ mod tests {
             PodClaim::acquire_in(&dir, "demo"),
             Err(ControlError::RuntimeDir(RuntimeDirError::Unsafe { .. }))
         ));
+    }
+
+    #[test]
+    fn json_replies_hold_no_raw_control_character_and_decode_to_the_exact_text() {
+        let text = "\u{1b}[2J\r\u{7f}\u{9b}31m\u{85}é";
+        let line = Response::Line(LineView {
+            container: "web".into(),
+            stream: "stdout".into(),
+            text: text.into(),
+            at: "t".into(),
+        });
+        let json = to_json(&line);
+        assert!(!json.chars().any(char::is_control), "{json:?}");
+        assert!(json.contains(r#""text":"\u001b[2J\r\u007f\u009b31m\u0085é""#), "{json}");
+        assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), line);
     }
 
     #[test]

@@ -285,10 +285,10 @@ fn list_pods(dir: &Path, running: &[String], json: bool) -> ExitCode {
             continue;
         };
         if json {
-            match serde_json::to_string(&Response::Status(status)) {
-                Ok(line) if out(&line) => continue,
-                _ => return ExitCode::SUCCESS,
+            if out(&control::to_json(&Response::Status(status))) {
+                continue;
             }
+            return ExitCode::SUCCESS;
         }
         let apps: Vec<_> = status.containers.iter().filter(|c| c.kind == "app").collect();
         let running = apps.iter().filter(|c| c.state == "running").count();
