@@ -45,7 +45,7 @@ impl RunningPod {
             std::thread::spawn(move || {
                 let mut chunk = [0u8; 4096];
                 while let Ok(1..) = stream.read(&mut chunk).map(|n| {
-                    sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..n]);
                     n
                 }) {}
             });
@@ -57,11 +57,11 @@ impl RunningPod {
     }
 
     fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(&self.stdout.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
     }
 
     fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
     }
 
     /// Waits until the pod printed `line` (a whole line of stdout) or fails with its output.
@@ -323,7 +323,7 @@ fn guest_escape_codes_are_escaped_in_run_and_logs_output_and_exact_in_json() {
     pod.wait_for_stdout_line("app     | ready");
 
     // `wasmpod run`: the line is shown, escaped, after the real prefix.
-    assert_no_control("wasmpod run's stdout", &pod.stdout.lock().unwrap());
+    assert_no_control("wasmpod run's stdout", pod.stdout().as_bytes());
     assert!(
         pod.stdout().lines().any(|l| l == format!("app     | {ESCAPED_STDOUT}")),
         "{}",
@@ -334,7 +334,7 @@ fn guest_escape_codes_are_escaped_in_run_and_logs_output_and_exact_in_json() {
         assert!(Instant::now() < wait_stderr, "{}", pod.explain());
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_no_control("wasmpod run's stderr", &pod.stderr.lock().unwrap());
+    assert_no_control("wasmpod run's stderr", pod.stderr().as_bytes());
 
     // `wasmpod logs`: the same, on stdout and stderr.
     let logs = wasmpod_output(&runtime, &["logs", "evil", "app"]);
