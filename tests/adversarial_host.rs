@@ -44,10 +44,11 @@ impl RunningPod {
             let sink = bytes.clone();
             std::thread::spawn(move || {
                 let mut chunk = [0u8; 4096];
-                while let Ok(1..) = stream.read(&mut chunk).map(|n| {
-                    sink.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..n]);
-                    n
-                }) {}
+                while let Ok(n @ 1..) = stream.read(&mut chunk) {
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend_from_slice(&chunk[..n]);
+                }
             });
             bytes
         };
