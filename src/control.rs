@@ -1090,16 +1090,19 @@ mod tests {
 
     #[test]
     fn a_claimed_pod_name_cannot_be_claimed_again_until_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = PodClaim::acquire_in(dir.path(), "demo").unwrap();
-        let again = PodClaim::acquire_in(dir.path(), "demo");
+        let base = tempfile::tempdir().unwrap();
+        // Made by the claim, 0700 (tempfile's own directory is 0755, which would be refused).
+        let dir = base.path().join("run");
+        let dir = dir.as_path();
+        let first = PodClaim::acquire_in(dir, "demo").unwrap();
+        let again = PodClaim::acquire_in(dir, "demo");
         assert!(
             matches!(again, Err(ControlError::AlreadyRunning { ref pod, .. }) if pod == "demo"),
             "{:?}",
             again.err()
         );
-        assert!(PodClaim::acquire_in(dir.path(), "other").is_ok());
+        assert!(PodClaim::acquire_in(dir, "other").is_ok());
         drop(first);
-        assert!(PodClaim::acquire_in(dir.path(), "demo").is_ok());
+        assert!(PodClaim::acquire_in(dir, "demo").is_ok());
     }
 }

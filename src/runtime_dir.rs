@@ -3,12 +3,12 @@
 //! running pod's `empty_dir` and secret volumes ([`crate::volume`]).
 //!
 //! Where: `$WASMPOD_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/wasmpod`, else `/tmp/wasmpod-$UID`. It is
-//! created 0700. One that already exists must be a real directory (not a symlink) owned by this
-//! user that no other user can write to: in a shared place like `/tmp` another user could have
-//! made it first and planted sockets or symlinks in it, so it is refused, never trusted. One that
-//! is ours and merely readable by others (a `mktemp -d` or a hand-made directory) is narrowed to
-//! 0700 before use: nobody else could have written into it, and nobody else may read it after.
-//! The server ([`ensure_private`]) and the client ([`check`]) apply the same rule.
+//! created 0700. One that already exists must be a real directory (not a symlink), owned by this
+//! user, with no permission for group or others: in a shared place like `/tmp` another user could
+//! have made it first and planted sockets or symlinks in it, or be reading along. Such a directory
+//! is refused with the reason, never trusted and never repaired behind the user's back (a
+//! `WASMPOD_RUNTIME_DIR=$HOME` must not quietly change the home directory's mode). The server
+//! ([`ensure_private`]) and the client ([`check`]) apply the same rule.
 //!
 //! This module does not know what goes inside; it only finds, makes and vets directories.
 
@@ -85,17 +85,7 @@ pub fn ensure_private(dir: &Path) -> Result<(), RuntimeDirError> {
         source,
     })?;
     #[cfg(unix)]
-    if let Some(mode) = vet(dir)?
-        && mode & 0o077 != 0
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
-            RuntimeDirError::Create {
-                dir: dir.to_path_buf(),
-                source,
-            }
-        })?;
-    }
+    vet(dir)?;
     Ok(())
 }
 
@@ -116,9 +106,9 @@ pub fn check(dir: &Path) -> Result<bool, RuntimeDirError> {
     }
 }
 
-/// The directory's mode, if it is a real directory of ours that nobody else may write to.
+/// Whether `dir` is a real directory of ours that nobody else may use.
 #[cfg(unix)]
-fn vet(dir: &Path) -> Result<Option<u32>, RuntimeDirError> {
+fn vet(dir: &Path) -> Result<(), RuntimeDirError> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(dir).map_err(|source| RuntimeDirError::Inspect {
         dir: dir.to_path_buf(),
@@ -141,13 +131,18 @@ fn vet(dir: &Path) -> Result<Option<u32>, RuntimeDirError> {
         ));
     }
     let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 {
+    let others = if mode & 0o022 != 0 {
+        "other users may write to it and could have planted files in it"
+    } else {
+        "other users may read it"
+    };
+    if mode & 0o077 != 0 {
         return refuse(format!(
-            "its mode is {mode:04o}: other users may write to it and could have planted files; \
-             remove it (wasmpod recreates it 0700) or choose another with {ENV}"
+            "its mode is {mode:04o}, wider than 0700: {others}; \
+             make it 0700 (`chmod 700`) if it is yours alone, or choose another with {ENV}"
         ));
     }
-    Ok(Some(mode))
+    Ok(())
 }
 
 #[cfg(all(test, unix))]
@@ -171,24 +166,30 @@ mod tests {
     }
 
     #[test]
-    fn one_of_ours_readable_by_others_is_narrowed_and_one_they_may_write_is_refused() {
+    fn one_wider_than_0700_is_refused_by_server_and_client_alike_and_left_as_it_is() {
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("run");
         std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        ensure_private(&dir).unwrap();
-        assert_eq!(mode(&dir), 0o700);
-
-        for wide in [0o777, 0o770, 0o702, 0o1777] {
+        for (wide, why) in [
+            (0o777, "other users may write"),
+            (0o770, "other users may write"),
+            (0o702, "other users may write"),
+            (0o1777, "other users may write"),
+            (0o755, "other users may read"),
+            (0o710, "other users may read"),
+        ] {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(wide)).unwrap();
             for result in [ensure_private(&dir).map(|_| true), check(&dir)] {
                 let error = result.unwrap_err().to_string();
                 assert!(error.contains(&format!("{wide:04o}")), "{error}");
-                assert!(error.contains("other users may write"), "{error}");
+                assert!(error.contains(why), "{error}");
+                assert!(error.contains("chmod 700"), "{error}");
             }
-            // Refused, not repaired: someone may already have planted something.
             assert_eq!(mode(&dir), wide);
         }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        ensure_private(&dir).unwrap();
+        assert!(check(&dir).unwrap());
     }
 
     #[test]

@@ -389,6 +389,17 @@ fn the_control_client_refuses_a_runtime_directory_others_may_write_or_own() {
         assert!(stderr.contains("0777"), "{args:?}: {stderr}");
         assert!(stderr.contains("other users may write"), "{args:?}: {stderr}");
     }
+    // Readable by others is refused too (the server would not have used it either).
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = wasmpod_output(&open, &["ps"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("0755") && stderr.contains("other users may read"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+
     // The server refuses it as well, for its sockets and for its pods' secrets: the pod does not
     // start, and nothing is written there.
     let run = wasmpod_output(&open, &["run", write_spec(base.path(), SECRET_POD).to_str().unwrap()]);
