@@ -163,6 +163,11 @@ fn wasmpod_output(runtime: &Path, args: &[&str]) -> Output {
     }
 }
 
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions, cannot fail and touches no memory of ours.
+    unsafe { libc::getuid() }
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
 }
@@ -219,7 +224,7 @@ fn assert_private(runtime: &Path, explain: &dyn Fn() -> String) {
         assert_eq!(mode(dir), 0o700, "{} is not 0700\n{}", dir.display(), explain());
         assert_eq!(
             std::fs::metadata(dir).unwrap().uid(),
-            unsafe { libc::getuid() },
+            current_uid(),
             "{}",
             dir.display()
         );
@@ -410,7 +415,7 @@ fn the_control_client_refuses_a_runtime_directory_others_may_write_or_own() {
     assert_eq!(mode(&open), 0o777, "refused, not silently repaired");
 
     // A directory of another user: as root, make one; otherwise `/` is one.
-    let foreign = if unsafe { libc::getuid() } == 0 {
+    let foreign = if current_uid() == 0 {
         let dir = base.path().join("foreign");
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
