@@ -2,8 +2,11 @@
 //! `wasmpod logs` and `wasmpod events` from other terminals over a Unix domain socket (never a
 //! network port), the way `docker compose ps/logs` and `kubectl get events` ask a running app.
 //!
-//! Where: `$WASMPOD_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/wasmpod`, else `/tmp/wasmpod-$UID` (made
-//! 0700 and refused if another user owns it or others may write to it); one `<pod>.sock` per pod.
+//! Where: the per-user private runtime directory ([`crate::runtime_dir`]: `$WASMPOD_RUNTIME_DIR`,
+//! else `$XDG_RUNTIME_DIR/wasmpod`, else `/tmp/wasmpod-$UID`; made 0700, refused if another user
+//! owns it or may write to it); one `<pod>.sock` per pod. The client vets the directory by the
+//! same rule before it connects: a socket in a directory someone else controls could be theirs,
+//! and so could every byte it sends back.
 //! Who runs a pod name is decided by an exclusive lock on `<pod>.lock`, held for the life of the
 //! process and released by the kernel even when the process is killed: a socket left behind by a
 //! dead process is therefore stale and replaced, and a second `wasmpod run` of the same pod name
@@ -17,10 +20,14 @@
 //! [`crate::status::EventTail`]); nothing is queued per client, so a slow or stuck client holds
 //! up only its own connection, and one that falls a whole buffer behind gets a `missed` count.
 //! The JSON is made of view types defined here rather than the library's own types, so the wire
-//! format stays put when the library's enums grow; `--json` in the CLI prints it as is.
+//! format stays put when the library's enums grow; `--json` in the CLI prints it as is. Every name
+//! on the wire is spelled out here (serde renames, [`event_kind_name`]), never derived from a Rust
+//! identifier's `Debug` output, so renaming a variant cannot change the protocol silently.
+//! Strings on the wire are exact (a guest's escape codes included): printing them for people is
+//! the client's job, and it escapes them ([`crate::logs::escape_control`]).
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -35,7 +42,8 @@ use tokio_util::sync::CancellationToken;
 use crate::Pod;
 use crate::container::Exit;
 use crate::logs::{LogLine, Stream};
-use crate::status::{ContainerState, ContainerStatus, Event, PodStatus};
+use crate::runtime_dir::{self, RuntimeDirError};
+use crate::status::{ContainerState, ContainerStatus, Event, EventKind, PodStatus};
 
 /// A request line longer than this is refused (requests are a few words).
 pub const MAX_REQUEST_BYTES: u64 = 1024;
@@ -59,8 +67,9 @@ pub enum ControlError {
     NoneRunning { dir: PathBuf },
     #[error("several pods are running ({}): name one", running.join(", "))]
     Ambiguous { running: Vec<String> },
-    #[error("the runtime directory {}: {reason}", dir.display())]
-    UnsafeDir { dir: PathBuf, reason: String },
+    /// The runtime directory is not this user's alone (or cannot be made).
+    #[error(transparent)]
+    RuntimeDir(#[from] RuntimeDirError),
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -91,61 +100,14 @@ fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Erro
     }
 }
 
-/// The directory that holds the control sockets: `$WASMPOD_RUNTIME_DIR`, else
-/// `$XDG_RUNTIME_DIR/wasmpod`, else `/tmp/wasmpod-$UID`.
+/// The directory that holds the control sockets: [`runtime_dir::path`].
 pub fn runtime_dir() -> PathBuf {
-    let set = |name: &str| {
-        std::env::var_os(name)
-            .filter(|value| !value.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(dir) = set("WASMPOD_RUNTIME_DIR") {
-        return dir;
-    }
-    if let Some(dir) = set("XDG_RUNTIME_DIR") {
-        return dir.join("wasmpod");
-    }
-    PathBuf::from(format!("/tmp/wasmpod-{}", current_uid()))
-}
-
-fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions, cannot fail and touches no memory of ours.
-    unsafe { libc::getuid() }
+    runtime_dir::path()
 }
 
 /// The socket of pod `pod` in `dir`.
 pub fn socket_path(dir: &Path, pod: &str) -> PathBuf {
     dir.join(format!("{pod}.sock"))
-}
-
-/// Creates the runtime directory (0700) and checks that nobody else can plant or swap sockets in
-/// it: in a shared place like `/tmp`, another user could have made it first.
-fn prepare_dir(dir: &Path) -> Result<(), ControlError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_error("cannot create", dir))?;
-    let meta = std::fs::symlink_metadata(dir).map_err(io_error("cannot read", dir))?;
-    let unsafe_dir = |reason: String| {
-        Err(ControlError::UnsafeDir {
-            dir: dir.to_path_buf(),
-            reason,
-        })
-    };
-    if !meta.is_dir() {
-        return unsafe_dir("not a directory (a symlink is not accepted either)".into());
-    }
-    if meta.uid() != current_uid() {
-        return unsafe_dir(format!("owned by uid {}, not by this user", meta.uid()));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return unsafe_dir(format!(
-            "others may write to it (mode {:o}); make it 0700",
-            meta.mode() & 0o777
-        ));
-    }
-    Ok(())
 }
 
 /// Whether `name` can be a pod name (the spec's rule), so a client-given name never escapes `dir`.
@@ -245,20 +207,22 @@ impl Request {
     }
 }
 
-/// One line of a reply. Times are RFC 3339 strings in UTC.
+/// One line of a reply. Times are RFC 3339 strings in UTC. The `type` names are spelled out
+/// rather than derived from the variant names, so that they are the protocol's and stay put.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type")]
 pub enum Response {
+    #[serde(rename = "status")]
     Status(StatusView),
+    #[serde(rename = "line")]
     Line(LineView),
+    #[serde(rename = "event")]
     Event(EventView),
     /// This many lines or events left the pod's buffer before this client read them.
-    Missed {
-        count: u64,
-    },
-    Error {
-        message: String,
-    },
+    #[serde(rename = "missed")]
+    Missed { count: u64 },
+    #[serde(rename = "error")]
+    Error { message: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -379,32 +343,40 @@ impl From<&Event> for EventView {
         EventView {
             at: time(event.at),
             container: event.container.clone(),
-            kind: kind_name(event),
+            kind: event_kind_name(&event.kind).to_string(),
             message,
         }
     }
 }
 
-/// `EventKind::BackOff { .. }` → `back_off`. Taken from the derived `Debug`, whose output starts
-/// with the variant's name, so that kinds added to the library show up here without a change.
-fn kind_name(event: &Event) -> String {
-    let debug = format!("{:?}", event.kind);
-    let variant = debug
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .next()
-        .unwrap_or_default();
-    let mut name = String::with_capacity(variant.len() + 4);
-    for (i, c) in variant.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                name.push('_');
-            }
-            name.push(c.to_ascii_lowercase());
-        } else {
-            name.push(c);
-        }
+/// The event kind's name on the wire. Spelled out, one arm per kind: a kind added to the library
+/// fails to compile here until it is given a name, and renaming a variant changes nothing on the
+/// wire. The names are the snake case of the variant names they had when the protocol began.
+pub fn event_kind_name(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::Compiling => "compiling",
+        EventKind::Compiled { .. } => "compiled",
+        EventKind::VolumeReady { .. } => "volume_ready",
+        EventKind::Exposed { .. } => "exposed",
+        EventKind::Started => "started",
+        EventKind::Exited { .. } => "exited",
+        EventKind::BackOff { .. } => "back_off",
+        EventKind::Restarting { .. } => "restarting",
+        EventKind::Ready => "ready",
+        EventKind::NotReady { .. } => "not_ready",
+        EventKind::Unhealthy { .. } => "unhealthy",
+        EventKind::EgressDenied { .. } => "egress_denied",
+        EventKind::PodRunning => "pod_running",
+        EventKind::PodSucceeded => "pod_succeeded",
+        EventKind::PodFailed { .. } => "pod_failed",
+        EventKind::Stopping => "stopping",
+        EventKind::PodStopped => "pod_stopped",
+        EventKind::Warning { .. } => "warning",
+        EventKind::RequestTrapped { .. } => "request_trapped",
+        EventKind::RequestTimedOut { .. } => "request_timed_out",
+        EventKind::RequestFailed { .. } => "request_failed",
+        EventKind::OutgoingDenied { .. } => "outgoing_denied",
     }
-    name
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -427,7 +399,7 @@ impl PodClaim {
 
     /// Claims `pod` in `dir` (created 0700 if missing).
     pub fn acquire_in(dir: &Path, pod: &str) -> Result<PodClaim, ControlError> {
-        prepare_dir(dir)?;
+        runtime_dir::ensure_private(dir)?;
         let lock_path = dir.join(format!("{pod}.lock"));
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -583,10 +555,36 @@ async fn accept_loop(listener: UnixListener, pod: Arc<Pod>, stop: CancellationTo
 }
 
 fn reply_bytes(response: &Response) -> Vec<u8> {
-    // Serializing these plain structs cannot fail; an empty line would only be skipped.
-    let mut bytes = serde_json::to_vec(response).unwrap_or_default();
+    let mut bytes = to_json(response).into_bytes();
     bytes.push(b'\n');
     bytes
+}
+
+/// One reply as a line of JSON with no character a terminal acts on, even printed raw.
+pub fn to_json(response: &Response) -> String {
+    // Serializing these plain structs cannot fail; an empty line would only be skipped.
+    let json = serde_json::to_string(response).unwrap_or_default();
+    json_without_raw_controls(&json).into_owned()
+}
+
+/// JSON text with DEL and the C1 controls written as `\u00XX` escapes. serde_json escapes C0
+/// controls only, and a raw U+009B is a CSI to some terminals (`wasmpod logs --json` is often
+/// read on one). Outside strings JSON holds ASCII only, so every such character is inside a
+/// string, where the escape means exactly the same character: the text stays exact.
+pub fn json_without_raw_controls(json: &str) -> std::borrow::Cow<'_, str> {
+    let raw_control = |c: char| ('\u{7f}'..='\u{9f}').contains(&c);
+    if !json.contains(raw_control) {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    let mut escaped = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if raw_control(c) {
+            escaped.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
 }
 
 async fn serve_connection(stream: UnixStream, pod: &Pod, ended: &CancellationToken) {
@@ -726,8 +724,12 @@ async fn serve_events(
 // The client (blocking: the CLI asks one pod one thing and prints the answer).
 
 /// The pods with a live control socket in `dir`, sorted by name. Sockets left by dead processes
-/// are skipped (the next `wasmpod run` of that pod replaces them).
+/// are skipped (the next `wasmpod run` of that pod replaces them). None at all when `dir` fails
+/// [`runtime_dir::check`]: its sockets may be anybody's ([`Client::find`] says why).
 pub fn running_pods(dir: &Path) -> Vec<String> {
+    if !matches!(runtime_dir::check(dir), Ok(true)) {
+        return Vec::new();
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -748,8 +750,11 @@ pub struct Client {
 }
 
 impl Client {
-    /// The running pod named `pod` in `dir`, or with `None` the only running one.
+    /// The running pod named `pod` in `dir`, or with `None` the only running one. Refuses a
+    /// `dir` that is not this user's alone, as the server does: whoever controls it could answer
+    /// in the pod's name.
     pub fn find(dir: &Path, pod: Option<&str>) -> Result<Client, ControlError> {
+        runtime_dir::check(dir)?;
         let Some(pod) = pod else {
             let mut running = running_pods(dir);
             return match running.len() {
@@ -834,7 +839,8 @@ impl Replies {
         match self.reader.read_line(&mut line) {
             Ok(0) => None,
             Ok(_) => {
-                let line = line.trim_end().to_string();
+                // A server of another wasmpod version may still send them raw.
+                let line = json_without_raw_controls(line.trim_end()).into_owned();
                 Some(
                     serde_json::from_str(&line)
                         .map(|response| (line, response))
@@ -922,6 +928,150 @@ mod tests {
         assert_eq!(EventView::from(&event(EventKind::PodRunning)).kind, "pod_running");
     }
 
+    /// The snake case of the variant's name as `Debug` prints it: how the names were made before
+    /// they were spelled out. Kept here only to prove the spelled-out names did not change.
+    fn old_debug_name(kind: &EventKind) -> String {
+        let debug = format!("{kind:?}");
+        let variant = debug.split(|c: char| !c.is_ascii_alphanumeric()).next().unwrap();
+        let mut name = String::new();
+        for (i, c) in variant.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                name.push('_');
+            }
+            name.push(c.to_ascii_lowercase());
+        }
+        name
+    }
+
+    #[test]
+    fn event_kind_names_are_spelled_out_and_unchanged_from_the_first_protocol() {
+        let ms = Duration::from_millis(1);
+        let text = || "x".to_string();
+        let kinds = [
+            EventKind::Compiling,
+            EventKind::Compiled { cached: true, took: ms },
+            EventKind::VolumeReady {
+                volume: text(),
+                host_dir: text(),
+            },
+            EventKind::Exposed {
+                pod_port: 80,
+                host_addr: "127.0.0.1:1".parse().unwrap(),
+            },
+            EventKind::Started,
+            EventKind::Exited { exit: Exit::Code(0) },
+            EventKind::BackOff { delay: ms },
+            EventKind::Restarting { restart_count: 1 },
+            EventKind::Ready,
+            EventKind::NotReady { message: text() },
+            EventKind::Unhealthy { message: text() },
+            EventKind::EgressDenied { destination: text() },
+            EventKind::PodRunning,
+            EventKind::PodSucceeded,
+            EventKind::PodFailed { reason: text() },
+            EventKind::Stopping,
+            EventKind::PodStopped,
+            EventKind::Warning { message: text() },
+            EventKind::RequestTrapped { message: text() },
+            EventKind::RequestTimedOut { after: ms },
+            EventKind::RequestFailed { message: text() },
+            EventKind::OutgoingDenied { url: text() },
+        ];
+        for kind in &kinds {
+            assert_eq!(event_kind_name(kind), old_debug_name(kind), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn the_json_of_every_reply_is_pinned() {
+        let line = Response::Line(LineView {
+            container: "web".into(),
+            stream: "stderr".into(),
+            text: "\u{1b}[2J\rforged".into(),
+            at: "1970-01-01T00:00:00.000Z".into(),
+        });
+        // Exact: a guest's control characters travel as JSON escapes, never raw.
+        assert_eq!(
+            serde_json::to_string(&line).unwrap(),
+            r#"{"type":"line","container":"web","stream":"stderr","text":"\u001b[2J\rforged","at":"1970-01-01T00:00:00.000Z"}"#
+        );
+        let event = Response::Event(EventView {
+            at: "t".into(),
+            container: None,
+            kind: "pod_running".into(),
+            message: "pod running".into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&event).unwrap(),
+            r#"{"type":"event","at":"t","container":null,"kind":"pod_running","message":"pod running"}"#
+        );
+        let status = Response::Status(StatusView {
+            name: "demo".into(),
+            phase: "Running".into(),
+            containers: vec![ContainerView {
+                name: "web".into(),
+                kind: "app".into(),
+                state: "running".into(),
+                state_text: "Running".into(),
+                started_at: Some("t".into()),
+                finished_at: None,
+                restart_count: 2,
+                ready: true,
+                last_exit: Some("exited with code 1".into()),
+                last_exit_code: Some(1),
+            }],
+        });
+        assert_eq!(
+            serde_json::to_string(&status).unwrap(),
+            concat!(
+                r#"{"type":"status","name":"demo","phase":"Running","containers":[{"name":"web","kind":"app","#,
+                r#""state":"running","state_text":"Running","started_at":"t","finished_at":null,"#,
+                r#""restart_count":2,"ready":true,"last_exit":"exited with code 1","last_exit_code":1}]}"#
+            )
+        );
+        let error = Response::Error { message: "no".into() };
+        assert_eq!(
+            serde_json::to_string(&error).unwrap(),
+            r#"{"type":"error","message":"no"}"#
+        );
+        for reply in [line, event, status, error] {
+            let text = serde_json::to_string(&reply).unwrap();
+            assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), reply);
+        }
+    }
+
+    #[test]
+    fn the_client_refuses_a_runtime_directory_others_may_write() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("run");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let refused = Client::find(&dir, Some("demo")).unwrap_err().to_string();
+        assert!(refused.contains("refusing the runtime directory"), "{refused}");
+        assert!(refused.contains("0777"), "{refused}");
+        assert!(running_pods(&dir).is_empty());
+        // And the server does not use it either.
+        assert!(matches!(
+            PodClaim::acquire_in(&dir, "demo"),
+            Err(ControlError::RuntimeDir(RuntimeDirError::Unsafe { .. }))
+        ));
+    }
+
+    #[test]
+    fn json_replies_hold_no_raw_control_character_and_decode_to_the_exact_text() {
+        let text = "\u{1b}[2J\r\u{7f}\u{9b}31m\u{85}é";
+        let line = Response::Line(LineView {
+            container: "web".into(),
+            stream: "stdout".into(),
+            text: text.into(),
+            at: "t".into(),
+        });
+        let json = to_json(&line);
+        assert!(!json.chars().any(char::is_control), "{json:?}");
+        assert!(json.contains(r#""text":"\u001b[2J\r\u007f\u009b31m\u0085é""#), "{json}");
+        assert_eq!(serde_json::from_str::<Response>(&json).unwrap(), line);
+    }
+
     #[test]
     fn replies_round_trip_as_tagged_json() {
         let reply = Response::Missed { count: 3 };
@@ -940,16 +1090,19 @@ mod tests {
 
     #[test]
     fn a_claimed_pod_name_cannot_be_claimed_again_until_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = PodClaim::acquire_in(dir.path(), "demo").unwrap();
-        let again = PodClaim::acquire_in(dir.path(), "demo");
+        let base = tempfile::tempdir().unwrap();
+        // Made by the claim, 0700 (tempfile's own directory is 0755, which would be refused).
+        let dir = base.path().join("run");
+        let dir = dir.as_path();
+        let first = PodClaim::acquire_in(dir, "demo").unwrap();
+        let again = PodClaim::acquire_in(dir, "demo");
         assert!(
             matches!(again, Err(ControlError::AlreadyRunning { ref pod, .. }) if pod == "demo"),
             "{:?}",
             again.err()
         );
-        assert!(PodClaim::acquire_in(dir.path(), "other").is_ok());
+        assert!(PodClaim::acquire_in(dir, "other").is_ok());
         drop(first);
-        assert!(PodClaim::acquire_in(dir.path(), "demo").is_ok());
+        assert!(PodClaim::acquire_in(dir, "demo").is_ok());
     }
 }

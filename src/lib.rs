@@ -26,6 +26,7 @@ pub mod probe;
 pub mod proxy;
 pub mod resources;
 pub mod route;
+pub mod runtime_dir;
 pub mod spec;
 pub mod status;
 mod supervisor;

@@ -2,15 +2,20 @@
 //! per-container buffer and, when someone follows the pod, handed on to them in order.
 //!
 //! This module owns the line splitting and the buffers; it does not print. The CLI follows the
-//! pod and prints `NAME | line`; tests read [`Logs::lines`]. A follower that reads slowly slows
-//! the writing guest down (a bounded channel, like a pipe), it never grows memory.
+//! pod and prints `NAME | line`; tests read [`Logs::lines`]. Lines are kept exactly as written
+//! (escape codes included); whatever shows them to people passes them through
+//! [`escape_control`] first, so a guest cannot drive the terminal or forge another container's
+//! `NAME |` prefix. A follower that reads slowly slows the writing guest down (a bounded channel,
+//! like a pipe), it never grows memory.
 //!
 //! There is one such follower (the process that runs the pod prints everything). Any number of
 //! other readers (`wasmpod logs --follow` through [`crate::control`]) use a [`LogTail`] instead:
 //! a cursor into one container's buffer that is woken when lines arrive. A tail never slows a
 //! guest down: a reader that falls a whole buffer behind is told how many lines it missed.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -26,6 +31,33 @@ pub const DEFAULT_LINES_PER_CONTAINER: usize = 1000;
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 /// How many lines may wait for a slow follower before writers wait.
 const FOLLOW_QUEUE: usize = 1024;
+
+/// `text` made safe to print for people: every control character a terminal would act on is
+/// shown as an escape instead — C0 controls but tab (`\r`, `\n`, `\x1b`, ...), DEL (`\x7f`)
+/// and C1 controls (`\u{9b}`, which some terminals take for ESC `[`). Text without any comes
+/// back borrowed. JSON output needs no such thing: it has its own exact escaping.
+pub fn escape_control(text: &str) -> Cow<'_, str> {
+    let needs_escape = |c: char| c.is_control() && c != '\t';
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\r' => escaped.push_str("\\r"),
+            '\n' => escaped.push_str("\\n"),
+            // `char::is_control` is exactly C0, DEL and C1.
+            c if needs_escape(c) && (c as u32) < 0x80 => {
+                let _ = write!(escaped, "\\x{:02x}", c as u32);
+            }
+            c if needs_escape(c) => {
+                let _ = write!(escaped, "\\u{{{:x}}}", c as u32);
+            }
+            c => escaped.push(c),
+        }
+    }
+    Cow::Owned(escaped)
+}
 
 /// Which standard stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -396,6 +428,23 @@ mod tests {
 
     fn texts(read: TailRead) -> (Vec<String>, u64) {
         (read.lines.into_iter().map(|line| line.text).collect(), read.missed)
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_plain_text_is_left_alone() {
+        assert!(matches!(escape_control("plain\ttext ünïcode"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_control("\x1b[2J\rweb | forged\u{7}\u{8}\u{7f}\u{9b}31m\n"),
+            "\\x1b[2J\\rweb | forged\\x07\\x08\\x7f\\u{9b}31m\\n"
+        );
+        // Every C0 control but tab, DEL and every C1 control; nothing else.
+        for c in (0u32..0x110000).filter_map(char::from_u32) {
+            let text = c.to_string();
+            let escaped = escape_control(&text);
+            let expected = matches!(c as u32, 0..=8 | 0x0a..=0x1f | 0x7f..=0x9f);
+            assert_eq!(escaped != text, expected, "{:x}", c as u32);
+            assert!(!escaped.chars().any(|c| c.is_control() && c != '\t'), "{:x}", c as u32);
+        }
     }
 
     #[tokio::test]

@@ -1,6 +1,11 @@
 //! The `wasmpod` command line: a thin layer over the library that parses arguments, prints a
 //! pod's output and events, and turns its outcome into an exit code. `run` also serves the pod's
 //! control socket; `ps`, `logs` and `events` are its clients ([`wasmpod::control`]).
+//!
+//! Everything printed for people goes through [`escape_control`]: container output, event
+//! messages and status text carry a guest's bytes, and a guest must not clear the terminal, move
+//! the cursor or forge another container's `NAME |` prefix. `--json` prints the exact text (JSON
+//! escapes control characters itself).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -11,6 +16,7 @@ use clap::{Parser, Subcommand};
 use tokio::io::AsyncWriteExt;
 use wasmpod::control::{self, Client, ControlError, PodClaim, Request, Response};
 use wasmpod::proxy::{ProxyLimits, raise_open_file_limit};
+use wasmpod::logs::escape_control;
 use wasmpod::{Event, EventKind, LogLine, Pod, PodError, PodOptions, PodPhase, PodSpec, Stream};
 
 #[derive(Parser)]
@@ -293,7 +299,8 @@ async fn run(spec: &Path, color: bool, listen: Option<std::net::SocketAddr>, pro
 
 /// Prints `message` as an error and fails.
 fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("wasmpod: {message}");
+    // Errors may quote what a pod sent (or a path): printed for people, so escaped too.
+    eprintln!("wasmpod: {}", escape_control(&message.to_string()));
     ExitCode::FAILURE
 }
 
@@ -344,16 +351,16 @@ fn list_pods(dir: &Path, running: &[String], json: bool) -> ExitCode {
             continue;
         };
         if json {
-            match serde_json::to_string(&Response::Status(status)) {
-                Ok(line) if out(&line) => continue,
-                _ => return ExitCode::SUCCESS,
+            if out(&control::to_json(&Response::Status(status))) {
+                continue;
             }
+            return ExitCode::SUCCESS;
         }
         let apps: Vec<_> = status.containers.iter().filter(|c| c.kind == "app").collect();
         let running = apps.iter().filter(|c| c.state == "running").count();
         rows.push(vec![
-            status.name,
-            status.phase,
+            escape_control(&status.name).into_owned(),
+            escape_control(&status.phase).into_owned(),
             format!("{running}/{} running", apps.len()),
         ]);
     }
@@ -382,16 +389,22 @@ fn status_table(status: &control::StatusView) -> String {
             (_, true) => "yes",
             (_, false) => "no",
         };
-        rows.push(vec![
-            c.name.clone(),
-            c.kind.clone(),
-            ready.into(),
-            c.state_text.clone(),
-            c.restart_count.to_string(),
-            last_exit.into(),
-        ]);
+        let cells = [
+            &c.name,
+            &c.kind,
+            ready,
+            &c.state_text,
+            &c.restart_count.to_string(),
+            last_exit,
+        ];
+        rows.push(cells.iter().map(|cell| escape_control(cell).into_owned()).collect());
     }
-    format!("pod {}: {}\n{}", status.name, status.phase, table(&rows))
+    format!(
+        "pod {}: {}\n{}",
+        escape_control(&status.name),
+        escape_control(&status.phase),
+        table(&rows)
+    )
 }
 
 /// Left-aligned columns two spaces apart, like `docker ps`.
@@ -433,10 +446,10 @@ fn logs(names: &[String], tail: Option<usize>, follow: bool, json: bool) -> Exit
     };
     print_replies(pod, &request, json, |reply| match reply {
         Response::Line(line) if line.stream == "stderr" => {
-            eprintln!("{}", line.text);
+            eprintln!("{}", escape_control(&line.text));
             true
         }
-        Response::Line(line) => out(&line.text),
+        Response::Line(line) => out(&escape_control(&line.text)),
         _ => true,
     })
 }
@@ -447,10 +460,14 @@ fn events(pod: Option<&str>, follow: bool, json: bool) -> ExitCode {
         &Request::Events { tail: None, follow },
         json,
         |reply| match reply {
-            Response::Event(event) => match &event.container {
-                Some(container) => out(&format!("{}  {container}: {}", event.at, event.message)),
-                None => out(&format!("{}  {}", event.at, event.message)),
-            },
+            // One event per line: a multi-line message (a trap's backtrace) shows its `\n`s.
+            Response::Event(event) => {
+                let (at, message) = (escape_control(&event.at), escape_control(&event.message));
+                match &event.container {
+                    Some(container) => out(&format!("{at}  {}: {message}", escape_control(container))),
+                    None => out(&format!("{at}  {message}")),
+                }
+            }
             _ => true,
         },
     )
@@ -546,7 +563,7 @@ impl Printer {
     }
 
     async fn line(&self, line: &LogLine) {
-        let text = format!("{} {}\n", self.prefix(&line.container), line.text);
+        let text = format!("{} {}\n", self.prefix(&line.container), escape_control(&line.text));
         match line.stream {
             Stream::Stdout => write_all(&mut tokio::io::stdout(), text.as_bytes()).await,
             Stream::Stderr => write_all(&mut tokio::io::stderr(), text.as_bytes()).await,
@@ -557,16 +574,28 @@ impl Printer {
         if matches!(event.kind, EventKind::Compiling) && !self.color {
             return;
         }
-        let text = match (&event.kind, self.color) {
-            (EventKind::Compiling, true) => format!("{} {event} …\n", self.prefix("wasmpod")),
-            _ => format!("{} {event}\n", self.prefix("wasmpod")),
+        let message = match (&event.kind, self.color) {
+            (EventKind::Compiling, true) => format!("{event} …"),
+            _ => event.to_string(),
         };
-        write_all(&mut tokio::io::stderr(), text.as_bytes()).await;
+        write_all(&mut tokio::io::stderr(), self.prefixed(&message).as_bytes()).await;
     }
 
     async fn note(&self, message: &str) {
-        let text = format!("{} {message}\n", self.prefix("wasmpod"));
-        write_all(&mut tokio::io::stderr(), text.as_bytes()).await;
+        write_all(&mut tokio::io::stderr(), self.prefixed(message).as_bytes()).await;
+    }
+
+    /// `wasmpod | message`, escaped; each further line of a multi-line message (a trap's
+    /// backtrace) gets the prefix too, indented, so that no line of it can pass for a
+    /// container's output.
+    fn prefixed(&self, message: &str) -> String {
+        let prefix = self.prefix("wasmpod");
+        let mut text = String::new();
+        for (i, line) in message.split('\n').enumerate() {
+            let indent = if i == 0 { "" } else { "  " };
+            text.push_str(&format!("{prefix} {indent}{}\n", escape_control(line)));
+        }
+        text
     }
 }
 

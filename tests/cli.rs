@@ -22,8 +22,16 @@ fn wasmpod() -> Command {
 /// Statics are never dropped, so it lives under cargo's target tmp dir rather than `/tmp`.
 fn runtime_dir() -> &'static Path {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a temp dir"))
-        .path()
+    DIR.get_or_init(|| {
+        // 0700: wasmpod refuses a runtime directory others may read (tempfile's default is 0755).
+        let mut builder = tempfile::Builder::new();
+        #[cfg(unix)]
+        builder.permissions(<std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
+            0o700,
+        ));
+        builder.tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a temp dir")
+    })
+    .path()
 }
 
 fn write_spec(dir: &Path, body: &str) -> std::path::PathBuf {

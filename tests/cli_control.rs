@@ -44,7 +44,7 @@ impl RunningPod {
     /// Starts `wasmpod run` on `spec` (with `NAME` and `TOOLBOX` filled in) and waits until the
     /// pod answers on its socket.
     fn start(name: &str, spec: &str) -> RunningPod {
-        RunningPod::start_in(Arc::new(tempfile::tempdir().unwrap()), name, spec)
+        RunningPod::start_in(Arc::new(private_tempdir()), name, spec)
     }
 
     /// Another pod in the same runtime directory as `self`.
@@ -203,6 +203,15 @@ impl Drop for Follower {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A runtime directory must be 0700 (wasmpod refuses a wider one); tempfile's default is 0755.
+fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .unwrap()
 }
 
 /// One compile cache for every `wasmpod run` here (entries are written atomically), so each
@@ -413,7 +422,7 @@ fn events_lists_started_and_exited_events_and_follows_new_ones() {
 
 #[test]
 fn a_missing_pod_or_container_is_a_clear_error() {
-    let empty = tempfile::tempdir().unwrap();
+    let empty = private_tempdir();
     for args in [&["ps"][..], &["logs", "app"], &["events"]] {
         let out = wasmpod_in(empty.path(), args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
