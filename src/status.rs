@@ -3,7 +3,7 @@
 //!
 //! Lifecycles are enums with explicit transitions (Kubernetes' vocabulary: a pod is Pending,
 //! Initializing, Running, then Succeeded, Failed or Stopped; a container is Waiting, Running or
-//! Terminated). The pod's state ([`crate::pod::state`]) writes these, one transition at a time; the library API and the CLI read
+//! Terminated). The pod's state (`pod::state`) writes these, one transition at a time; the library API and the CLI read
 //! them. Events are kept in a bounded log and can be followed: by one channel
 //! ([`Events::follow`], the CLI that runs the pod) or by any number of cursors ([`Events::tail`],
 //! `wasmpod events --follow`) that never hold the supervisor up.

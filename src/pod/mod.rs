@@ -2,11 +2,11 @@
 //! restarts and stops it.
 //!
 //! Three parts, each depending only on the ones below it:
-//! - [`handle`]: the [`Pod`] handle — claims the start, holds what the pod owns while it runs
+//! - `handle`: the [`Pod`] handle — claims the start, holds what the pod owns while it runs
 //!   (volumes, front proxy) and releases it when the supervisor returns;
-//! - [`prepare`]: the spec turned into runnable containers (compile, volumes, mounts, routes);
-//! - [`state`]: the pod's status with its guarded transitions, shared with the supervisor
-//!   ([`crate::supervisor`]), which depends on the state only.
+//! - `prepare`: the spec turned into runnable containers (compile, volumes, mounts, routes);
+//! - `state`: the pod's status with its guarded transitions, shared with the supervisor
+//!   (`crate::supervisor`), which depends on the state only.
 
 mod handle;
 mod prepare;
