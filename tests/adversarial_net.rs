@@ -31,6 +31,14 @@ fn hoard(listener: PodListener) -> (Arc<Mutex<Vec<PodStream>>>, tokio::task::Joi
     (held, task)
 }
 
+/// Stops accepting (the listener goes, resetting connections it had not accepted yet: the
+/// accept task may lag behind the guest) and drops every accepted connection.
+async fn release(held: Arc<Mutex<Vec<PodStream>>>, task: tokio::task::JoinHandle<()>) {
+    task.abort();
+    let _ = task.await;
+    held.lock().unwrap().clear();
+}
+
 /// Parses `flood opened N failed F wrote W would-block B`.
 fn flood_numbers(out: &str) -> [u64; 4] {
     let line = out.lines().find(|l| l.starts_with("flood ")).expect(out);
@@ -87,14 +95,13 @@ async fn flood_is_bounded_by_the_container_memory_budget() {
     // The guest exited; what it queued is still readable by the host ends (and still
     // counted) until they go, then all of it comes back.
     assert!(pod.buffered_bytes() <= BUDGET);
-    held.lock().unwrap().clear();
+    release(held, task).await;
     assert_eq!(pod.buffered_bytes(), 0);
     assert_eq!(
         account.used(),
         0,
         "nothing left charged after the Store and the connections went"
     );
-    task.abort();
 }
 
 /// No memory limit: the default-style cap (here 1 MiB) holds instead, and 1-byte writes are
@@ -119,9 +126,8 @@ async fn flood_without_memory_limit_is_bounded_by_the_socket_cap() {
     let [opened, _, wrote, would_block] = flood_numbers(&out);
     assert_eq!(opened, 64, "{out}");
     assert!(wrote <= CAP && would_block > 0, "{out}");
-    held.lock().unwrap().clear();
+    release(held, task).await;
     assert_eq!(pod.buffered_bytes(), 0);
-    task.abort();
 }
 
 /// The socket cap: connections past it fail (EMFILE-like `new-socket-limit`), nothing grows.
@@ -178,6 +184,5 @@ async fn flood_rss_stays_bounded() {
     let peak = rss_kib("VmHWM:");
     eprintln!("{out}RSS before {before} KiB, peak {peak} KiB");
     assert!(peak < 512 * 1024, "peak RSS {peak} KiB");
-    held.lock().unwrap().clear();
-    task.abort();
+    release(held, task).await;
 }
