@@ -246,13 +246,7 @@ impl Pod {
             let compiled = self.compile(container_spec).await?;
             let mounts = volumes.mounts_for(container_spec)?;
             let name = container_spec.name.clone();
-            let egress =
-                crate::net::egress::EgressPolicy::parse(&container_spec.allowed_outbound_hosts).map_err(|e| {
-                    ContainerError::Unsupported {
-                        container: name.clone(),
-                        message: e.to_string(),
-                    }
-                })?;
+            let egress = container_spec.allowed_outbound_hosts.clone();
             let route = Arc::new(PodRoutes::new(
                 shared.network.clone(),
                 http_ports.clone(),

@@ -204,9 +204,11 @@ async fn an_allowed_host_wasmpod_internal_destination_is_served_by_the_hosts_loo
     let port = host_server("from the host\n").await;
     let mut spec = pod_spec("hostinternal", RestartPolicy::OnFailure);
     let mut front = hello("front", 8080);
-    front.allowed_outbound_hosts = vec![format!("host.wasmpod.internal:{port}")];
+    front.allowed_outbound_hosts =
+        wasmpod::net::EgressPolicy::parse(&[format!("host.wasmpod.internal:{port}")]).unwrap();
     let mut client = webserver("client", &["--get", &format!("host.wasmpod.internal:{port}"), "/"]);
-    client.allowed_outbound_hosts = vec![format!("host.wasmpod.internal:{port}")];
+    client.allowed_outbound_hosts =
+        wasmpod::net::EgressPolicy::parse(&[format!("host.wasmpod.internal:{port}")]).unwrap();
     // Not allowed: the same destination from a container without the rule.
     let denied = hello("denied", 8081);
     spec.containers = vec![front, client, denied];

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::egress::EgressPolicy;
+
 pub use parse::{Problem, SpecError};
 
 /// A whole pod, as written in `wasmpod.toml` and checked by [`PodSpec::from_file`].
@@ -125,9 +127,9 @@ pub struct ContainerSpec {
     /// Pod ports this container listens on.
     pub ports: Vec<u16>,
     pub volume_mounts: Vec<MountSpec>,
-    /// Destinations outside the pod this container may connect to, as `HOST:PORT` (see
-    /// [`crate::net::EgressPolicy`]); empty means it reaches nothing outside its pod.
-    pub allowed_outbound_hosts: Vec<String>,
+    /// Destinations outside the pod this container may connect to, parsed once from the
+    /// `HOST:PORT` entries (see [`crate::egress`]); empty means it reaches nothing outside its pod.
+    pub allowed_outbound_hosts: EgressPolicy,
     /// Memory and CPU limits.
     pub resources: Resources,
     /// Containers that must reach a condition before this one starts (Compose semantics).
@@ -232,7 +234,7 @@ impl ContainerSpec {
             env: BTreeMap::new(),
             ports: Vec::new(),
             volume_mounts: Vec::new(),
-            allowed_outbound_hosts: Vec::new(),
+            allowed_outbound_hosts: EgressPolicy::deny_all(),
             resources: Resources::default(),
             depends_on: Vec::new(),
             startup_probe: None,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::net::egress::EgressRule;
+use crate::egress::EgressPolicy;
 
 use super::{
     Backoff, ComponentSource, ContainerSpec, Dependency, DependencyCondition, Expose, HttpSettings, MountSpec, PodSpec,
@@ -578,15 +578,15 @@ fn lower_container(
         }
     }
 
-    let allowed_outbound_hosts = container
-        .allowed_outbound_hosts
-        .into_iter()
-        .enumerate()
-        .map(|(index, entry)| {
-            report.record(field(ContainerField::OutboundHost(index)), entry.span());
-            entry.into_inner()
-        })
-        .collect();
+    // Parsed here, once: bad entries are reported at their position and left out of the policy.
+    let mut allowed_outbound_hosts = EgressPolicy::deny_all();
+    for (index, entry) in container.allowed_outbound_hosts.iter().enumerate() {
+        let entry_field = field(ContainerField::OutboundHost(index));
+        report.record(entry_field.clone(), entry.span());
+        if let Err(error) = allowed_outbound_hosts.allow(entry.get_ref()) {
+            report.push(&entry_field, format!("outbound host {error}"));
+        }
+    }
 
     let volume_mounts = container
         .volume_mounts
@@ -1439,16 +1439,6 @@ fn check_containers(spec: &PodSpec, report: &mut Report) {
         }
 
         check_mounts(spec, at, container, report);
-
-        // The egress module owns the rule syntax; here it only gets a position.
-        for (index, entry) in container.allowed_outbound_hosts.iter().enumerate() {
-            if let Err(error) = EgressRule::parse(entry) {
-                report.push(
-                    &field(ContainerField::OutboundHost(index)),
-                    format!("outbound host {error}"),
-                );
-            }
-        }
     }
 }
 
