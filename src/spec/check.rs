@@ -8,8 +8,11 @@
 //! first bytes of component files to tell a component from a core module.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::io::Read;
+use std::ops::RangeInclusive;
 use std::path::Path;
+use std::time::Duration;
 
 use super::report::{
     BackoffField, ContainerAt, ContainerField, ContainerList, Field, MountField, ProbeKind, Report, VolumeField,
@@ -24,6 +27,7 @@ pub(super) fn check_pod(spec: &PodSpec, report: &mut Report) {
         );
     }
     check_backoff(&spec.restart_backoff, report);
+    check_pod_durations(spec, report);
     check_volumes(spec, report);
     if spec.containers.is_empty() {
         report.push(
@@ -127,7 +131,7 @@ pub(super) fn find_cycle<'a>(spec: &'a PodSpec, start: &str, path: &mut Vec<&'a 
     None
 }
 
-/// Probes and resources: values that make sense.
+/// Probes, resources and http limits: values that make sense, every number within its bounds.
 pub(super) fn check_health_settings(spec: &PodSpec, report: &mut Report) {
     let lists = [
         (ContainerList::Init, &spec.init_containers),
@@ -136,22 +140,8 @@ pub(super) fn check_health_settings(spec: &PodSpec, report: &mut Report) {
     for (list, containers) in lists {
         for (index, container) in containers.iter().enumerate() {
             let at = ContainerAt { list, index };
-            if let Some(memory) = container.resources.memory
-                && memory < (1 << 20)
-            {
-                report.push(
-                    &Field::Container(at, ContainerField::Memory),
-                    format!("a memory limit of {memory} bytes is too small to run a component; give at least \"1MiB\""),
-                );
-            }
-            if let Some(cpu) = container.resources.cpu
-                && !(cpu > 0.0 && cpu <= 1024.0)
-            {
-                report.push(
-                    &Field::Container(at, ContainerField::Cpu),
-                    format!("cpu = {cpu} is not a share of a core; write a number above 0, e.g. 0.5 for half a core"),
-                );
-            }
+            check_resources(at, container, report);
+            check_http(at, container, report);
             let probes = [
                 (ProbeKind::Startup, &container.startup_probe),
                 (ProbeKind::Readiness, &container.readiness_probe),
@@ -168,6 +158,12 @@ pub(super) fn check_health_settings(spec: &PodSpec, report: &mut Report) {
                     );
                     continue;
                 }
+                if let ProbeAction::HttpGet { port: 0, .. } | ProbeAction::TcpSocket { port: 0 } = probe.action {
+                    report.push(
+                        &nested("port"),
+                        "port 0 is not a port; use a port from 1 to 65535".to_string(),
+                    );
+                }
                 if probe.period.is_zero() {
                     report.push(
                         &nested("period"),
@@ -180,6 +176,15 @@ pub(super) fn check_health_settings(spec: &PodSpec, report: &mut Report) {
                         "a probe timeout must be longer than zero, e.g. \"1s\"".into(),
                     );
                 }
+                check_duration(
+                    &nested("initial_delay"),
+                    "initial_delay",
+                    probe.initial_delay,
+                    Duration::ZERO,
+                    report,
+                );
+                check_duration(&nested("period"), "period", probe.period, MIN_INTERVAL, report);
+                check_duration(&nested("timeout"), "timeout", probe.timeout, MIN_INTERVAL, report);
                 if probe.failure_threshold == 0 {
                     report.push(
                         &nested("failure_threshold"),
@@ -197,6 +202,15 @@ pub(super) fn check_health_settings(spec: &PodSpec, report: &mut Report) {
                         "success_threshold must be 1 for startup and liveness probes (as in Kubernetes)".into(),
                     );
                 }
+                for (key, count) in [
+                    ("failure_threshold", probe.failure_threshold),
+                    ("success_threshold", probe.success_threshold),
+                ] {
+                    if !THRESHOLD.contains(&count) {
+                        let message = out_of_range(key, count, "a whole number", THRESHOLD.start(), THRESHOLD.end());
+                        report.push(&nested(key), message);
+                    }
+                }
                 if let ProbeAction::HttpGet { path, .. } = &probe.action
                     && !path.starts_with('/')
                 {
@@ -204,6 +218,65 @@ pub(super) fn check_health_settings(spec: &PodSpec, report: &mut Report) {
                 }
             }
         }
+    }
+}
+
+fn check_resources(at: ContainerAt, container: &ContainerSpec, report: &mut Report) {
+    if let Some(memory) = container.resources.memory {
+        let field = Field::Container(at, ContainerField::Memory);
+        if memory < *MEMORY.start() {
+            report.push(
+                &field,
+                format!("a memory limit of {memory} bytes is too small to run a component; give at least \"1MiB\""),
+            );
+        } else if memory > *MEMORY.end() {
+            report.push(&field, out_of_range("memory", memory, "a size", "\"1MiB\"", "\"1TiB\""));
+        }
+    }
+    if let Some(cpu) = container.resources.cpu
+        && !CPU.contains(&cpu)
+    {
+        // `contains` is false for NaN too.
+        report.push(
+            &Field::Container(at, ContainerField::Cpu),
+            format!(
+                "cpu = {cpu} is not a share of a core; write a number from {} to {}, e.g. 0.5 for half a core",
+                CPU.start(),
+                CPU.end()
+            ),
+        );
+    }
+}
+
+fn check_http(at: ContainerAt, container: &ContainerSpec, report: &mut Report) {
+    let nested = |key: &str| Field::Nested(Box::new(Field::Container(at, ContainerField::Http)), key.to_string());
+    let http = &container.http;
+    if let Some(timeout) = http.request_timeout {
+        check_duration(
+            &nested("request_timeout"),
+            "request_timeout",
+            timeout,
+            MIN_INTERVAL,
+            report,
+        );
+    }
+    if let Some(instances) = http.max_concurrent_instances {
+        if instances == 0 {
+            report.push(
+                &nested("max_concurrent_instances"),
+                "max_concurrent_instances must be at least 1".into(),
+            );
+        } else if !INSTANCES.contains(&instances) {
+            let (low, high) = (INSTANCES.start(), INSTANCES.end());
+            let message = out_of_range("max_concurrent_instances", instances, "a whole number", low, high);
+            report.push(&nested("max_concurrent_instances"), message);
+        }
+    }
+    if let Some(bytes) = http.max_request_body
+        && !REQUEST_BODY.contains(&bytes)
+    {
+        let message = out_of_range("max_request_body", bytes, "a size", "0", "\"1TiB\"");
+        report.push(&nested("max_request_body"), message);
     }
 }
 
@@ -254,6 +327,89 @@ pub(super) fn check_backoff(backoff: &Backoff, report: &mut Report) {
                 humantime::format_duration(backoff.max)
             ),
         );
+    }
+    let durations = [
+        (
+            BackoffField::Initial,
+            "restart_backoff.initial",
+            backoff.initial,
+            MIN_INTERVAL,
+        ),
+        (BackoffField::Max, "restart_backoff.max", backoff.max, MIN_INTERVAL),
+        (
+            BackoffField::ResetAfter,
+            "restart_backoff.reset_after",
+            backoff.reset_after,
+            Duration::ZERO,
+        ),
+    ];
+    for (which, key, value, min) in durations {
+        check_duration(&Field::Backoff(which), key, value, min, report);
+    }
+}
+
+/// The pod's own waits: how long it holds connections and how long it lets containers stop.
+pub(super) fn check_pod_durations(spec: &PodSpec, report: &mut Report) {
+    check_duration(
+        &Field::TerminationGracePeriod,
+        "termination_grace_period",
+        spec.termination_grace_period,
+        Duration::ZERO,
+        report,
+    );
+    check_duration(
+        &Field::ReadinessWait,
+        "readiness_wait",
+        spec.readiness_wait,
+        Duration::ZERO,
+        report,
+    );
+}
+
+// ---- bounds of numbers -----------------------------------------------------------------------
+//
+// Every number a spec sets has bounds, checked here against the model (so Rust-built specs meet
+// them too), with one message shape naming the field and its range. The bounds are generous:
+// they reject slips of a unit and values that would overflow the arithmetic downstream
+// (timers, throttling pauses), not choices.
+
+/// The longest wait any field takes: a day. A longer one is a slip of the unit, and every timer
+/// built from a spec stays far from `Instant` overflow.
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// The shortest period, timeout or back-off: a millisecond (a zero or nanosecond period would
+/// make the supervisor spin).
+pub(super) const MIN_INTERVAL: Duration = Duration::from_millis(1);
+/// `resources.cpu`: from Kubernetes' smallest unit (one millicore) to more cores than a host has.
+pub(super) const CPU: RangeInclusive<f64> = 0.001..=1024.0;
+/// `resources.memory`: enough to instantiate a component, at most 1 TiB.
+pub(super) const MEMORY: RangeInclusive<u64> = (1 << 20)..=(1 << 40);
+/// `http.max_request_body`: 0 refuses every body.
+pub(super) const REQUEST_BODY: RangeInclusive<u64> = 0..=(1 << 40);
+/// Probe `failure_threshold` and `success_threshold`.
+pub(super) const THRESHOLD: RangeInclusive<u32> = 1..=10_000;
+/// `http.max_concurrent_instances` (the engine's instance pool is smaller still).
+pub(super) const INSTANCES: RangeInclusive<usize> = 1..=10_000;
+
+/// The one shape of every bound message: `key = value is out of range; use WHAT from A to B`.
+pub(super) fn out_of_range(
+    key: &str,
+    shown: impl Display,
+    what: &str,
+    low: impl Display,
+    high: impl Display,
+) -> String {
+    format!("{key} = {shown} is out of range; use {what} from {low} to {high}")
+}
+
+/// Reports `value` unless it is from `min` to [`MAX_DURATION`].
+fn check_duration(field: &Field, key: &str, value: Duration, min: Duration, report: &mut Report) {
+    if value < min || value > MAX_DURATION {
+        let shown = format!("\"{}\"", humantime::format_duration(value));
+        let (low, high) = (
+            humantime::format_duration(min),
+            humantime::format_duration(MAX_DURATION),
+        );
+        report.push(field, out_of_range(key, shown, "a duration", low, high));
     }
 }
 

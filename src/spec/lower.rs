@@ -8,7 +8,7 @@
 //! stated on the model is left to `check`, which Rust-built specs go through too.
 
 use std::collections::HashSet;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,9 +16,10 @@ use toml::Spanned;
 
 use crate::egress::EgressPolicy;
 
+use super::check;
 use super::raw::{
-    RawCondition, RawContainer, RawHttp, RawPod, RawPort, RawProbe, RawQuantity, RawResources, RawRestartPolicy,
-    RawVolume,
+    RawCondition, RawContainer, RawCount, RawHttp, RawPod, RawPort, RawProbe, RawQuantity, RawResources,
+    RawRestartPolicy, RawVolume,
 };
 use super::report::{BackoffField, ContainerAt, ContainerField, Field, MountField, ProbeKind, Report, VolumeField};
 use super::{
@@ -160,6 +161,26 @@ pub(super) fn lower_port(written: &Spanned<RawPort>, report: &mut Report) -> Opt
         report.push_at_span(written.span(), message);
     }
     port
+}
+
+/// A count that fits its model type, or `None` after reporting it with the field's range
+/// (`range` is checked again, against the model, by `check`; here only what the type cannot
+/// hold is reported, negative numbers and giants).
+fn lower_count<T: TryFrom<i64> + std::fmt::Display>(
+    field: Field,
+    key: &str,
+    written: &Spanned<RawCount>,
+    range: &RangeInclusive<T>,
+    report: &mut Report,
+) -> Option<T> {
+    report.record(field.clone(), written.span());
+    let RawCount(number) = *written.get_ref();
+    let count = T::try_from(number).ok();
+    if count.is_none() {
+        let message = check::out_of_range(key, number, "a whole number", range.start(), range.end());
+        report.push(&field, message);
+    }
+    count
 }
 
 pub(super) fn lower_volume(
@@ -346,22 +367,23 @@ pub(super) fn lower_http(raw: RawHttp, field: &dyn Fn(ContainerField) -> Field, 
             report,
         )
     });
+    let nested = |key: &str| Field::Nested(Box::new(field(ContainerField::Http)), key.to_string());
     let max_concurrent_instances = raw.max_concurrent_instances.and_then(|written| {
-        if *written.get_ref() == 0 {
-            report.push_at_span(written.span(), "max_concurrent_instances must be at least 1".into());
-            return None;
-        }
-        Some(*written.get_ref() as usize)
+        let key = "max_concurrent_instances";
+        lower_count(nested(key), key, &written, &check::INSTANCES, report)
     });
-    let max_request_body = raw.max_request_body.and_then(|written| match written.get_ref() {
-        RawQuantity::Bytes(bytes) => Some(*bytes),
-        RawQuantity::Text(text) => parse_bytes(text).or_else(|| {
-            report.push_at_span(
-                written.span(),
-                format!("`{text}` is not a size; write it like \"16MiB\" or a number of bytes"),
-            );
-            None
-        }),
+    let max_request_body = raw.max_request_body.and_then(|written| {
+        report.record(nested("max_request_body"), written.span());
+        match written.get_ref() {
+            RawQuantity::Bytes(bytes) => Some(*bytes),
+            RawQuantity::Text(text) => parse_bytes(text).or_else(|| {
+                report.push(
+                    &nested("max_request_body"),
+                    format!("`{text}` is not a size; write it like \"16MiB\" or a number of bytes"),
+                );
+                None
+            }),
+        }
     });
     HttpSettings {
         request_timeout,
@@ -423,9 +445,11 @@ pub(super) fn lower_probe(raw: Spanned<RawProbe>, field: Field, report: &mut Rep
     let span = raw.span();
     let raw = raw.into_inner();
     let mut actions = Vec::new();
+    let port_field = Field::Nested(Box::new(field.clone()), "port".to_string());
     if let Some(http_get) = &raw.http_get
         && let Some(port) = lower_port(&http_get.port, report)
     {
+        report.record(port_field.clone(), http_get.port.span());
         actions.push(ProbeAction::HttpGet {
             port,
             path: http_get.path.clone(),
@@ -434,6 +458,7 @@ pub(super) fn lower_probe(raw: Spanned<RawProbe>, field: Field, report: &mut Rep
     if let Some(tcp_socket) = &raw.tcp_socket
         && let Some(port) = lower_port(&tcp_socket.port, report)
     {
+        report.record(port_field, tcp_socket.port.span());
         actions.push(ProbeAction::TcpSocket { port });
     }
     if raw.health.is_some() {
@@ -464,13 +489,15 @@ pub(super) fn lower_probe(raw: Spanned<RawProbe>, field: Field, report: &mut Rep
     duration("initial_delay", raw.initial_delay, &mut probe.initial_delay);
     duration("period", raw.period, &mut probe.period);
     duration("timeout", raw.timeout, &mut probe.timeout);
-    for (name, written, slot) in [
+    for (key, written, slot) in [
         ("failure_threshold", raw.failure_threshold, &mut probe.failure_threshold),
         ("success_threshold", raw.success_threshold, &mut probe.success_threshold),
     ] {
-        if let Some(written) = written {
-            report.record(Field::Nested(Box::new(field.clone()), name.to_string()), written.span());
-            *slot = written.into_inner();
+        let nested = Field::Nested(Box::new(field.clone()), key.to_string());
+        if let Some(written) = written
+            && let Some(count) = lower_count(nested, key, &written, &check::THRESHOLD, report)
+        {
+            *slot = count;
         }
     }
     Some(probe)

@@ -96,7 +96,7 @@ pub(super) struct RawContainer {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHttp {
     pub(super) request_timeout: Option<Spanned<String>>,
-    pub(super) max_concurrent_instances: Option<Spanned<u32>>,
+    pub(super) max_concurrent_instances: Option<Spanned<RawCount>>,
     pub(super) max_request_body: Option<Spanned<RawQuantity>>,
 }
 
@@ -143,8 +143,8 @@ pub(super) struct RawProbe {
     pub(super) initial_delay: Option<Spanned<String>>,
     pub(super) period: Option<Spanned<String>>,
     pub(super) timeout: Option<Spanned<String>>,
-    pub(super) failure_threshold: Option<Spanned<u32>>,
-    pub(super) success_threshold: Option<Spanned<u32>>,
+    pub(super) failure_threshold: Option<Spanned<RawCount>>,
+    pub(super) success_threshold: Option<Spanned<RawCount>>,
 }
 
 #[derive(Deserialize)]
@@ -180,19 +180,34 @@ pub(super) struct RawPort(pub(super) i64);
 
 impl<'de> Deserialize<'de> for RawPort {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct PortVisitor;
-        impl serde::de::Visitor<'_> for PortVisitor {
-            type Value = RawPort;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a port number from 1 to 65535")
-            }
-            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<RawPort, E> {
-                Ok(RawPort(value))
-            }
-            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<RawPort, E> {
-                Ok(RawPort(i64::try_from(value).unwrap_or(i64::MAX)))
-            }
-        }
-        deserializer.deserialize_i64(PortVisitor)
+        wide_integer(deserializer, "a port number from 1 to 65535").map(RawPort)
     }
+}
+
+/// A count as written (a probe threshold, a number of instances): any integer, so that `-1` or
+/// `99999999999` gets a message naming the field and its range instead of serde's "expected u32".
+pub(super) struct RawCount(pub(super) i64);
+
+impl<'de> Deserialize<'de> for RawCount {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        wide_integer(deserializer, "a whole number").map(RawCount)
+    }
+}
+
+/// Reads any integer TOML can hold (beyond `i64`, saturated: it is out of every range anyway).
+fn wide_integer<'de, D: serde::Deserializer<'de>>(deserializer: D, expecting: &'static str) -> Result<i64, D::Error> {
+    struct WideVisitor(&'static str);
+    impl serde::de::Visitor<'_> for WideVisitor {
+        type Value = i64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<i64, E> {
+            Ok(value)
+        }
+        fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<i64, E> {
+            Ok(i64::try_from(value).unwrap_or(i64::MAX))
+        }
+    }
+    deserializer.deserialize_i64(WideVisitor(expecting))
 }
