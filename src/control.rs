@@ -148,13 +148,10 @@ fn prepare_dir(dir: &Path) -> Result<(), ControlError> {
     Ok(())
 }
 
-/// Whether `name` can be a pod name (the spec's rule), so a client-given name never escapes `dir`.
+/// Whether `name` can be a pod name (the spec's own rule, not a copy of it), so a client-given
+/// name never escapes `dir` and every pod the spec accepts can be reached.
 fn is_pod_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    crate::spec::is_dns_label(name)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1065,3 +1065,23 @@ fn outbound_hosts_of_unknown_type_are_rejected_by_shape() {
     let problem = pod.single_problem(&minimal_plus(&["allowed_outbound_hosts = \"example.com:443\""]));
     assert_eq!(problem.line, Some(5), "{problem}");
 }
+
+#[test]
+fn one_dns_label_rule_for_the_spec_and_everything_else() {
+    // `is_dns_label` is what the control socket checks client-given pod names with: a name is
+    // accepted there exactly when a spec accepts it as a pod name.
+    let pod = PodDir::new();
+    let long = "x".repeat(64);
+    let longest = "x".repeat(63);
+    for name in [
+        "demo", "demo-1", "1", &longest, "", "-demo", "demo-", "Demo", "a.b", "a/b", "../x", "a_b", &long, "é",
+    ] {
+        let mut spec = rust_built_spec(&pod);
+        spec.name = name.to_string();
+        let named_badly = spec
+            .validate()
+            .err()
+            .is_some_and(|error| error.to_string().contains("pod name"));
+        assert_eq!(wasmpod::spec::is_dns_label(name), !named_badly, "{name:?}");
+    }
+}
