@@ -40,12 +40,12 @@ fn assert_rejected(body: &str, expected: &[&str]) {
 #[test]
 fn a_tiny_or_non_finite_cpu_share_is_located_with_its_range() {
     for (cpu, shown) in [
-        ("1e-30", "0.000000000000000000000000000001"),
+        ("1e-30", "1e-30"),
         ("0.0009", "0.0009"),
         ("nan", "NaN"),
         ("inf", "inf"),
         ("-1", "-1"),
-        ("1e308", "1000000000"),
+        ("1e308", "1e308"),
     ] {
         let body = container_with(&format!("resources = {{ cpu = {cpu} }}"));
         assert_rejected(
@@ -146,7 +146,7 @@ fn a_rust_built_spec_meets_the_same_bounds() {
     let shown = spec.validate().expect_err("out of bounds").to_string();
     for needle in [
         "termination_grace_period: termination_grace_period = ",
-        "containers[0].resources.cpu: cpu = 0.000000000000000000000000000001 is not a share of a core",
+        "containers[0].resources.cpu: cpu = 1e-30 is not a share of a core",
         "containers[0].liveness_probe.period: period = ",
     ] {
         assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");

@@ -240,7 +240,8 @@ fn check_resources(at: ContainerAt, container: &ContainerSpec, report: &mut Repo
         report.push(
             &Field::Container(at, ContainerField::Cpu),
             format!(
-                "cpu = {cpu} is not a share of a core; write a number from {} to {}, e.g. 0.5 for half a core",
+                "cpu = {} is not a share of a core; write a number from {} to {}, e.g. 0.5 for half a core",
+                show_float(cpu),
                 CPU.start(),
                 CPU.end()
             ),
@@ -399,6 +400,12 @@ pub(super) fn out_of_range(
     high: impl Display,
 ) -> String {
     format!("{key} = {shown} is out of range; use {what} from {low} to {high}")
+}
+
+/// `0.5` as `0.5` but `1e-30` as `1e-30`, not as thirty-one digits.
+fn show_float(value: f64) -> String {
+    let plain = value.to_string();
+    if plain.len() > 12 { format!("{value:e}") } else { plain }
 }
 
 /// Reports `value` unless it is from `min` to [`MAX_DURATION`].
