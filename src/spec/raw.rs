@@ -1,8 +1,8 @@
 //! The TOML contract of `wasmpod.toml`, as written: the first stage of reading a spec.
 //!
 //! These serde types mirror the file one to one and reject unknown fields. Every value a later
-//! stage may need to point at is `Spanned`, and numbers are read wide (any integer, any float)
-//! so that an out-of-range value gets a message naming the field and its range at its own
+//! stage may need to point at is `Spanned`, and ports and counts are read as any integer so
+//! that an out-of-range value gets a message naming the field and its range at its own
 //! position instead of serde's "expected u16"; serde errors (unknown fields, wrong types) carry
 //! their own spans. Nothing here interprets a value: durations, sizes and rules stay strings
 //! until `lower` turns them into the model.
