@@ -652,7 +652,7 @@ fn rust_built_specs_with_extreme_values_never_panic() {
         probe.initial_delay = any(&mut rng);
         probe.period = any(&mut rng);
         probe.timeout = any(&mut rng);
-        probe.failure_threshold = *rng.pick(&[0, 1, 3, 10_000, 10_001, u32::MAX]);
+        probe.failure_threshold = *rng.pick(&[0, 1, 3, 1_000_000, 1_000_001, u32::MAX]);
         container.liveness_probe = rng.chance(2).then_some(probe);
         container.http.request_timeout = rng.chance(2).then(|| any(&mut rng));
         container.http.max_concurrent_instances = rng.chance(2).then(|| *rng.pick(&[0, 1, 10_000, usize::MAX]));

@@ -94,13 +94,13 @@ fn counts_out_of_range_name_the_field_and_the_range() {
     assert_rejected(
         &container_with("readiness_probe = { health = {}, failure_threshold = -1, success_threshold = 99999999999 }"),
         &[
-            "5:54: failure_threshold = -1 is out of range; use a whole number from 1 to 10000",
-            "5:78: success_threshold = 99999999999 is out of range; use a whole number from 1 to 10000",
+            "5:54: failure_threshold = -1 is out of range; use a whole number from 1 to 1000000",
+            "5:78: success_threshold = 99999999999 is out of range; use a whole number from 1 to 1000000",
         ],
     );
     assert_rejected(
-        &container_with("readiness_probe = { health = {}, failure_threshold = 10001 }"),
-        &["5:54: failure_threshold = 10001 is out of range"],
+        &container_with("readiness_probe = { health = {}, failure_threshold = 1000001 }"),
+        &["5:54: failure_threshold = 1000001 is out of range"],
     );
     assert_rejected(
         &container_with("http = { max_concurrent_instances = -5 }"),

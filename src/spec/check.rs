@@ -386,8 +386,9 @@ pub(super) const CPU: RangeInclusive<f64> = 0.001..=1024.0;
 pub(super) const MEMORY: RangeInclusive<u64> = (1 << 20)..=(1 << 40);
 /// `http.max_request_body`: 0 refuses every body.
 pub(super) const REQUEST_BODY: RangeInclusive<u64> = 0..=(1 << 40);
-/// Probe `failure_threshold` and `success_threshold`.
-pub(super) const THRESHOLD: RangeInclusive<u32> = 1..=10_000;
+/// Probe `failure_threshold` and `success_threshold`: generous, since a startup probe with a
+/// short period and a large threshold is how a slow start is allowed for (as in Kubernetes).
+pub(super) const THRESHOLD: RangeInclusive<u32> = 1..=1_000_000;
 /// `http.max_concurrent_instances` (the engine's instance pool is smaller still).
 pub(super) const INSTANCES: RangeInclusive<usize> = 1..=10_000;
 
