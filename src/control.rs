@@ -110,13 +110,10 @@ pub fn socket_path(dir: &Path, pod: &str) -> PathBuf {
     dir.join(format!("{pod}.sock"))
 }
 
-/// Whether `name` can be a pod name (the spec's rule), so a client-given name never escapes `dir`.
+/// Whether `name` can be a pod name (the spec's own rule, not a copy of it), so a client-given
+/// name never escapes `dir` and every pod the spec accepts can be reached.
 fn is_pod_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    crate::spec::is_dns_label(name)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -375,7 +372,6 @@ pub fn event_kind_name(kind: &EventKind) -> &'static str {
         EventKind::RequestTrapped { .. } => "request_trapped",
         EventKind::RequestTimedOut { .. } => "request_timed_out",
         EventKind::RequestFailed { .. } => "request_failed",
-        EventKind::OutgoingDenied { .. } => "outgoing_denied",
     }
 }
 
@@ -965,7 +961,10 @@ mod tests {
             EventKind::Ready,
             EventKind::NotReady { message: text() },
             EventKind::Unhealthy { message: text() },
-            EventKind::EgressDenied { destination: text() },
+            EventKind::EgressDenied {
+                kind: crate::egress::DeniedKind::Http,
+                destination: text(),
+            },
             EventKind::PodRunning,
             EventKind::PodSucceeded,
             EventKind::PodFailed { reason: text() },
@@ -975,7 +974,6 @@ mod tests {
             EventKind::RequestTrapped { message: text() },
             EventKind::RequestTimedOut { after: ms },
             EventKind::RequestFailed { message: text() },
-            EventKind::OutgoingDenied { url: text() },
         ];
         for kind in &kinds {
             assert_eq!(event_kind_name(kind), old_debug_name(kind), "{kind:?}");

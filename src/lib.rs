@@ -18,6 +18,7 @@
 pub mod container;
 #[cfg(unix)]
 pub mod control;
+pub mod egress;
 pub mod engine;
 pub mod logs;
 pub mod net;

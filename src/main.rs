@@ -15,8 +15,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tokio::io::AsyncWriteExt;
 use wasmpod::control::{self, Client, ControlError, PodClaim, Request, Response};
-use wasmpod::proxy::{ProxyLimits, raise_open_file_limit};
 use wasmpod::logs::escape_control;
+use wasmpod::proxy::{ProxyLimits, raise_open_file_limit};
 use wasmpod::{Event, EventKind, LogLine, Pod, PodError, PodOptions, PodPhase, PodSpec, Stream};
 
 #[derive(Parser)]

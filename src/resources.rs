@@ -151,6 +151,9 @@ impl ResourceLimiter for MemoryBudget {
     }
 }
 
+/// The smallest CPU share throttled as such: Kubernetes' one millicore (`spec` refuses less).
+pub const MIN_CPU_SHARE: f64 = 0.001;
+
 /// What to do when a running guest reaches its epoch deadline. Clones share one count of the
 /// ticks they throttled (all Stores of a container).
 #[derive(Debug, Clone)]
@@ -162,10 +165,19 @@ pub struct CpuShare {
 }
 
 impl CpuShare {
-    /// `None` or a share of at least one core: never throttled, only made to yield.
+    /// `None` or a share of at least one core: never throttled, only made to yield. A share
+    /// below [`MIN_CPU_SHARE`] is throttled as that share (the spec refuses it; a Rust-built
+    /// spec that skipped validation must still not panic), and anything not a positive number
+    /// is unlimited.
     pub fn new(share: Option<f64>) -> CpuShare {
         let pause = match share {
-            Some(share) if share > 0.0 && share < 1.0 => EPOCH_TICK.mul_f64((1.0 - share) / share),
+            Some(share) if share > 0.0 && share < 1.0 => {
+                let share = share.max(MIN_CPU_SHARE);
+                // At most ~2 s for any share from MIN_CPU_SHARE up, so the conversion cannot
+                // fail; `try_` keeps it from ever panicking regardless.
+                Duration::try_from_secs_f64(EPOCH_TICK.as_secs_f64() * ((1.0 - share) / share))
+                    .unwrap_or(Duration::ZERO)
+            }
             _ => Duration::ZERO,
         };
         CpuShare {
@@ -252,5 +264,15 @@ mod tests {
         assert!(CpuShare::new(Some(1.0)).pause.is_zero());
         assert_eq!(CpuShare::new(Some(0.25)).pause, EPOCH_TICK * 3);
         assert_eq!(CpuShare::new(Some(0.5)).pause, EPOCH_TICK);
+    }
+
+    #[test]
+    fn cpu_share_never_panics_on_extreme_shares() {
+        let floor = CpuShare::new(Some(MIN_CPU_SHARE)).pause;
+        assert_eq!(CpuShare::new(Some(1e-30)).pause, floor);
+        assert_eq!(CpuShare::new(Some(f64::MIN_POSITIVE)).pause, floor);
+        for share in [0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e308] {
+            assert!(CpuShare::new(Some(share)).pause.is_zero(), "{share}");
+        }
     }
 }

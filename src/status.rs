@@ -216,8 +216,10 @@ pub enum EventKind {
     Unhealthy {
         message: String,
     },
-    /// A connection or lookup outside the pod that `allowed_outbound_hosts` does not allow.
+    /// A connection, lookup or outgoing HTTP request outside the pod that
+    /// `allowed_outbound_hosts` does not allow: one kind of event for every path out.
     EgressDenied {
+        kind: crate::egress::DeniedKind,
         destination: String,
     },
     PodRunning,
@@ -241,10 +243,6 @@ pub enum EventKind {
     /// An http container's request failed in the host (instantiation, no response, ...).
     RequestFailed {
         message: String,
-    },
-    /// A container's outgoing HTTP request was refused by the pod's egress policy.
-    OutgoingDenied {
-        url: String,
     },
 }
 
@@ -273,8 +271,12 @@ impl fmt::Display for Event {
             EventKind::Ready => f.write_str("ready"),
             EventKind::NotReady { message } => write!(f, "not ready: {message}"),
             EventKind::Unhealthy { message } => write!(f, "unhealthy: {message}"),
-            EventKind::EgressDenied { destination } => {
-                write!(f, "denied {destination} (not in allowed_outbound_hosts)")
+            EventKind::EgressDenied { kind, destination } => {
+                write!(
+                    f,
+                    "denied {} to {destination} (not in allowed_outbound_hosts)",
+                    kind.as_str()
+                )
             }
             EventKind::PodRunning => f.write_str("pod running"),
             EventKind::PodSucceeded => f.write_str("pod succeeded"),
@@ -291,9 +293,6 @@ impl fmt::Display for Event {
                 )
             }
             EventKind::RequestFailed { message } => write!(f, "request failed: {message}"),
-            EventKind::OutgoingDenied { url } => {
-                write!(f, "outgoing request to {url} denied (not an allowed outbound host)")
-            }
         }
     }
 }

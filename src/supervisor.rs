@@ -20,10 +20,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::container::{CommandContainer, HttpContainer};
-use crate::route::HttpPorts;
 use crate::net::PodNetwork;
 use crate::pod::state::{ContainerId, PodState};
 use crate::probe::{self, ProbeTarget, Probes};
+use crate::route::HttpPorts;
 use crate::spec::{Backoff, ContainerSpec, DependencyCondition, RestartPolicy};
 use crate::status::{ContainerState, ContainerStatus, Exit, PodPhase};
 

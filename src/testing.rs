@@ -580,7 +580,11 @@ impl TestContainerBuilder {
     /// Allows connections to a destination outside the pod, as `HOST:PORT` (see
     /// [`crate::net::EgressPolicy`]).
     pub fn allow_outbound(mut self, destination: impl Into<String>) -> Self {
-        self.container.allowed_outbound_hosts.push(destination.into());
+        let destination = destination.into();
+        // A bad rule here is a typo in the test itself: fail at the line that wrote it.
+        if let Err(error) = self.container.allowed_outbound_hosts.allow(&destination) {
+            panic!("allow_outbound({destination:?}): {error}");
+        }
         self
     }
 

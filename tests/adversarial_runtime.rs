@@ -171,7 +171,7 @@ async fn outgoing_http_through_an_allowed_name_never_reaches_the_hosts_loopback(
     assert!(
         denied
             .iter()
-            .any(|e| e.contains("http request to") && e.contains("an address of the host itself")),
+            .any(|e| e.contains("denied http request to") && e.contains("an address of the host itself")),
         "one kind of denial event, saying why: {denied:?}"
     );
     pod.stop().await;

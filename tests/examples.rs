@@ -388,7 +388,8 @@ async fn content_puller_replaces_the_site_atomically() {
     let puller = container(&mut spec, "puller");
     set_flag(puller, "--source", format!("http://host.wasmpod.internal:{port}"));
     set_flag(puller, "--every", "20ms");
-    puller.allowed_outbound_hosts = vec![format!("host.wasmpod.internal:{port}")];
+    puller.allowed_outbound_hosts =
+        wasmpod::net::EgressPolicy::parse(&[format!("host.wasmpod.internal:{port}")]).unwrap();
 
     let pod = TestPod::start(spec).await.unwrap();
     pod.wait_ready().await.unwrap();

@@ -581,12 +581,12 @@ async fn outgoing_requests_outside_the_pod_are_denied_and_unserved_ports_refused
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let body = response.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(text(&body), "error: ErrorCode::HttpRequestDenied\n");
-    let denied: Vec<(Option<String>, String)> = web
+    let denied: Vec<(Option<String>, wasmpod::egress::DeniedKind, String)> = web
         .events
         .all()
         .into_iter()
         .filter_map(|event| match event.kind {
-            EventKind::EgressDenied { destination } => Some((event.container, destination)),
+            EventKind::EgressDenied { kind, destination } => Some((event.container, kind, destination)),
             _ => None,
         })
         .collect();
@@ -594,7 +594,8 @@ async fn outgoing_requests_outside_the_pod_are_denied_and_unserved_ports_refused
         denied,
         vec![(
             Some("caller".to_string()),
-            "http request to http://example.com/x".to_string()
+            wasmpod::egress::DeniedKind::Http,
+            "http://example.com/x".to_string()
         )]
     );
 

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use http_body_util::{BodyExt, Full};
+use wasmpod::egress::DeniedKind;
 use wasmpod::spec::{ContainerSpec, Expose};
 use wasmpod::{EventKind, Pod, PodOptions, PodSpec, RestartPolicy};
 
@@ -165,7 +166,7 @@ async fn outgoing_requests_outside_the_pod_are_denied_with_an_event() {
     );
     assert!(pod.events().all().iter().any(|e| {
         e.container.as_deref() == Some("front")
-            && matches!(&e.kind, EventKind::EgressDenied { destination } if destination.contains("http request to") && destination.contains("example.com"))
+            && matches!(&e.kind, EventKind::EgressDenied { kind: DeniedKind::Http, destination } if destination.contains("example.com"))
     }));
     pod.stop().await;
 }
@@ -204,9 +205,11 @@ async fn an_allowed_host_wasmpod_internal_destination_is_served_by_the_hosts_loo
     let port = host_server("from the host\n").await;
     let mut spec = pod_spec("hostinternal", RestartPolicy::OnFailure);
     let mut front = hello("front", 8080);
-    front.allowed_outbound_hosts = vec![format!("host.wasmpod.internal:{port}")];
+    front.allowed_outbound_hosts =
+        wasmpod::net::EgressPolicy::parse(&[format!("host.wasmpod.internal:{port}")]).unwrap();
     let mut client = webserver("client", &["--get", &format!("host.wasmpod.internal:{port}"), "/"]);
-    client.allowed_outbound_hosts = vec![format!("host.wasmpod.internal:{port}")];
+    client.allowed_outbound_hosts =
+        wasmpod::net::EgressPolicy::parse(&[format!("host.wasmpod.internal:{port}")]).unwrap();
     // Not allowed: the same destination from a container without the rule.
     let denied = hello("denied", 8081);
     spec.containers = vec![front, client, denied];
@@ -236,7 +239,7 @@ async fn an_allowed_host_wasmpod_internal_destination_is_served_by_the_hosts_loo
             .all()
             .iter()
             .any(|e| e.container.as_deref() == Some("denied")
-                && matches!(&e.kind, EventKind::EgressDenied { destination } if destination.contains("host.wasmpod.internal")))
+                && matches!(&e.kind, EventKind::EgressDenied { kind: DeniedKind::Http, destination } if destination.contains("host.wasmpod.internal")))
     );
     pod.stop().await;
 }

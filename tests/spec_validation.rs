@@ -987,8 +987,11 @@ fn outbound_hosts_default_to_none_and_parse_every_form() {
              \"*.example.com:*\", \"10.0.0.7:8080\", \"[2001:db8::1]:80\"]",
         ]))
         .expect("valid spec");
+    // Parsed once, while the spec is read: the model holds the typed policy.
+    let policy = &spec.containers[0].allowed_outbound_hosts;
+    let rules: Vec<String> = policy.rules().iter().map(|rule| rule.to_string()).collect();
     assert_eq!(
-        spec.containers[0].allowed_outbound_hosts,
+        rules,
         [
             "host.wasmpod.internal:5432",
             "example.com:443",
@@ -997,9 +1000,6 @@ fn outbound_hosts_default_to_none_and_parse_every_form() {
             "[2001:db8::1]:80"
         ]
     );
-    // The runtime builds its policy from the same strings with the same parser.
-    let policy =
-        wasmpod::net::EgressPolicy::parse(&spec.containers[0].allowed_outbound_hosts).expect("the spec's rules parse");
     assert!(policy.allows("api.example.com", 8443));
     assert!(policy.allows("host.wasmpod.internal", 5432));
     assert!(!policy.allows("host.wasmpod.internal", 5433));
@@ -1050,17 +1050,13 @@ fn outbound_host_naming_the_pod_points_to_host_wasmpod_internal() {
 }
 
 #[test]
-fn outbound_hosts_of_a_rust_built_spec_name_their_field() {
-    let pod = PodDir::new();
-    let mut spec = rust_built_spec(&pod);
-    spec.containers[0].allowed_outbound_hosts = vec!["example.com:443".into(), "*:80".into()];
-    let error = spec.validate().expect_err("bad entry");
-    assert_eq!(error.problems().len(), 1, "{error}");
+fn outbound_hosts_of_a_rust_built_spec_name_their_entry() {
+    // A Rust-built spec holds a typed policy, so a bad entry is refused where it is parsed.
+    let entries = ["example.com:443".to_string(), "*:80".to_string()];
+    let error = wasmpod::net::EgressPolicy::parse(&entries).expect_err("bad entry");
+    assert_eq!(error.index, 1);
     let shown = error.to_string();
-    assert!(
-        shown.starts_with("containers[0].allowed_outbound_hosts[1]: outbound host \"*:80\""),
-        "{shown}"
-    );
+    assert!(shown.starts_with("allowed_outbound_hosts[1]: \"*:80\""), "{shown}");
 }
 
 #[test]
@@ -1068,4 +1064,24 @@ fn outbound_hosts_of_unknown_type_are_rejected_by_shape() {
     let pod = PodDir::new();
     let problem = pod.single_problem(&minimal_plus(&["allowed_outbound_hosts = \"example.com:443\""]));
     assert_eq!(problem.line, Some(5), "{problem}");
+}
+
+#[test]
+fn one_dns_label_rule_for_the_spec_and_everything_else() {
+    // `is_dns_label` is what the control socket checks client-given pod names with: a name is
+    // accepted there exactly when a spec accepts it as a pod name.
+    let pod = PodDir::new();
+    let long = "x".repeat(64);
+    let longest = "x".repeat(63);
+    for name in [
+        "demo", "demo-1", "1", &longest, "", "-demo", "demo-", "Demo", "a.b", "a/b", "../x", "a_b", &long, "é",
+    ] {
+        let mut spec = rust_built_spec(&pod);
+        spec.name = name.to_string();
+        let named_badly = spec
+            .validate()
+            .err()
+            .is_some_and(|error| error.to_string().contains("pod name"));
+        assert_eq!(wasmpod::spec::is_dns_label(name), !named_badly, "{name:?}");
+    }
 }

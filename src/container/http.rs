@@ -113,14 +113,7 @@ impl HttpContainer {
         logs: Logs,
         events: Events,
     ) -> Result<HttpContainer, HttpError> {
-        let name = spec.name.clone();
-        let runtime =
-            ContainerRuntime::new(spec, mounts, PodServices::standalone(engine, logs, events)).map_err(|e| {
-                HttpError::Link {
-                    container: name,
-                    message: e.to_string(),
-                }
-            })?;
+        let runtime = ContainerRuntime::new(spec, mounts, PodServices::standalone(engine, logs, events));
         let linker = super::linker(engine).map_err(|e| HttpError::Link {
             container: runtime.name().to_string(),
             message: format!("{e:#}"),

@@ -18,17 +18,15 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::engine::Engine;
 use crate::logs::{Logs, Stream};
-use crate::net::egress::{Denied, DeniedHook, DeniedKind, EgressPolicy};
-use crate::net::p2::{NetCtxView, NetView};
 use crate::net::budget::SocketLimits;
+use crate::net::egress::{Denied, DeniedHook, EgressPolicy};
+use crate::net::p2::{NetCtxView, NetView};
 use crate::net::{ContainerNet, PodNetwork};
 use crate::resources::{CpuShare, MemoryAccount, MemoryBudget};
 use crate::route::{NoPodRoutes, OutgoingHooks, OutgoingRoute};
 use crate::spec::ContainerSpec;
 use crate::status::{EventKind, Events};
 use crate::volume::Mount;
-
-use super::ContainerError;
 
 /// The per-Store state of every container kind.
 pub struct ContainerData {
@@ -127,19 +125,17 @@ pub struct ContainerRuntime {
 }
 
 impl ContainerRuntime {
-    pub fn new(spec: ContainerSpec, mounts: Vec<Mount>, pod: PodServices) -> Result<ContainerRuntime, ContainerError> {
-        let egress = EgressPolicy::parse(&spec.allowed_outbound_hosts).map_err(|e| ContainerError::Unsupported {
-            container: spec.name.clone(),
-            message: e.to_string(),
-        })?;
-        Ok(ContainerRuntime {
+    pub fn new(spec: ContainerSpec, mounts: Vec<Mount>, pod: PodServices) -> ContainerRuntime {
+        // The spec holds the egress policy parsed once, when it was read.
+        let egress = spec.allowed_outbound_hosts.clone();
+        ContainerRuntime {
             memory: MemoryAccount::new(spec.resources.memory),
             cpu: CpuShare::new(spec.resources.cpu),
             spec,
             mounts,
             pod,
             egress,
-        })
+        }
     }
 
     pub fn spec(&self) -> &ContainerSpec {
@@ -203,15 +199,11 @@ impl ContainerRuntime {
     fn attach(&self) -> ContainerNet {
         let events = self.pod.events.clone();
         let on_denied: DeniedHook = Arc::new(move |denied: Denied| {
-            let what = match denied.kind {
-                DeniedKind::Connect => "connection to",
-                DeniedKind::Lookup => "name lookup of",
-                DeniedKind::Http => "http request to",
-            };
             events.emit(
                 Some(&denied.container),
                 EventKind::EgressDenied {
-                    destination: format!("{what} {}", denied.destination),
+                    kind: denied.kind,
+                    destination: denied.destination,
                 },
             );
         });

@@ -13,12 +13,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::container::ContainerError;
-use crate::engine::{CompileError, Engine};
 use crate::container::HttpLimits;
-use crate::route::HttpPorts;
+use crate::engine::{CompileError, Engine};
 use crate::logs::{DEFAULT_LINES_PER_CONTAINER, LogLine, Logs};
 use crate::net::PodNetwork;
 use crate::proxy::{FrontProxy, ProxyError, ProxyLimits, ProxyTarget};
+use crate::route::HttpPorts;
 use crate::spec::{PodSpec, SpecError};
 use crate::status::{DEFAULT_EVENT_CAPACITY, EventKind, Events, PodPhase, PodStatus};
 use crate::supervisor::{ContainerControl, Controls, Policy, Runnable, Supervisor};

@@ -56,7 +56,7 @@ impl Pod {
             let compiled = self.compile(container_spec).await?;
             let mounts = volumes.mounts_for(container_spec)?;
             let name = container_spec.name.clone();
-            let runtime = ContainerRuntime::new(container_spec.clone(), mounts, services.clone())?;
+            let runtime = ContainerRuntime::new(container_spec.clone(), mounts, services.clone());
             let runnable = match ContainerKind::require(shared.engine.wasmtime(), &compiled, &name)? {
                 ContainerKind::Command => {
                     Runnable::Command(Arc::new(CommandContainer::new(runtime, &linker, &compiled)?))

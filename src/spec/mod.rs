@@ -1,18 +1,30 @@
 //! The pod spec: the validated, resolved model of a `wasmpod.toml` (or of a spec built in Rust).
 //!
-//! This module owns what a pod *is* on paper: its containers, volumes, mounts, ports and policies.
-//! Parsing TOML with source spans and validating it lives in [`parse`]; turning a spec into
-//! running things is the job of [`crate::pod`]. Every path in a [`PodSpec`] is already resolved
-//! against the spec file's directory, so later stages never guess a base directory.
+//! This module owns what a pod *is* on paper: its containers, volumes, mounts, ports and policies,
+//! as typed values (durations, sizes, an [`EgressPolicy`]) — later stages never re-parse a string.
+//! A `wasmpod.toml` is read in three stages, one file each: `raw` (the TOML contract, with
+//! positions), `lower` (raw values into this model, each string parsed once) and `check` (the
+//! rules, written once against the model, so Rust-built specs meet them too); `report` locates
+//! every problem. Turning a spec into running things is the job of [`crate::pod`]. Every path in
+//! a [`PodSpec`] is already resolved against the spec file's directory, so later stages never
+//! guess a base directory.
 
-mod parse;
+mod check;
+mod lower;
+mod raw;
+mod report;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use parse::{Problem, SpecError};
+use crate::egress::EgressPolicy;
+
+pub use check::is_dns_label;
+pub use report::{Problem, SpecError};
+
+use report::Report;
 
 /// A whole pod, as written in `wasmpod.toml` and checked by [`PodSpec::from_file`].
 #[derive(Debug, Clone, PartialEq)]
@@ -148,9 +160,9 @@ pub struct ContainerSpec {
     /// Pod ports this container listens on.
     pub ports: Vec<u16>,
     pub volume_mounts: Vec<MountSpec>,
-    /// Destinations outside the pod this container may connect to, as `HOST:PORT` (see
-    /// [`crate::net::EgressPolicy`]); empty means it reaches nothing outside its pod.
-    pub allowed_outbound_hosts: Vec<String>,
+    /// Destinations outside the pod this container may connect to, parsed once from the
+    /// `HOST:PORT` entries (see [`crate::egress`]); empty means it reaches nothing outside its pod.
+    pub allowed_outbound_hosts: EgressPolicy,
     /// Memory and CPU limits.
     pub resources: Resources,
     /// Containers that must reach a condition before this one starts (Compose semantics).
@@ -255,7 +267,7 @@ impl ContainerSpec {
             env: BTreeMap::new(),
             ports: Vec::new(),
             volume_mounts: Vec::new(),
-            allowed_outbound_hosts: Vec::new(),
+            allowed_outbound_hosts: EgressPolicy::deny_all(),
             resources: Resources::default(),
             depends_on: Vec::new(),
             startup_probe: None,
@@ -327,17 +339,41 @@ impl PodSpec {
 
     /// Reads, parses and validates a spec file; relative paths resolve against its directory.
     pub fn from_file(path: impl AsRef<Path>) -> Result<PodSpec, SpecError> {
-        parse::from_file(path.as_ref())
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| SpecError::about_file(path, format!("cannot read the spec file: {error}")))?;
+        PodSpec::from_toml(&text, path)
     }
 
     /// Parses and validates spec text; `file` names it in messages and anchors relative paths.
     pub fn from_toml(text: &str, file: &Path) -> Result<PodSpec, SpecError> {
-        parse::from_toml(text, file)
+        let base_dir = lower::spec_directory(file).map_err(|error| {
+            let message = format!("cannot make the spec file's directory absolute: {error}");
+            SpecError::about_file(file, message)
+        })?;
+
+        let mut report = Report::for_toml(file, text);
+        let raw: raw::RawPod = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(error) => {
+                // Syntax and shape errors stop the parse, so there is exactly one to report; toml's
+                // message already says what was expected (e.g. the allowed field names).
+                let problem = report.problem_at(error.span(), error.message().to_string());
+                return Err(SpecError::single(problem));
+            }
+        };
+
+        let mut spec = lower::lower_pod(raw, &base_dir, &mut report);
+        spec.source_file = Some(file.to_path_buf());
+        check::check_pod(&spec, &mut report);
+        report.finish().map(|()| spec)
     }
 
     /// Validates a spec built in Rust (no source positions to report, so problems name fields).
     pub fn validate(&self) -> Result<(), SpecError> {
-        parse::validate_model(self)
+        let mut report = Report::for_model(self.source_file.as_deref());
+        check::check_pod(self, &mut report);
+        report.finish()
     }
 
     /// Every container, init containers first, in spec order.

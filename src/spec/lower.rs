@@ -1,0 +1,524 @@
+//! Lowering: the raw TOML (`raw`) into the typed model ([`PodSpec`]), the second stage.
+//!
+//! Every string that means something is parsed here, once: durations, sizes, the egress policy,
+//! paths (resolved against the spec file's directory). Later code never re-parses a string.
+//! Lowering records where each field was written, so that `check` can point at it, and
+//! reports only what the model cannot express (a volume with two sources, a duration that does
+//! not parse, a port beyond u16, a bad `allowed_outbound_hosts` entry); every rule that can be
+//! stated on the model is left to `check`, which Rust-built specs go through too.
+
+use std::collections::HashSet;
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::egress::EgressPolicy;
+
+use super::check;
+use super::raw::{
+    RawCondition, RawContainer, RawCount, RawExposeReady, RawHttp, RawPod, RawPort, RawProbe, RawQuantity,
+    RawResources, RawRestartPolicy, RawVolume,
+};
+use super::report::{BackoffField, ContainerAt, ContainerField, Field, MountField, ProbeKind, Report, VolumeField};
+use super::{
+    Backoff, ComponentSource, ContainerSpec, Dependency, DependencyCondition, Expose, ExposeReady, HttpSettings,
+    MountSpec, PodSpec, Probe, ProbeAction, Resources, RestartPolicy, VolumeSource, VolumeSpec,
+};
+
+pub(super) fn lower_pod(raw: RawPod, base_dir: &Path, report: &mut Report) -> PodSpec {
+    report.record(Field::PodName, raw.name.span());
+
+    let restart_policy = match raw.restart_policy {
+        RawRestartPolicy::Always => RestartPolicy::Always,
+        RawRestartPolicy::OnFailure => RestartPolicy::OnFailure,
+        RawRestartPolicy::Never => RestartPolicy::Never,
+    };
+
+    let mut restart_backoff = Backoff::default();
+    if let Some(raw_backoff) = raw.restart_backoff {
+        let settings = [
+            (BackoffField::Initial, raw_backoff.initial, &mut restart_backoff.initial),
+            (BackoffField::Max, raw_backoff.max, &mut restart_backoff.max),
+            (
+                BackoffField::ResetAfter,
+                raw_backoff.reset_after,
+                &mut restart_backoff.reset_after,
+            ),
+        ];
+        for (which, written, slot) in settings {
+            if let Some(written) = written
+                && let Some(duration) = lower_duration(Field::Backoff(which), &written, report)
+            {
+                *slot = duration;
+            }
+        }
+    }
+
+    let expose = raw.expose.and_then(|raw_expose| {
+        report.record(Field::ExposePort, raw_expose.port.span());
+        let port = lower_port(&raw_expose.port, report)?;
+        let ready = match raw_expose.ready {
+            RawExposeReady::Container => ExposeReady::Container,
+            RawExposeReady::Pod => ExposeReady::Pod,
+        };
+        Some(Expose { port, ready })
+    });
+
+    // Which volumes are secrets decides the default of `read_only` on their mounts.
+    let secret_volume_names: HashSet<&str> = raw
+        .volumes
+        .iter()
+        .filter(|volume| volume.get_ref().secret.is_some())
+        .map(|volume| volume.get_ref().name.get_ref().as_str())
+        .collect();
+
+    let init_containers = raw
+        .init_containers
+        .into_iter()
+        .enumerate()
+        .map(|(index, container)| {
+            let at = ContainerAt::init(index);
+            lower_container(container, at, &secret_volume_names, base_dir, report)
+        })
+        .collect();
+
+    let containers = match raw.containers {
+        Some(containers) => {
+            report.record(Field::Containers, containers.span());
+            containers
+                .into_inner()
+                .into_iter()
+                .enumerate()
+                .map(|(index, container)| {
+                    let at = ContainerAt::main(index);
+                    lower_container(container, at, &secret_volume_names, base_dir, report)
+                })
+                .collect()
+        }
+        None => {
+            // Nothing to point at: the start of the file is where a reader begins looking.
+            report.record(Field::Containers, 0..0);
+            Vec::new()
+        }
+    };
+
+    let volumes = raw
+        .volumes
+        .into_iter()
+        .enumerate()
+        .map(|(index, volume)| lower_volume(volume, index, base_dir, report))
+        .collect();
+
+    let mut optional_duration = |field: Field, written: Option<Spanned<String>>, default: Duration| {
+        written
+            .and_then(|written| lower_duration(field, &written, report))
+            .unwrap_or(default)
+    };
+    let termination_grace_period = optional_duration(
+        Field::TerminationGracePeriod,
+        raw.termination_grace_period,
+        super::DEFAULT_TERMINATION_GRACE_PERIOD,
+    );
+    let readiness_wait = optional_duration(Field::ReadinessWait, raw.readiness_wait, super::DEFAULT_READINESS_WAIT);
+
+    PodSpec {
+        name: raw.name.into_inner(),
+        restart_policy,
+        restart_backoff,
+        termination_grace_period,
+        readiness_wait,
+        expose,
+        volumes,
+        init_containers,
+        containers,
+        base_dir: base_dir.to_path_buf(),
+        source_file: None,
+    }
+}
+
+pub(super) fn lower_duration(field: Field, written: &Spanned<String>, report: &mut Report) -> Option<Duration> {
+    report.record(field.clone(), written.span());
+    match humantime::parse_duration(written.get_ref()) {
+        Ok(duration) => Some(duration),
+        Err(error) => {
+            report.push(
+                &field,
+                format!(
+                    "`{}` is not a duration ({error}); write it like \"500ms\", \"10s\" or \"5m\"",
+                    written.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// The port, or `None` after reporting it at its span. (Not by field: a dropped port has no
+/// place in the model, so its index would belong to the next port.)
+pub(super) fn lower_port(written: &Spanned<RawPort>, report: &mut Report) -> Option<u16> {
+    let RawPort(number) = *written.get_ref();
+    let port = u16::try_from(number).ok();
+    if port.is_none() {
+        let message = format!("port {number} is out of range; use a port from 1 to 65535");
+        report.push_at_span(written.span(), message);
+    }
+    port
+}
+
+/// A count that fits its model type, or `None` after reporting it with the field's range
+/// (`range` is checked again, against the model, by `check`; here only what the type cannot
+/// hold is reported, negative numbers and giants).
+fn lower_count<T: TryFrom<i64> + std::fmt::Display>(
+    field: Field,
+    key: &str,
+    written: &Spanned<RawCount>,
+    range: &RangeInclusive<T>,
+    report: &mut Report,
+) -> Option<T> {
+    report.record(field.clone(), written.span());
+    let RawCount(number) = *written.get_ref();
+    let count = T::try_from(number).ok();
+    if count.is_none() {
+        let message = check::out_of_range(key, number, "a whole number", range.start(), range.end());
+        report.push(&field, message);
+    }
+    count
+}
+
+pub(super) fn lower_volume(
+    volume: Spanned<RawVolume>,
+    index: usize,
+    base_dir: &Path,
+    report: &mut Report,
+) -> VolumeSpec {
+    let table_span = volume.span();
+    let volume = volume.into_inner();
+    report.record(Field::Volume(index, VolumeField::Name), volume.name.span());
+
+    let mut sources: Vec<(&str, Range<usize>, VolumeSource)> = Vec::new();
+    if let Some(empty_dir) = &volume.empty_dir {
+        sources.push(("empty_dir", empty_dir.span(), VolumeSource::EmptyDir));
+    }
+    if let Some(host_path) = &volume.host_path {
+        report.record(Field::Volume(index, VolumeField::HostPath), host_path.span());
+        let resolved = resolve(base_dir, host_path.get_ref());
+        sources.push(("host_path", host_path.span(), VolumeSource::HostPath(resolved)));
+    }
+    if let Some(secret) = &volume.secret {
+        for file_name in secret.get_ref().keys() {
+            let field = Field::Volume(index, VolumeField::SecretKey(file_name.get_ref().clone()));
+            report.record(field, file_name.span());
+        }
+        let files = secret
+            .get_ref()
+            .iter()
+            .map(|(file_name, contents)| (file_name.get_ref().clone(), contents.clone()))
+            .collect();
+        sources.push(("secret", secret.span(), VolumeSource::Secret(files)));
+    }
+
+    let name = volume.name.into_inner();
+    let source_field = Field::Volume(index, VolumeField::Source);
+    let mut sources = sources.into_iter();
+    let source = match (sources.next(), sources.next()) {
+        (Some((_, _, only)), None) => only,
+        (Some((first_key, _, first)), Some((second_key, second_span, _))) => {
+            report.record(source_field.clone(), second_span);
+            report.push(
+                &source_field,
+                format!(
+                    "volume \"{name}\" sets both `{first_key}` and `{second_key}`; \
+                     keep exactly one of empty_dir, host_path or secret"
+                ),
+            );
+            first
+        }
+        (None, _) => {
+            report.record(source_field.clone(), table_span);
+            report.push(
+                &source_field,
+                format!(
+                    "volume \"{name}\" has no source; set exactly one of `empty_dir = {{}}`, \
+                     `host_path = \"dir\"` or `secret = {{ \"file\" = \"contents\" }}`"
+                ),
+            );
+            // A stand-in keeps the volume declared, so its mounts are not reported as well.
+            VolumeSource::EmptyDir
+        }
+    };
+    VolumeSpec { name, source }
+}
+
+pub(super) fn lower_container(
+    container: RawContainer,
+    at: ContainerAt,
+    secret_volume_names: &HashSet<&str>,
+    base_dir: &Path,
+    report: &mut Report,
+) -> ContainerSpec {
+    let field = |which: ContainerField| Field::Container(at, which);
+    report.record(field(ContainerField::Name), container.name.span());
+    report.record(field(ContainerField::Component), container.component.span());
+
+    for name in container.env.keys() {
+        report.record(field(ContainerField::EnvName(name.get_ref().clone())), name.span());
+    }
+    let env = container
+        .env
+        .into_iter()
+        .map(|(name, value)| (name.into_inner(), value))
+        .collect();
+
+    // Out-of-range ports are reported and dropped; the rest keep their spans by model index.
+    let mut ports = Vec::new();
+    for written in &container.ports {
+        if let Some(port) = lower_port(written, report) {
+            report.record(field(ContainerField::Port(ports.len())), written.span());
+            ports.push(port);
+        }
+    }
+
+    // Parsed here, once: bad entries are reported at their position and left out of the policy.
+    let mut allowed_outbound_hosts = EgressPolicy::deny_all();
+    for (index, entry) in container.allowed_outbound_hosts.iter().enumerate() {
+        let entry_field = field(ContainerField::OutboundHost(index));
+        report.record(entry_field.clone(), entry.span());
+        if let Err(error) = allowed_outbound_hosts.allow(entry.get_ref()) {
+            report.push(&entry_field, format!("outbound host {error}"));
+        }
+    }
+
+    let volume_mounts = container
+        .volume_mounts
+        .into_iter()
+        .enumerate()
+        .map(|(index, mount)| {
+            let mount_field = |which: MountField| field(ContainerField::Mount(index, which));
+            report.record(mount_field(MountField::Volume), mount.volume.span());
+            report.record(mount_field(MountField::MountPath), mount.mount_path.span());
+            let volume = mount.volume.into_inner();
+            let read_only = match mount.read_only {
+                Some(written) => {
+                    report.record(mount_field(MountField::ReadOnly), written.span());
+                    written.into_inner()
+                }
+                None => secret_volume_names.contains(volume.as_str()),
+            };
+            MountSpec {
+                volume,
+                mount_path: mount.mount_path.into_inner(),
+                read_only,
+            }
+        })
+        .collect();
+
+    let resources = container
+        .resources
+        .map(|raw| lower_resources(raw, &field, report))
+        .unwrap_or_default();
+    let depends_on = container
+        .depends_on
+        .into_iter()
+        .enumerate()
+        .map(|(index, dependency)| {
+            report.record(field(ContainerField::DependsOn(index)), dependency.span());
+            let dependency = dependency.into_inner();
+            Dependency {
+                container: dependency.container,
+                condition: match dependency.condition {
+                    RawCondition::Started => DependencyCondition::Started,
+                    RawCondition::Ready => DependencyCondition::Ready,
+                    RawCondition::Completed => DependencyCondition::Completed,
+                },
+            }
+        })
+        .collect();
+    let mut probe = |kind: ProbeKind, raw: Option<Spanned<RawProbe>>| {
+        raw.and_then(|raw| lower_probe(raw, field(ContainerField::Probe(kind)), report))
+    };
+    let startup_probe = probe(ProbeKind::Startup, container.startup_probe);
+    let readiness_probe = probe(ProbeKind::Readiness, container.readiness_probe);
+    let liveness_probe = probe(ProbeKind::Liveness, container.liveness_probe);
+    let http = container
+        .http
+        .map(|raw| lower_http(raw, &field, report))
+        .unwrap_or_default();
+
+    ContainerSpec {
+        name: container.name.into_inner(),
+        component: ComponentSource::File(resolve(base_dir, container.component.get_ref())),
+        args: container.args,
+        env,
+        ports,
+        volume_mounts,
+        allowed_outbound_hosts,
+        resources,
+        depends_on,
+        startup_probe,
+        readiness_probe,
+        liveness_probe,
+        http,
+    }
+}
+
+pub(super) fn lower_http(raw: RawHttp, field: &dyn Fn(ContainerField) -> Field, report: &mut Report) -> HttpSettings {
+    let request_timeout = raw.request_timeout.and_then(|written| {
+        lower_duration(
+            Field::Nested(Box::new(field(ContainerField::Http)), "request_timeout".into()),
+            &written,
+            report,
+        )
+    });
+    let nested = |key: &str| Field::Nested(Box::new(field(ContainerField::Http)), key.to_string());
+    let max_concurrent_instances = raw.max_concurrent_instances.and_then(|written| {
+        let key = "max_concurrent_instances";
+        lower_count(nested(key), key, &written, &check::INSTANCES, report)
+    });
+    let max_request_body = raw.max_request_body.and_then(|written| {
+        report.record(nested("max_request_body"), written.span());
+        match written.get_ref() {
+            RawQuantity::Bytes(bytes) => Some(*bytes),
+            RawQuantity::Text(text) => parse_bytes(text).or_else(|| {
+                report.push(
+                    &nested("max_request_body"),
+                    format!("`{text}` is not a size; write it like \"16MiB\" or a number of bytes"),
+                );
+                None
+            }),
+        }
+    });
+    HttpSettings {
+        request_timeout,
+        max_concurrent_instances,
+        max_request_body,
+    }
+}
+
+pub(super) fn lower_resources(
+    raw: RawResources,
+    field: &dyn Fn(ContainerField) -> Field,
+    report: &mut Report,
+) -> Resources {
+    let memory = raw.memory.and_then(|written| {
+        report.record(field(ContainerField::Memory), written.span());
+        match written.get_ref() {
+            RawQuantity::Bytes(bytes) => Some(*bytes),
+            RawQuantity::Text(text) => match parse_bytes(text) {
+                Some(bytes) => Some(bytes),
+                None => {
+                    let message = format!(
+                        "`{text}` is not a memory size; write it like \"64MiB\", \"1GiB\", \"500MB\" or a number of bytes"
+                    );
+                    report.push(&field(ContainerField::Memory), message);
+                    None
+                }
+            },
+        }
+    });
+    let cpu = raw.cpu.map(|written| {
+        report.record(field(ContainerField::Cpu), written.span());
+        written.into_inner()
+    });
+    Resources { memory, cpu }
+}
+
+/// `64MiB`, `64Mi`, `64M`, `64MB`, `1GiB`, `512KiB`, `1048576`: binary units for `Ki`/`Mi`/`Gi`
+/// (as Kubernetes), decimal for `K`/`M`/`G`.
+pub(super) fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "k" | "kB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
+}
+
+pub(super) fn lower_probe(raw: Spanned<RawProbe>, field: Field, report: &mut Report) -> Option<Probe> {
+    report.record(field.clone(), raw.span());
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let mut actions = Vec::new();
+    let port_field = Field::Nested(Box::new(field.clone()), "port".to_string());
+    if let Some(http_get) = &raw.http_get
+        && let Some(port) = lower_port(&http_get.port, report)
+    {
+        report.record(port_field.clone(), http_get.port.span());
+        actions.push(ProbeAction::HttpGet {
+            port,
+            path: http_get.path.clone(),
+        });
+    }
+    if let Some(tcp_socket) = &raw.tcp_socket
+        && let Some(port) = lower_port(&tcp_socket.port, report)
+    {
+        report.record(port_field, tcp_socket.port.span());
+        actions.push(ProbeAction::TcpSocket { port });
+    }
+    if raw.health.is_some() {
+        actions.push(ProbeAction::Health);
+    }
+    let kinds =
+        usize::from(raw.http_get.is_some()) + usize::from(raw.tcp_socket.is_some()) + usize::from(raw.health.is_some());
+    if kinds != 1 {
+        let message = format!(
+            "{field} needs exactly one of `http_get = {{ port, path }}`, `tcp_socket = {{ port }}` or `health = {{}}` (it has {kinds})"
+        );
+        report.push_at_span(span, message);
+        return None;
+    }
+    let action = actions.pop()?;
+    let mut probe = Probe::new(action);
+    let mut duration = |name: &str, written: Option<Spanned<String>>, slot: &mut Duration| {
+        if let Some(written) = written
+            && let Some(parsed) = lower_duration(
+                Field::Nested(Box::new(field.clone()), name.to_string()),
+                &written,
+                report,
+            )
+        {
+            *slot = parsed;
+        }
+    };
+    duration("initial_delay", raw.initial_delay, &mut probe.initial_delay);
+    duration("period", raw.period, &mut probe.period);
+    duration("timeout", raw.timeout, &mut probe.timeout);
+    for (key, written, slot) in [
+        ("failure_threshold", raw.failure_threshold, &mut probe.failure_threshold),
+        ("success_threshold", raw.success_threshold, &mut probe.success_threshold),
+    ] {
+        let nested = Field::Nested(Box::new(field.clone()), key.to_string());
+        if let Some(written) = written
+            && let Some(count) = lower_count(nested, key, &written, &check::THRESHOLD, report)
+        {
+            *slot = count;
+        }
+    }
+    Some(probe)
+}
+
+/// The spec file's directory, absolute; a bare file name lives in the current directory.
+pub(super) fn spec_directory(file: &Path) -> std::io::Result<PathBuf> {
+    let directory = match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    // `absolute` (unlike `canonicalize`) keeps symlinks, so messages show the paths users wrote.
+    std::path::absolute(directory)
+}
+
+/// Joins `relative` onto `base_dir`, dropping `.` components so messages show clean paths.
+pub(super) fn resolve(base_dir: &Path, relative: &str) -> PathBuf {
+    let joined = base_dir.join(relative);
+    std::path::absolute(&joined).unwrap_or(joined)
+}
