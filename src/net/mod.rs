@@ -815,13 +815,8 @@ pub(crate) fn loopback(v6: bool) -> IpAddr {
     }
 }
 
-/// True for every address that means "this pod": 127.0.0.0/8, ::1, 0.0.0.0, ::.
-pub fn is_pod_address(ip: IpAddr) -> bool {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified(),
-    }
-}
+/// True for every address that means "this pod" (the egress policy's one definition).
+pub use crate::egress::is_pod_address;
 
 /// A host-side connection into the pod (tokio `AsyncRead + AsyncWrite`; shutdown = FIN).
 #[derive(Debug)]

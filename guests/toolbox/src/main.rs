@@ -15,6 +15,11 @@
 //! - `read PATH`                     print the file's contents, line by line, as `read: LINE`
 //! - `try-write PATH TEXT`           attempt a write; print `write ok` or `write failed: ERROR`
 //! - `try-read PATH`                 attempt a read; print `read ok: N bytes` or `read failed: ERROR`
+//! - `try-fs OP PATH [ARG]`          attempt one file-system operation and print `OP ok` or
+//!                                   `OP failed: ERROR`; OP is one of `create`, `write`, `append`,
+//!                                   `truncate`, `set-len`, `set-times`, `rename` (to ARG),
+//!                                   `unlink`, `mkdir`, `rmdir`, `link` (new name ARG),
+//!                                   `symlink` (link PATH pointing at ARG)
 //! - `ls PATH`                       print the entries of a directory, sorted, as `ls: NAME`
 //! - `wait-file PATH MS`             wait (polling) until a file exists, at most MS milliseconds
 //! - `tick PATH COUNT MS`            append `tick I` lines to PATH, COUNT times, MS apart
@@ -92,6 +97,13 @@ fn run_step(step: &[String]) -> Result<(), String> {
             Ok(()) => println!("write ok"),
             Err(e) => println!("write failed: {e}"),
         },
+        "try-fs" => {
+            let op = arg(0)?;
+            match try_fs(op, arg(1)?, rest.get(2).map(String::as_str)) {
+                Ok(()) => println!("{op} ok"),
+                Err(e) => println!("{op} failed: {e}"),
+            }
+        }
         "try-read" => match std::fs::read(arg(0)?) {
             Ok(bytes) => println!("read ok: {} bytes", bytes.len()),
             Err(e) => println!("read failed: {e}"),
@@ -243,4 +255,39 @@ fn follow(path: &str, count: u64, timeout_ms: u64) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
+}
+
+/// One file-system operation, for tests of what a mount allows.
+fn try_fs(op: &str, path: &str, other: Option<&str>) -> Result<(), String> {
+    use std::fs::{self, OpenOptions};
+    let other = || other.ok_or_else(|| format!("{op} needs a second path"));
+    let done = |r: std::io::Result<()>| r.map_err(|e| e.to_string());
+    match op {
+        "create" => done(OpenOptions::new().write(true).create_new(true).open(path).map(drop)),
+        "write" => done(OpenOptions::new().write(true).open(path).and_then(|mut f| f.write_all(b"x"))),
+        "append" => done(OpenOptions::new().append(true).open(path).and_then(|mut f| f.write_all(b"x"))),
+        "truncate" => done(OpenOptions::new().write(true).truncate(true).open(path).map(drop)),
+        "set-len" => done(OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(0))),
+        "set-times" => done(fs::File::open(path).and_then(|f| {
+            f.set_times(fs::FileTimes::new().set_modified(std::time::SystemTime::UNIX_EPOCH))
+        })),
+        "rename" => done(fs::rename(path, other()?)),
+        "unlink" => done(fs::remove_file(path)),
+        "mkdir" => done(fs::create_dir(path)),
+        "rmdir" => done(fs::remove_dir(path)),
+        "link" => done(fs::hard_link(path, other()?)),
+        "symlink" => symlink(other()?, path),
+        _ => Err(format!("unknown operation {op}")),
+    }
+}
+
+/// `symlink_path` is unstable in std for WASI; ask the preopened directory directly.
+fn symlink(target: &str, link: &str) -> Result<(), String> {
+    for (dir, root) in wasip2::filesystem::preopens::get_directories() {
+        let root = root.trim_end_matches('/');
+        if let Some(relative) = link.strip_prefix(root).and_then(|r| r.strip_prefix('/')) {
+            return dir.symlink_at(target, relative).map_err(|e| format!("{e:?}"));
+        }
+    }
+    Err(format!("{link} is not under a mount"))
 }
