@@ -70,7 +70,9 @@ impl Default for HttpLimits {
         HttpLimits {
             request_timeout: Duration::from_secs(30),
             max_concurrent_instances: 100,
-            max_queued_requests: 1000,
+            // As many as the front proxy holds connections: at an edge entrance every open
+            // keep-alive client may have one request waiting for an instance.
+            max_queued_requests: 16_384,
             queue_timeout: Duration::from_secs(10),
             max_request_body_bytes: 16 * 1024 * 1024,
         }
