@@ -7,24 +7,12 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
-use http_body_util::{BodyExt, Empty};
-use wasmpod::{EventKind, Pod, PodOptions, PodSpec};
+use wasmpod::{EventKind, Pod};
 
 /// A pod from spec text; `{hello}`, `{netcheck}` stand for the guests' paths.
 fn pod_from(toml: &str) -> Pod {
-    let text = toml
-        .replace("{hello}", &guest("hello_http").display().to_string())
-        .replace("{netcheck}", &guest("netcheck").display().to_string());
-    let spec = PodSpec::from_toml(&text, Path::new("adversarial-runtime.toml")).expect("a valid spec");
-    let options = PodOptions {
-        engine: Some(engine()),
-        listen: Some("127.0.0.1:0".parse().expect("an address")),
-        ..PodOptions::default()
-    };
-    Pod::with_options(spec, options).expect("a valid pod")
+    pod_from_toml(toml)
 }
 
 async fn started(toml: &str) -> (Pod, std::net::SocketAddr) {
@@ -36,28 +24,7 @@ async fn started(toml: &str) -> (Pod, std::net::SocketAddr) {
 
 /// GET through the front proxy; (status, body as text).
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connect to the proxy");
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
-                .await
-                .expect("handshake");
-        tokio::spawn(connection);
-        let request = hyper::Request::builder()
-            .uri(path)
-            .header(hyper::header::HOST, "localhost")
-            .body(Empty::<bytes::Bytes>::new())
-            .expect("a request");
-        let response = sender.send_request(request).await.expect("a response");
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.expect("the whole body").to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
-    };
-    tokio::time::timeout(DEADLINE, exchange)
-        .await
-        .expect("answered in time")
+    http_get(addr, path).await
 }
 
 fn events_of(pod: &Pod, mut wanted: impl FnMut(&EventKind) -> bool) -> Vec<String> {

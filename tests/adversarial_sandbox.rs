@@ -6,24 +6,11 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
-use http_body_util::{BodyExt, Empty};
-use wasmpod::{EventKind, Pod, PodOptions, PodSpec};
+use wasmpod::{EventKind, Pod};
 
 fn pod_from(toml: &str) -> Pod {
-    let text = toml
-        .replace("{toolbox}", &guest("toolbox").display().to_string())
-        .replace("{netcheck}", &guest("netcheck").display().to_string())
-        .replace("{hello}", &guest("hello_http").display().to_string());
-    let spec = PodSpec::from_toml(&text, Path::new("adversarial-sandbox.toml")).expect("a valid spec");
-    let options = PodOptions {
-        engine: Some(engine()),
-        listen: Some("127.0.0.1:0".parse().expect("an address")),
-        ..PodOptions::default()
-    };
-    Pod::with_options(spec, options).expect("a valid pod")
+    pod_from_toml(toml)
 }
 
 /// Runs a one-container pod of `toolbox` steps to its end and returns its output lines.
@@ -244,25 +231,7 @@ async fn wasi_http_to_every_spelling_of_loopback_stays_in_the_pod_or_is_denied()
     pod.start().await.expect("the pod starts");
     let addr = pod.proxy_addr().expect("exposed");
     for destination in loopback_spellings(port) {
-        let path = format!("/fetch?url=http://{destination}/");
-        let exchange = async {
-            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
-                    .await
-                    .expect("handshake");
-            tokio::spawn(connection);
-            let request = hyper::Request::builder()
-                .uri(&path)
-                .header(hyper::header::HOST, "localhost")
-                .body(Empty::<bytes::Bytes>::new())
-                .expect("a request");
-            let response = sender.send_request(request).await.expect("a response");
-            let status = response.status().as_u16();
-            let body = response.into_body().collect().await.expect("a body").to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        };
-        let (status, body) = tokio::time::timeout(DEADLINE, exchange).await.expect("in time");
+        let (status, body) = http_get(addr, &format!("/fetch?url=http://{destination}/")).await;
         assert_eq!(status, 502, "{destination}: {body}");
         assert!(
             body.contains("ConnectionRefused") || body.contains("HttpRequestDenied"),

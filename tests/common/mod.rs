@@ -152,3 +152,45 @@ pub async fn wait_for_line(pod: &Pod, container: &str, prefix: &str) -> String {
     .await;
     found.unwrap_or_default()
 }
+
+/// A pod from spec text as a user writes it, on the shared engine, its front proxy (if any) on
+/// 127.0.0.1:0; `{toolbox}`, `{netcheck}`, `{hello}` stand for the guests' paths.
+pub fn pod_from_toml(toml: &str) -> Pod {
+    let text = toml
+        .replace("{toolbox}", &guest("toolbox").display().to_string())
+        .replace("{netcheck}", &guest("netcheck").display().to_string())
+        .replace("{hello}", &guest("hello_http").display().to_string());
+    let spec = PodSpec::from_toml(&text, Path::new("test-pod.toml")).expect("a valid spec");
+    let options = PodOptions {
+        engine: Some(engine()),
+        listen: Some("127.0.0.1:0".parse().expect("an address")),
+        ..PodOptions::default()
+    };
+    Pod::with_options(spec, options).expect("a valid pod")
+}
+
+/// GET `path` from `addr` with `Host: localhost` and read the whole answer: (status, body as
+/// text). Fails the test after [`DEADLINE`].
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use http_body_util::{BodyExt, Empty};
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(connection);
+        let request = hyper::Request::builder()
+            .uri(path)
+            .header(hyper::header::HOST, "localhost")
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("a request");
+        let response = sender.send_request(request).await.expect("a response");
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.expect("the whole body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .expect("answered in time")
+}
