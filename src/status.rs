@@ -202,6 +202,11 @@ pub enum EventKind {
     OutgoingDenied {
         url: String,
     },
+    /// Which compiled code serves the container's new instances (tiered compilation: baseline
+    /// code first, optimized code once compiled in the background), or why it stays on one tier.
+    Tier {
+        notice: crate::engine::TierNotice,
+    },
 }
 
 impl fmt::Display for Event {
@@ -250,6 +255,7 @@ impl fmt::Display for Event {
             EventKind::OutgoingDenied { url } => {
                 write!(f, "outgoing request to {url} denied (not an allowed outbound host)")
             }
+            EventKind::Tier { notice } => write!(f, "{notice}"),
         }
     }
 }
