@@ -826,9 +826,12 @@ pub struct TieredCode<P> {
     tiers: Option<TieredComponent>,
     /// Set once the swap was tried (done or failed), so it is tried once.
     settled: AtomicBool,
-    link: Box<dyn Fn(&Component) -> Result<P, String> + Send + Sync>,
+    link: Box<Link<P>>,
     notify: Box<dyn Fn(TierNotice) + Send + Sync>,
 }
+
+/// Links a component for a container (see [`TieredCode::new`]).
+type Link<P> = dyn Fn(&Component) -> Result<P, String> + Send + Sync;
 
 /// Linked code and the engine its Stores must be made by.
 pub struct TierCode<P> {
