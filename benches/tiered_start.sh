@@ -191,7 +191,10 @@ TOML
     wrk -t"$threads" -c"$connections" -d"$duration" "http://127.0.0.1:$port/" > "$dir/wrk.txt" 2>&1 || true
     local rps
     rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")
-    kill -INT "$pid" 2>/dev/null || true
+    # SIGTERM, not SIGINT: `wasmpod run` can miss a Ctrl-C that lands between two output lines.
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     rm -rf "$cache"
     echo "$first $baseline ${switched:--} ${rps:-?}"
