@@ -147,9 +147,46 @@ fi
 [[ ${#NAMES[@]} -gt 0 ]] || die "no component to measure"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now_ms() { python3 -c 'import time; print(int(time.monotonic()*1000))'; }
 
-# run_one NAME FILE MODE -> prints "first_ms baseline_requests switch_ms req_s"
+# One client, back-to-back GET / requests (one process, keep-alive off), from the moment
+# `wasmpod run` is started: prints "first_ms winch_answers switch_ms" once the first answer came
+# (cranelift) or once the switch to optimized code is announced in the log (tiered); the
+# requests counted as Winch answers are those answered before that line appeared.
+CLIENT=$(cat <<'PY'
+import http.client, subprocess, sys, time, os
+port, log, mode, cmd = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+start = time.monotonic()
+proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+print(proc.pid, file=open(log + ".pid", "w"), flush=True)
+first = None; served = 0
+def switched():
+    with open(log) as f:
+        return "now serving optimized" in f.read()
+while time.monotonic() - start < 300:
+    if proc.poll() is not None:
+        sys.exit("wasmpod exited:\n" + open(log).read())
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        c.request("GET", "/"); r = c.getresponse(); r.read(); c.close()
+        ok = r.status == 200
+    except OSError:
+        ok = False
+    if not ok:
+        time.sleep(0.01); continue
+    now = time.monotonic()
+    if first is None:
+        first = now
+    if mode != "tiered":
+        print(round((first - start) * 1000), 0, "-"); break
+    if switched():
+        print(round((first - start) * 1000), served, round((now - start) * 1000)); break
+    served += 1
+else:
+    sys.exit("no answer / no switch within 300 s")
+PY
+)
+
+# run_one NAME FILE MODE -> prints "first_ms winch_answers switch_ms req_s"
 run_one() {
     local name=$1 file=$2 mode=$3
     local dir=$WORK/run-$name-$mode port cache log pid
@@ -166,28 +203,10 @@ component = "$file"
 ports = [8080]
 TOML
     log=$dir/out.log
-    local start first="" switched="" served=0 now
-    start=$(now_ms)
-    WASMPOD_CACHE_DIR=$cache WASMPOD_COMPILER=$mode "$WASMPOD" run --no-color --listen "127.0.0.1:$port" "$dir/pod.toml" >"$log" 2>&1 &
-    pid=$!
-    # Back-to-back requests from one client until the first answer, then (tiered) until the
-    # switch to optimized code is announced; cranelift-only has nothing to switch.
-    while :; do
-        if curl -fsS -o /dev/null --max-time 30 "http://127.0.0.1:$port/" 2>/dev/null; then
-            now=$(now_ms)
-            [[ -z $first ]] && first=$((now - start))
-            served=$((served + 1))
-            if [[ $mode != tiered ]]; then break; fi
-            if grep -q "now serving optimized" "$log"; then switched=$((now - start)); break; fi
-        else
-            kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "$name/$mode: wasmpod exited"; }
-            sleep 0.01
-        fi
-        (( $(now_ms) - start < 300000 )) || die "$name/$mode: no answer within 300 s"
-    done
-    # In tiered mode the last request above was already served by optimized code.
-    local baseline=0
-    if [[ $mode == tiered ]]; then baseline=$((served - 1)); fi
+    local timing
+    timing=$(WASMPOD_CACHE_DIR=$cache WASMPOD_COMPILER=$mode python3 -c "$CLIENT" "$port" "$log" "$mode" \
+        "$WASMPOD" run --no-color --listen "127.0.0.1:$port" "$dir/pod.toml") || die "$name/$mode: $timing"
+    pid=$(cat "$log.pid")
     wrk -t"$threads" -c"$connections" -d"$duration" "http://127.0.0.1:$port/" > "$dir/wrk.txt" 2>&1 || true
     local rps
     rps=$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")
@@ -195,9 +214,8 @@ TOML
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
     rm -rf "$cache"
-    echo "$first $baseline ${switched:--} ${rps:-?}"
+    echo "$timing ${rps:-?}"
 }
 
 printf '\n%-8s %-10s %6s %14s %12s %14s %10s\n' component compiler round first_answer_ms winch_answers switch_at_ms "req/s" 
