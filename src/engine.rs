@@ -34,6 +34,9 @@
 //! - Background compiles run one at a time on one worker thread per engine, fed by a bounded
 //!   queue, inside a thread pool of their own whose threads run at a lower CPU priority
 //!   (`nice` 10 on Linux) than the threads that serve. [`Engine::pause_tier_up`] holds them.
+//!   A process that exits with background compiles unfinished waits for them (up to a minute,
+//!   only when there is a disk cache to fill): otherwise a pod shorter-lived than its optimized
+//!   compile would be compiled again at every start and never cached.
 //! - Where Winch cannot compile a component (an unsupported proposal, an unsupported
 //!   platform), it is compiled with Cranelift right away and a [`TierNotice::BaselineUnsupported`]
 //!   is handed once to the container that first links it: an event, never an error.
@@ -65,6 +68,10 @@ const TIER_UP_QUEUE: usize = 64;
 
 /// The CPU priority (`nice`) of the threads that compile optimized code in the background.
 const TIER_UP_NICE: i32 = 10;
+
+/// How long a process that exits waits for background compiles still running, so a short-lived
+/// `wasmpod run` still leaves optimized code in the cache for the next start.
+const EXIT_WAIT: Duration = Duration::from_secs(60);
 
 /// Why a component could not be compiled or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -350,6 +357,7 @@ impl EngineBuilder {
                 by_code: Mutex::new(HashMap::new()),
                 notices: Mutex::new(HashMap::new()),
                 tier_up: OnceLock::new(),
+                backlog: Arc::new(Backlog::default()),
                 gate: Arc::new(TierUpGate {
                     paused: Mutex::new(self.tier_up_paused),
                     changed: Condvar::new(),
@@ -386,7 +394,70 @@ struct EngineInner {
     notices: Mutex<HashMap<usize, TierNotice>>,
     /// The background compile worker, started on first need.
     tier_up: OnceLock<Option<SyncSender<TierUpJob>>>,
+    /// Background compiles queued or running.
+    backlog: Arc<Backlog>,
     gate: Arc<TierUpGate>,
+}
+
+/// Counts background compiles not yet finished, for the exit hook ([`finish_tier_up_at_exit`]).
+#[derive(Default)]
+struct Backlog {
+    pending: Mutex<usize>,
+    done: Condvar,
+}
+
+impl Backlog {
+    fn add(&self) {
+        *lock(&self.pending) += 1;
+    }
+
+    fn finish(&self) {
+        let mut pending = lock(&self.pending);
+        *pending = pending.saturating_sub(1);
+        self.done.notify_all();
+    }
+}
+
+/// Engines whose background compiles fill a disk cache, for the exit hook.
+type ExitBacklogs = Vec<(Weak<Backlog>, Weak<TierUpGate>)>;
+static EXIT_BACKLOGS: Mutex<ExitBacklogs> = Mutex::new(Vec::new());
+
+/// Runs when the process exits (`atexit`): waits, up to [`EXIT_WAIT`], for background compiles
+/// that will write the cache — otherwise a pod that runs for less time than its optimized
+/// compile takes would compile again at every start and never be cached. Skipped while tier-up
+/// is paused (nothing would finish).
+extern "C" fn finish_tier_up_at_exit() {
+    let engines: Vec<(Arc<Backlog>, Arc<TierUpGate>)> = lock(&EXIT_BACKLOGS)
+        .iter()
+        .filter_map(|(backlog, gate)| Some((backlog.upgrade()?, gate.upgrade()?)))
+        .collect();
+    let deadline = Instant::now() + EXIT_WAIT;
+    for (backlog, gate) in engines {
+        if *lock(&gate.paused) {
+            continue;
+        }
+        let mut pending = lock(&backlog.pending);
+        if *pending > 0 {
+            // Not `eprintln!`: it panics when stderr is gone, and this function must not unwind.
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr(),
+                format_args!(
+                    "wasmpod: finishing the optimized compile of {} component(s) for the cache\n",
+                    *pending
+                ),
+            );
+        }
+        while *pending > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            pending = match backlog.done.wait_timeout(pending, left) {
+                Ok((pending, _)) => pending,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
 }
 
 /// Holds background compiles while paused.
@@ -630,10 +701,12 @@ impl Engine {
             digest,
             tiered: tiered.clone(),
         };
+        self.inner.backlog.add();
         match self.tier_up_queue() {
             Some(queue) => match queue.try_send(job) {
                 Ok(()) => {}
                 Err(TrySendError::Full(job)) => {
+                    self.inner.backlog.finish();
                     let _ = job
                         .tiered
                         .state
@@ -641,10 +714,12 @@ impl Engine {
                         .set("too many components waiting to be optimized".into());
                 }
                 Err(TrySendError::Disconnected(job)) => {
+                    self.inner.backlog.finish();
                     let _ = job.tiered.state.failed.set("the background compiler stopped".into());
                 }
             },
             None => {
+                self.inner.backlog.finish();
                 let _ = tiered
                     .state
                     .failed
@@ -677,6 +752,15 @@ impl Engine {
                 let (sender, receiver) = std::sync::mpsc::sync_channel(TIER_UP_QUEUE);
                 let engine = Arc::downgrade(&self.inner);
                 let gate = self.inner.gate.clone();
+                if self.inner.cache_dir.is_some() {
+                    static HOOK: std::sync::Once = std::sync::Once::new();
+                    // SAFETY: `atexit` only records a function pointer; the function is a
+                    // plain `extern "C" fn` that never unwinds (it only locks and waits).
+                    HOOK.call_once(|| unsafe {
+                        libc::atexit(finish_tier_up_at_exit);
+                    });
+                    lock(&EXIT_BACKLOGS).push((Arc::downgrade(&self.inner.backlog), Arc::downgrade(&gate)));
+                }
                 std::thread::Builder::new()
                     .name("wasmpod-tier-up".into())
                     .spawn(move || tier_up_worker(engine, gate, receiver))
@@ -770,6 +854,10 @@ fn first_line(text: &str) -> String {
 /// Compiles optimized code for queued components, one at a time, at a lower CPU priority than
 /// the threads that serve; ends when the engine is dropped.
 fn tier_up_worker(engine: Weak<EngineInner>, gate: Arc<TierUpGate>, jobs: Receiver<TierUpJob>) {
+    let backlog = match engine.upgrade() {
+        Some(inner) => inner.backlog.clone(),
+        None => return,
+    };
     lower_thread_priority();
     // Cranelift compiles a component's functions in parallel on the current rayon pool: a
     // pool of our own, with lowered priority, keeps that parallelism off the serving threads'
@@ -804,6 +892,7 @@ fn tier_up_worker(engine: Weak<EngineInner>, gate: Arc<TierUpGate>, jobs: Receiv
             }
         }
         drop(inner);
+        backlog.finish();
     }
 }
 
