@@ -372,6 +372,7 @@ pub fn event_kind_name(kind: &EventKind) -> &'static str {
         EventKind::RequestTrapped { .. } => "request_trapped",
         EventKind::RequestTimedOut { .. } => "request_timed_out",
         EventKind::RequestFailed { .. } => "request_failed",
+        EventKind::Tier { .. } => "tier",
     }
 }
 
@@ -974,6 +975,9 @@ mod tests {
             EventKind::RequestTrapped { message: text() },
             EventKind::RequestTimedOut { after: ms },
             EventKind::RequestFailed { message: text() },
+            EventKind::Tier {
+                notice: crate::engine::TierNotice::ServingBaseline,
+            },
         ];
         for kind in &kinds {
             assert_eq!(event_kind_name(kind), old_debug_name(kind), "{kind:?}");

@@ -244,6 +244,11 @@ pub enum EventKind {
     RequestFailed {
         message: String,
     },
+    /// Which compiled code serves the container's new instances (tiered compilation: baseline
+    /// code first, optimized code once compiled in the background), or why it stays on one tier.
+    Tier {
+        notice: crate::engine::TierNotice,
+    },
 }
 
 impl fmt::Display for Event {
@@ -293,6 +298,7 @@ impl fmt::Display for Event {
                 )
             }
             EventKind::RequestFailed { message } => write!(f, "request failed: {message}"),
+            EventKind::Tier { notice } => write!(f, "{notice}"),
         }
     }
 }

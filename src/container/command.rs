@@ -13,12 +13,14 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 
 use super::store::{ContainerData, ContainerRuntime};
 use super::{ContainerError, Exit, classify, out_of_memory};
+use crate::engine::{Tier, TieredCode};
 use crate::net::ContainerNet;
 
 /// A command container ready to run any number of times.
 pub struct CommandContainer {
     runtime: ContainerRuntime,
-    command: CommandPre<ContainerData>,
+    /// Baseline code until the optimized code is ready (a run keeps the code it started with).
+    command: TieredCode<CommandPre<ContainerData>>,
 }
 
 impl CommandContainer {
@@ -28,13 +30,17 @@ impl CommandContainer {
         linker: &Linker<ContainerData>,
         component: &Component,
     ) -> Result<CommandContainer, ContainerError> {
-        let link_error = |e: wasmtime::Error| ContainerError::Link {
+        let link_error = |message: String| ContainerError::Link {
             container: runtime.name().to_string(),
-            message: format!("{e:#}"),
+            message,
         };
-        let pre = linker.instantiate_pre(component).map_err(link_error)?;
-        let command = CommandPre::new(pre).map_err(link_error)?;
+        let command = super::tiered_code(&runtime, linker, component, CommandPre::new).map_err(link_error)?;
         Ok(CommandContainer { runtime, command })
+    }
+
+    /// The tier of the code the next run starts with.
+    pub fn tier(&self) -> Tier {
+        self.command.current().tier
     }
 
     pub fn runtime(&self) -> &ContainerRuntime {
@@ -55,7 +61,8 @@ impl CommandContainer {
     /// SIGTERM; WASI 0.2 has no signals), and it has the pod's grace period to exit on its own.
     pub async fn run(&self, terminating: &CancellationToken) -> Exit {
         let (stdin_writer, stdin_reader) = tokio::io::duplex(64);
-        let mut store = match self.runtime.store(Some(stdin_reader)) {
+        let code = self.command.instance();
+        let mut store = match self.runtime.store_on(&code.engine, Some(stdin_reader)) {
             Ok(store) => store,
             Err(message) => return Exit::Failed(message),
         };
@@ -63,7 +70,7 @@ impl CommandContainer {
             net: store.data().net().clone(),
             clean: false,
         };
-        let exit = match self.command.instantiate_async(&mut store).await {
+        let exit = match code.pre.instantiate_async(&mut store).await {
             Ok(command) => {
                 let call = command.wasi_cli_run().call_run(&mut store);
                 tokio::pin!(call);
@@ -92,7 +99,10 @@ impl CommandContainer {
         let this = self.clone();
         Arc::new(move || {
             let this = this.clone();
-            Box::pin(async move { super::health::check(&this.runtime, this.command.instance_pre()).await })
+            Box::pin(async move {
+                let code = this.command.instance();
+                super::health::check(&this.runtime, code.pre.instance_pre()).await
+            })
         })
     }
 }

@@ -13,7 +13,7 @@ pub const HEALTH_INTERFACE: &str = "wasmpod:health/check@0.1.0";
 /// Calls the health export once; a component without it fails the check with a message
 /// saying so.
 pub async fn check(runtime: &ContainerRuntime, pre: &InstancePre<ContainerData>) -> Result<(), String> {
-    let mut store = runtime.store(None)?;
+    let mut store = runtime.store_on(pre.engine(), None)?;
     let instance = pre
         .instantiate_async(&mut store)
         .await

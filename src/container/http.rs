@@ -40,7 +40,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
 use super::store::{ContainerData, ContainerRuntime, PodServices};
 use super::{Exit, classify, out_of_memory};
-use crate::engine::Engine;
+use crate::engine::{Engine, Tier, TieredCode};
 use crate::logs::Logs;
 use crate::route::{BodyError, OutgoingRoute};
 use crate::spec::ContainerSpec;
@@ -97,7 +97,8 @@ pub struct HttpContainer {
     name: Arc<str>,
     runtime: ContainerRuntime,
     limits: HttpLimits,
-    pre: ProxyPre<ContainerData>,
+    /// Baseline code until the optimized code is ready, then optimized code.
+    code: TieredCode<ProxyPre<ContainerData>>,
     /// One permit per live instance.
     permits: Arc<Semaphore>,
     /// Requests currently waiting for a permit.
@@ -129,19 +130,18 @@ impl HttpContainer {
         linker: &wasmtime::component::Linker<ContainerData>,
         component: &Component,
     ) -> Result<HttpContainer, HttpError> {
-        let link_error = |e: wasmtime::Error| HttpError::Link {
-            container: runtime.name().to_string(),
-            message: format!("{e:#}"),
-        };
-        let pre = linker.instantiate_pre(component).map_err(link_error)?;
-        let pre = ProxyPre::new(pre).map_err(link_error)?;
+        let code =
+            super::tiered_code(&runtime, linker, component, ProxyPre::new).map_err(|message| HttpError::Link {
+                container: runtime.name().to_string(),
+                message,
+            })?;
         let limits = HttpLimits::default();
         Ok(HttpContainer {
             name: runtime.name().into(),
             permits: Arc::new(Semaphore::new(limits.max_concurrent_instances.max(1))),
             limits,
             runtime,
-            pre,
+            code,
             queued: AtomicUsize::new(0),
         })
     }
@@ -175,8 +175,16 @@ impl HttpContainer {
         let this = self.clone();
         Arc::new(move || {
             let this = this.clone();
-            Box::pin(async move { super::health::check(&this.runtime, this.pre.instance_pre()).await })
+            Box::pin(async move {
+                let code = this.code.instance();
+                super::health::check(&this.runtime, code.pre.instance_pre()).await
+            })
         })
+    }
+
+    /// The tier of the code the next request is served with.
+    pub fn tier(&self) -> Tier {
+        self.code.current().tier
     }
 
     /// The container's name.
@@ -234,7 +242,8 @@ impl HttpContainer {
         };
         let request = hyper::Request::from_parts(parts, body);
 
-        let mut store = match self.runtime.store(None) {
+        let code = self.code.instance();
+        let mut store = match self.runtime.store_on(&code.engine, None) {
             Ok(store) => store,
             Err(message) => {
                 self.runtime()
@@ -261,7 +270,7 @@ impl HttpContainer {
 
         let (outcome_tx, outcome_rx) = oneshot::channel();
         let guest = GuestRun {
-            pre: self.pre.clone(),
+            pre: code.pre.clone(),
             store,
             incoming,
             outparam,

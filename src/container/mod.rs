@@ -14,14 +14,16 @@ pub mod health;
 pub mod http;
 pub mod store;
 
-use wasmtime::component::Component;
+use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime_wasi::I32Exit;
 
 pub use command::CommandContainer;
 pub use http::{HttpContainer, HttpLimits};
-pub use store::{ContainerData, ContainerRuntime, PodServices, linker};
+pub use store::{ContainerData, ContainerRuntime, PodServices, linker, linker_on};
 
+use crate::engine::{TierNotice, TieredCode};
 use crate::resources::MemoryBudget;
+use crate::status::EventKind;
 
 /// What a component is, told from its exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +73,31 @@ pub enum ContainerError {
     Unsupported { container: String, message: String },
     #[error("container {container:?}: cannot link the component: {message}")]
     Link { container: String, message: String },
+}
+
+/// Links a component (baseline or optimized, see [`crate::engine`]) for one container with
+/// `typed` (e.g. `CommandPre::new`), on the component's own engine: `linker` when the component
+/// is the main engine's, a linker of the baseline engine otherwise. Tier changes become the
+/// container's events.
+pub(crate) fn tiered_code<P: 'static>(
+    runtime: &ContainerRuntime,
+    linker: &Linker<ContainerData>,
+    component: &Component,
+    typed: fn(InstancePre<ContainerData>) -> Result<P, wasmtime::Error>,
+) -> Result<TieredCode<P>, String> {
+    let linker = linker.clone();
+    let link = move |component: &Component| {
+        let pre = if wasmtime::Engine::same(linker.engine(), component.engine()) {
+            linker.instantiate_pre(component)
+        } else {
+            linker_on(component.engine()).and_then(|own| own.instantiate_pre(component))
+        };
+        pre.and_then(typed).map_err(|e| format!("{e:#}"))
+    };
+    let events = runtime.events().clone();
+    let name = runtime.name().to_string();
+    let notify = move |notice: TierNotice| events.emit(Some(&name), EventKind::Tier { notice });
+    TieredCode::new(runtime.engine(), component, link, notify)
 }
 
 /// A trap after the memory budget refused growth is an out-of-memory kill (Kubernetes'

@@ -82,7 +82,13 @@ impl WasiHttpView for ContainerData {
 /// The imports every container gets, whatever its kind: WASI 0.2 with wasi:sockets served by
 /// the pod's virtual network instead of the host's, plus wasi:http routed by the pod.
 pub fn linker(engine: &Engine) -> Result<Linker<ContainerData>, wasmtime::Error> {
-    let mut linker = Linker::new(engine.wasmtime());
+    linker_on(engine.wasmtime())
+}
+
+/// [`linker`] on one wasmtime engine: a component is linked on the engine that compiled it
+/// (tiered compilation's baseline code has an engine of its own, see [`crate::engine`]).
+pub fn linker_on(engine: &wasmtime::Engine) -> Result<Linker<ContainerData>, wasmtime::Error> {
+    let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     crate::net::p2::add_to_linker(&mut linker).map_err(|e| wasmtime::Error::msg(format!("{e:#}")))?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
@@ -178,6 +184,16 @@ impl ContainerRuntime {
     /// Store is dropped (connections closed); a caller that wants them reset calls
     /// [`ContainerNet::abort`] on [`ContainerData::net`] first.
     pub fn store(&self, stdin: Option<tokio::io::DuplexStream>) -> Result<Store<ContainerData>, String> {
+        self.store_on(self.pod.engine.wasmtime(), stdin)
+    }
+
+    /// [`ContainerRuntime::store`] on the wasmtime engine that compiled the code to run in it
+    /// (see [`crate::engine::TierCode::engine`]).
+    pub fn store_on(
+        &self,
+        engine: &wasmtime::Engine,
+        stdin: Option<tokio::io::DuplexStream>,
+    ) -> Result<Store<ContainerData>, String> {
         let wasi = self.wasi_context(stdin)?;
         let net = Arc::new(self.attach());
         let data = ContainerData {
@@ -188,7 +204,7 @@ impl ContainerRuntime {
             memory: MemoryBudget::in_account(self.memory.clone()),
             http: WasiHttpCtx::new(),
         };
-        let mut store = Store::new(self.pod.engine.wasmtime(), data);
+        let mut store = Store::new(engine, data);
         store.limiter(|data| &mut data.memory);
         self.cpu.install(&mut store);
         Ok(store)
