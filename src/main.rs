@@ -505,22 +505,30 @@ fn print_replies(
 
 /// Ctrl-C or SIGTERM, whichever comes first.
 struct StopSignal {
+    /// Both kept for the whole run: a fresh `ctrl_c()` per wait would miss a Ctrl-C that
+    /// arrives between two waits (while a line is being printed).
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
 }
 
 impl StopSignal {
     fn install() -> std::io::Result<StopSignal> {
+        #[cfg(unix)]
+        use tokio::signal::unix::{SignalKind, signal};
         Ok(StopSignal {
             #[cfg(unix)]
-            terminate: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            #[cfg(unix)]
+            terminate: signal(SignalKind::terminate())?,
         })
     }
 
     async fn received(&mut self) {
         #[cfg(unix)]
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}
         }
         #[cfg(not(unix))]
