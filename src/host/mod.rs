@@ -9,6 +9,7 @@
 pub mod api;
 pub mod client;
 pub mod routing;
+pub mod serve;
 pub mod store;
 
 use std::collections::BTreeMap;

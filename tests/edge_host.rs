@@ -1,0 +1,339 @@
+//! The edge host end to end: the API with a real HTTP client, routing by `Host` through the
+//! shared entrance to the real hello-http guest, updates, refusals that leave the running pod
+//! alone, restarts of the host on the same state directory (in-process, and the CLI binary
+//! killed with SIGKILL), and delete.
+#![cfg(unix)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use wasmpod::host::client::{Client, HostAddr};
+use wasmpod::host::serve::{ApiListen, Serving, serve};
+use wasmpod::host::{Host, HostConfig, HostLimits};
+use wasmtime_wasi_http::io::TokioIo;
+
+use common::{DEADLINE, engine, guest};
+
+const TOKEN: &str = "test-token-123";
+
+/// A spec for the hello-http guest exposed on 8080, with `extra` appended to its container.
+fn hello_spec(dir: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"name = "hello"
+
+[expose]
+port = 8080
+hostnames = ["hello.example.com"]
+
+[[containers]]
+name = "web"
+component = "{}"
+ports = [8080]
+{extra}
+"#,
+        guest("hello_http").display()
+    );
+    let path = dir.join("wasmpod.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn start_host(state: &Path) -> Serving {
+    let config = HostConfig {
+        state_dir: state.to_path_buf(),
+        limits: HostLimits::default(),
+        engine: Some(engine()),
+    };
+    let host = Host::open(config).await.expect("host opens");
+    assert!(host.load_problems().is_empty(), "{:?}", host.load_problems());
+    let api = ApiListen::Tcp {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: TOKEN.into(),
+    };
+    serve(host, api, Some("127.0.0.1:0".parse().unwrap()))
+        .await
+        .expect("listeners open")
+}
+
+fn api_client(serving: &Serving) -> Client {
+    let addr = serving.api_addr.expect("api on tcp");
+    Client::new(HostAddr::Tcp(addr.to_string()), Some(TOKEN.into()))
+}
+
+/// One HTTP/1.1 request to `addr` with the given `Host` header.
+async fn send(addr: SocketAddr, method: Method, host: &str, path: &str, body: &str) -> (StatusCode, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, host)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, String) {
+    send(addr, Method::GET, host, path, "").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_route_update_refuse_restart_delete() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let serving = start_host(state.path()).await;
+    let http = serving.http_addr.unwrap();
+    let api = serving.api_addr.unwrap();
+    let client = api_client(&serving);
+
+    // Without the token the API refuses.
+    let anonymous = Client::new(HostAddr::Tcp(api.to_string()), None);
+    let (status, _) = anonymous.request(Method::GET, "/v1/pods", Bytes::new()).await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Create, then route by NAME.localhost (any port) and by a declared hostname.
+    let spec = hello_spec(work.path(), "");
+    assert_eq!(client.apply(&spec).await.unwrap(), "created");
+    let (status, body) = get(http, "hello.localhost:9999", "/").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from wasmpod\n"));
+    let (status, _) = get(http, "HELLO.example.com", "/").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The same spec again changes nothing; a changed one replaces the pod.
+    assert_eq!(client.apply(&spec).await.unwrap(), "unchanged");
+    let spec = hello_spec(work.path(), "env = { GREETING = \"v2\" }");
+    assert_eq!(client.apply(&spec).await.unwrap(), "updated");
+    let (status, body) = get(http, "hello.localhost", "/env").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("GREETING=v2"), "{body}");
+
+    // An unknown host is a short 404.
+    let (status, body) = get(http, "nobody.localhost", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("nobody.localhost"), "{body}");
+
+    // A spec that does not validate is refused with its located error; the pod keeps serving.
+    let bad = "name = \"hello\"\n\n[[containers]]\nname = \"web\"\ncomponent = \"sha256:00\"\nports = [70000]\n";
+    let (status, body) = client
+        .request(Method::PUT, "/v1/pods/hello", Bytes::from(bad))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let problems = answer["problems"].as_array().expect("problems listed");
+    assert!(problems.iter().any(|p| p["line"] == 6), "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("70000"), "{answer}");
+
+    // A blob whose bytes do not match its digest is refused; so is one that is no component.
+    let zeros = format!("/v1/blobs/sha256:{}", "0".repeat(64));
+    let (status, body) = client
+        .request(Method::PUT, &zeros, Bytes::from_static(b"\0asm\x0d\x00\x01\x00"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body:?}");
+
+    // A component that passes the header check but does not compile is refused at apply time;
+    // the pod keeps serving.
+    let broken = b"\0asm\x0d\x00\x01\x00garbage".to_vec();
+    let hex = wasmpod::host::store::sha256_hex(&broken);
+    let (status, body) = client
+        .request(Method::PUT, &format!("/v1/blobs/sha256:{hex}"), Bytes::from(broken))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body:?}");
+    let uncompilable =
+        format!("name = \"hello\"\n\n[[containers]]\nname = \"web\"\ncomponent = \"sha256:{hex}\"\nports = [8080]\n");
+    let (status, body) = client
+        .request(Method::PUT, "/v1/pods/hello", Bytes::from(uncompilable))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body:?}");
+    let (status, body) = get(http, "hello.localhost", "/env").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("GREETING=v2"), "{body}");
+
+    // Status, logs and events through the API.
+    let pods = client.call(Method::GET, "/v1/pods", Bytes::new()).await.unwrap();
+    assert_eq!(pods[0]["name"], "hello", "{pods}");
+    let logs = client
+        .call(Method::GET, "/v1/pods/hello/logs/web?tail=1", Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(logs.as_array().unwrap().len(), 1, "{logs}");
+    assert_eq!(logs[0]["text"], "env requested", "{logs}");
+    let events = client
+        .call(Method::GET, "/v1/pods/hello/events", Bytes::new())
+        .await
+        .unwrap();
+    assert!(!events.as_array().unwrap().is_empty());
+    let health = client.call(Method::GET, "/v1/health", Bytes::new()).await.unwrap();
+    assert_eq!(health["pods"], 1);
+
+    // A new host on the same state directory brings the pod back, updated spec and all.
+    serving.shutdown().await;
+    let serving = start_host(state.path()).await;
+    let http = serving.http_addr.unwrap();
+    let client = api_client(&serving);
+    let (status, body) = get(http, "hello.localhost", "/env").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("GREETING=v2"), "{body}");
+
+    // Delete: the route is gone, and stays gone after another restart.
+    client.delete("hello").await.unwrap();
+    let (status, _) = get(http, "hello.localhost", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let missing = client.delete("hello").await.unwrap_err().to_string();
+    assert!(missing.contains("no pod"), "{missing}");
+    serving.shutdown().await;
+    let serving = start_host(state.path()).await;
+    assert!(serving.host().pods().is_empty());
+    serving.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_names_and_caps_are_refused_with_their_limit() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let config = HostConfig {
+        state_dir: state.path().to_path_buf(),
+        limits: HostLimits {
+            max_pods: 1,
+            max_blob_bytes: 1024,
+            ..HostLimits::default()
+        },
+        engine: Some(engine()),
+    };
+    let host = Host::open(config).await.unwrap();
+    let api = ApiListen::Tcp {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: TOKEN.into(),
+    };
+    let serving = serve(host, api, None).await.unwrap();
+    let client = api_client(&serving);
+
+    // The hello guest is larger than the 1 KiB cap.
+    let spec = hello_spec(work.path(), "");
+    let refused = client.apply(&spec).await.unwrap_err().to_string();
+    assert!(refused.contains("max_blob_bytes"), "{refused}");
+
+    let (status, body) = client
+        .request(Method::PUT, "/v1/pods/Not_A_Label", Bytes::from_static(b"name = \"x\""))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("DNS label"), "{body:?}");
+    serving.shutdown().await;
+}
+
+/// A `wasmpod host` child; killed when dropped.
+struct HostProcess {
+    child: Child,
+    http: SocketAddr,
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_host(state: &Path, socket: &Path) -> HostProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmpod"))
+        .args(["host", "--http", "127.0.0.1:0", "--state-dir"])
+        .arg(state)
+        .arg("--socket")
+        .arg(socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("wasmpod host starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut http = None;
+    let deadline = Instant::now() + DEADLINE;
+    // `lines` blocks on the child's output; the child prints `ready` once it serves, or exits.
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(addr) = line.strip_prefix("wasmpod host: http on ") {
+            http = Some(addr.parse().unwrap());
+        }
+        if line.starts_with("wasmpod host: ready") {
+            break;
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    HostProcess {
+        child,
+        http: http.expect("the host printed its http address"),
+    }
+}
+
+fn cli(args: &[&str], socket: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_wasmpod"))
+        .args(args)
+        .arg("--host")
+        .arg(socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_host_survives_sigkill_and_drains_on_sigterm() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let run = work.path().join("run");
+    let socket = run.join("host.sock");
+    let host = spawn_host(state.path(), &socket);
+    let spec = hello_spec(work.path(), "");
+    let spec_arg = spec.to_str().unwrap();
+
+    let (ok, out) = cli(&["apply", "-f", spec_arg], &socket);
+    assert!(ok && out.trim() == "created", "{out}");
+    let (ok, out) = cli(&["apply", "-f", spec_arg], &socket);
+    assert!(ok && out.trim() == "unchanged", "{out}");
+    let (status, body) = get(host.http, "hello.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from wasmpod\n"));
+
+    // SIGKILL (Child::kill), then a new host on the same state directory serves the pod again.
+    drop(host);
+    let mut host = spawn_host(state.path(), &socket);
+    let (status, body) = get(host.http, "hello.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from wasmpod\n"));
+
+    let (ok, out) = cli(&["delete", "hello"], &socket);
+    assert!(ok && out.trim() == "deleted", "{out}");
+    let (status, _) = get(host.http, "hello.localhost", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // SIGTERM drains and exits 0.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(host.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + DEADLINE;
+    let exit = loop {
+        if let Some(exit) = host.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "the host did not exit after SIGTERM");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    assert!(!socket.exists(), "the socket is removed on drain");
+}
