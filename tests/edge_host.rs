@@ -337,3 +337,85 @@ async fn the_cli_host_survives_sigkill_and_drains_on_sigterm() {
     assert!(exit.success(), "{exit:?}");
     assert!(!socket.exists(), "the socket is removed on drain");
 }
+
+/// Asks until `ask` gives 200 or the deadline passes (a command container binds its port a
+/// moment after it starts).
+async fn until_ok(addr: SocketAddr, host: &str, path: &str) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = get(addr, host, path).await;
+        if status == StatusCode::OK {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host}{path} never answered 200: {status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_containers_port_is_routed_over_the_pod_network_and_torn_specs_are_reported() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let serving = start_host(state.path()).await;
+    let client = api_client(&serving);
+    let spec = work.path().join("web.toml");
+    let text = format!(
+        "name = \"web\"\ntermination_grace_period = \"100ms\"\n[expose]\nport = 8081\n\n[[containers]]\nname = \"server\"\ncomponent = \"{}\"\nargs = [\"8081\"]\nports = [8081]\n",
+        guest("webserver").display()
+    );
+    std::fs::write(&spec, text).unwrap();
+    assert_eq!(client.apply(&spec).await.unwrap(), "created");
+    let body = until_ok(serving.http_addr.unwrap(), "web.localhost", "/hello").await;
+    assert_eq!(body.trim(), "hello from server");
+    let hello = hello_spec(work.path(), "");
+    assert_eq!(client.apply(&hello).await.unwrap(), "created");
+    serving.shutdown().await;
+
+    // Tear the stored spec of `web`: the next host reports it and runs the rest.
+    let stored = state.path().join("pods").join("web.toml");
+    let content = std::fs::read_to_string(&stored).unwrap();
+    std::fs::write(&stored, &content[..content.len() / 2]).unwrap();
+    let host = Host::open(HostConfig {
+        state_dir: state.path().to_path_buf(),
+        limits: HostLimits::default(),
+        engine: Some(engine()),
+    })
+    .await
+    .unwrap();
+    let problems = host.load_problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("pod web") && problems[0].contains("torn"),
+        "{problems:?}"
+    );
+    let names: Vec<String> = host.pods().iter().map(|pod| pod.spec().name.clone()).collect();
+    assert_eq!(names, ["hello"]);
+    host.drain().await;
+}
+
+#[test]
+fn digests_need_a_host_and_hostnames_are_checked_where_written() {
+    let file = Path::new("/tmp/wasmpod.toml");
+    let digest = format!(
+        "name = \"p\"\n[[containers]]\nname = \"c\"\ncomponent = \"sha256:{}\"\n",
+        "a".repeat(64)
+    );
+    let error = wasmpod::PodSpec::from_toml(&digest, file).unwrap_err().to_string();
+    assert!(error.contains("wasmpod apply") && error.contains(":4:"), "{error}");
+
+    let short = "name = \"p\"\n[[containers]]\nname = \"c\"\ncomponent = \"sha256:abc\"\n";
+    let error = wasmpod::PodSpec::from_toml(short, file).unwrap_err().to_string();
+    assert!(error.contains("64 lowercase hex digits"), "{error}");
+
+    let hostnames = format!(
+        "name = \"p\"\n[expose]\nport = 80\nhostnames = [\"ok.example.com\", \"bad_name.example\"]\n\n\
+         [[containers]]\nname = \"c\"\ncomponent = \"{}\"\nports = [80]\n",
+        guest("hello_http").display()
+    );
+    let error = wasmpod::PodSpec::from_toml(&hostnames, file).unwrap_err().to_string();
+    assert!(error.contains("bad_name.example") && error.contains(":4:"), "{error}");
+    assert!(!error.contains("ok.example.com"), "{error}");
+}

@@ -124,6 +124,9 @@ struct Inner {
     /// What opening the state directory found wrong.
     load_problems: std::sync::Mutex<Vec<String>>,
     draining: std::sync::atomic::AtomicBool,
+    /// Pods replaced or deleted that are still stopping (a command container may take its
+    /// whole grace period); drain waits for them.
+    stopping: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 #[derive(Default)]
@@ -157,6 +160,7 @@ impl Host {
                 routes: RwLock::new(Routes::default()),
                 load_problems: std::sync::Mutex::new(Vec::new()),
                 draining: false.into(),
+                stopping: std::sync::Mutex::new(tokio::task::JoinSet::new()),
             }),
         };
         for (name, text) in loaded.pods {
@@ -248,7 +252,7 @@ impl Host {
         drop(pods);
         match old {
             Some(old) => {
-                old.pod.stop().await;
+                self.retire(old.pod);
                 Ok(Applied::Updated)
             }
             None => Ok(Applied::Created),
@@ -266,7 +270,7 @@ impl Host {
         let removed = pods.remove(name);
         drop(pods);
         if let Some(removed) = removed {
-            removed.pod.stop().await;
+            self.retire(removed.pod);
         }
         Ok(())
     }
@@ -302,10 +306,21 @@ impl Host {
         let all = std::mem::take(&mut *pods);
         drop(pods);
         *write(&self.inner.routes) = Routes::default();
-        let stops = all.into_values().map(|d| async move { d.pod.stop().await });
-        for stop in stops {
-            stop.await;
+        for deployed in all.into_values() {
+            self.retire(deployed.pod);
         }
+        let stopping = std::mem::take(&mut *lock(&self.inner.stopping));
+        stopping.join_all().await;
+    }
+
+    /// Stops a pod that no longer takes traffic, in the background: an apply or delete answers
+    /// at once instead of after the old pod's grace period. Pods stop concurrently.
+    fn retire(&self, pod: Arc<Pod>) {
+        let mut stopping = lock(&self.inner.stopping);
+        while stopping.try_join_next().is_some() {}
+        stopping.spawn(async move {
+            pod.stop().await;
+        });
     }
 
     fn check_hostnames(&self, spec: &PodSpec) -> Result<(), HostError> {
@@ -364,6 +379,10 @@ fn strip_port(host: &str) -> &str {
         Some(i) if !host[i..].contains(']') => &host[..i],
         _ => host,
     }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
