@@ -182,6 +182,18 @@ async fn apply_route_update_refuse_restart_delete() {
     assert!(!events.as_array().unwrap().is_empty());
     let health = client.call(Method::GET, "/v1/health", Bytes::new()).await.unwrap();
     assert_eq!(health["pods"], 1);
+    let (status, metrics) = client.request(Method::GET, "/metrics", Bytes::new()).await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert_eq!(status, StatusCode::OK);
+    assert!(metrics.contains("wasmpod_pods 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("wasmpod_container_ready{pod=\"hello\",container=\"web\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wasmpod_pod_phase{pod=\"hello\",phase=\"running\"} 1\n"),
+        "{metrics}"
+    );
 
     // A new host on the same state directory brings the pod back, updated spec and all.
     serving.shutdown().await;
@@ -418,4 +430,46 @@ fn digests_need_a_host_and_hostnames_are_checked_where_written() {
     let error = wasmpod::PodSpec::from_toml(&hostnames, file).unwrap_err().to_string();
     assert!(error.contains("bad_name.example") && error.contains(":4:"), "{error}");
     assert!(!error.contains("ok.example.com"), "{error}");
+}
+
+/// `apply` of a cached pod, p50/p99 over distinct pods (run with `--ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_apply_of_a_cached_pod() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let serving = start_host(state.path()).await;
+    let client = api_client(&serving);
+    assert_eq!(client.apply(&hello_spec(work.path(), "")).await.unwrap(), "created");
+    let stored = std::fs::read_to_string(state.path().join("pods").join("hello.toml")).unwrap();
+    // Without the hostname, which only one pod may claim.
+    let text: String = stored
+        .split_once('\n')
+        .unwrap()
+        .1
+        .lines()
+        .filter(|line| !line.contains("hostnames"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let mut times = Vec::new();
+    for i in 0..200 {
+        let name = format!("pod-{i}");
+        let body = text.replace("name = \"hello\"", &format!("name = \"{name}\""));
+        let started = Instant::now();
+        let (status, _) = client
+            .request(Method::PUT, &format!("/v1/pods/{name}"), Bytes::from(body))
+            .await
+            .unwrap();
+        times.push(started.elapsed());
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    times.sort();
+    println!(
+        "apply of a cached pod over the TCP API: p50 {:?}, p99 {:?}, max {:?} ({} pods)",
+        times[times.len() / 2],
+        times[times.len() * 99 / 100],
+        times[times.len() - 1],
+        times.len()
+    );
+    serving.shutdown().await;
 }

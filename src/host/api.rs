@@ -128,6 +128,14 @@ pub async fn handle(host: &Host, access: &Access, request: Request<Incoming>) ->
                 "load_problems": host.load_problems(),
             }),
         ),
+        (&Method::GET, ["metrics"]) => {
+            let mut response = Response::new(Full::new(Bytes::from(super::metrics::render(host))));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
         (&Method::PUT, ["v1", "blobs", digest]) => put_blob(host, digest, request).await,
         (&Method::HEAD | &Method::GET, ["v1", "blobs", digest]) => {
             let hex = digest.strip_prefix("sha256:").unwrap_or_default();

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod client;
+pub mod metrics;
 pub mod routing;
 pub mod serve;
 pub mod store;
