@@ -195,6 +195,29 @@ async fn apply_route_update_refuse_restart_delete() {
         "{metrics}"
     );
 
+    // Following a container's output streams new lines as JSON, one per line.
+    let stream = tokio::net::TcpStream::connect(api).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("/v1/pods/hello/logs/web?follow=true&tail=0")
+        .header(http::header::HOST, "host")
+        .header(http::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut followed = sender.send_request(request).await.unwrap().into_body();
+    let (status, _) = get(http, "hello.localhost", "/env").await;
+    assert_eq!(status, StatusCode::OK);
+    let frame = tokio::time::timeout(DEADLINE, followed.frame())
+        .await
+        .expect("a line arrives")
+        .unwrap()
+        .unwrap();
+    let chunk = String::from_utf8_lossy(frame.data_ref().unwrap()).into_owned();
+    let line: serde_json::Value = serde_json::from_str(chunk.lines().next().unwrap()).unwrap();
+    assert_eq!(line["text"], "env requested", "{chunk}");
+
     // A new host on the same state directory brings the pod back, updated spec and all.
     serving.shutdown().await;
     let serving = start_host(state.path()).await;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
@@ -98,7 +99,7 @@ where
     }
 }
 
-type Reply = Response<Full<Bytes>>;
+type Reply = Response<UnsyncBoxBody<Bytes, Infallible>>;
 
 /// Answers one API request.
 pub async fn handle(host: &Host, access: &Access, request: Request<Incoming>) -> Reply {
@@ -129,7 +130,7 @@ pub async fn handle(host: &Host, access: &Access, request: Request<Incoming>) ->
             }),
         ),
         (&Method::GET, ["metrics"]) => {
-            let mut response = Response::new(Full::new(Bytes::from(super::metrics::render(host))));
+            let mut response = Response::new(Full::new(Bytes::from(super::metrics::render(host))).boxed_unsync());
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -173,12 +174,20 @@ pub async fn handle(host: &Host, access: &Access, request: Request<Incoming>) ->
                 Some(Ok(n)) => n,
                 Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "`tail` must be a number of lines"),
             };
+            if follows(&query) {
+                let cursor = Cursor::Logs(pod.output().tail(container, Some(tail)));
+                return follow(pod, cursor);
+            }
             let lines = pod.logs(container);
             let skip = lines.len().saturating_sub(tail);
             let lines: Vec<LineView> = lines[skip..].iter().map(LineView::from).collect();
             json(StatusCode::OK, &lines)
         }
         (&Method::GET, ["v1", "pods", name, "events"]) => match host.pod(name) {
+            Some(pod) if follows(&query) => {
+                let cursor = Cursor::Events(pod.events().tail(None));
+                follow(pod, cursor)
+            }
             Some(pod) => {
                 let events: Vec<EventView> = pod.events().all().iter().map(EventView::from).collect();
                 json(StatusCode::OK, &events)
@@ -301,13 +310,104 @@ fn error(status: StatusCode, message: &str) -> Reply {
 
 fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Reply {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{\"error\":\"cannot encode the answer\"}".to_vec());
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+fn follows(query: &str) -> bool {
+    matches!(query_param(query, "follow"), Some("true" | "1"))
+}
+
+/// Streams newline-delimited JSON: what `next` yields, chunk after chunk, until the pod ends or
+/// the client goes. The queue is bounded, so a slow client holds its reader back (it may then
+/// miss lines, which it is told about), never the pod.
+fn follow(pod: Arc<crate::Pod>, mut cursor: Cursor) -> Reply {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let ended = pod.wait();
+        tokio::pin!(ended);
+        loop {
+            let chunk = tokio::select! {
+                _ = &mut ended => return,
+                () = sender.closed() => return,
+                chunk = cursor.next() => chunk,
+            };
+            if sender.send(Bytes::from(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = Response::new(ChunkBody(receiver).boxed_unsync());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+/// What a follow request reads.
+enum Cursor {
+    Logs(crate::logs::LogTail),
+    Events(crate::status::EventTail),
+}
+
+impl Cursor {
+    /// The next lines of JSON, waiting for at least one.
+    async fn next(&mut self) -> String {
+        match self {
+            Cursor::Logs(tail) => {
+                let read = tail.next().await;
+                let mut chunk = missed_line(read.missed);
+                for line in &read.lines {
+                    chunk.push_str(&json_line(&LineView::from(line)));
+                }
+                chunk
+            }
+            Cursor::Events(tail) => {
+                let (events, missed) = tail.next().await;
+                let mut chunk = missed_line(missed);
+                for event in &events {
+                    chunk.push_str(&json_line(&EventView::from(event)));
+                }
+                chunk
+            }
+        }
+    }
+}
+
+fn missed_line(missed: u64) -> String {
+    if missed == 0 {
+        return String::new();
+    }
+    json_line(&serde_json::json!({ "missed": missed }))
+}
+
+fn json_line<T: Serialize>(value: &T) -> String {
+    let mut line = serde_json::to_string(value).unwrap_or_default();
+    line.push('\n');
+    line
+}
+
+/// A response body fed by a bounded queue of chunks; it ends when the sender goes.
+struct ChunkBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChunkBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|chunk| Ok(http_body::Frame::data(chunk))))
+    }
 }
 
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
