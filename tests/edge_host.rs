@@ -496,3 +496,25 @@ async fn measure_apply_of_a_cached_pod() {
     );
     serving.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_entrance_holds_requests_for_an_unready_pod_and_then_refuses_them() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let serving = start_host(state.path()).await;
+    let client = api_client(&serving);
+    // The readiness probe asks a path the guest answers 404: the pod never becomes ready.
+    let spec = hello_spec(
+        work.path(),
+        "readiness_probe = { http_get = { port = 8080, path = \"/missing\" }, period = \"50ms\" }",
+    );
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("name = \"hello\"", "name = \"hello\"\nreadiness_wait = \"200ms\"");
+    std::fs::write(&spec, text).unwrap();
+    assert_eq!(client.apply(&spec).await.unwrap(), "created");
+    let (status, body) = get(serving.http_addr.unwrap(), "hello.localhost", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("not ready within 200ms"), "{body}");
+    serving.shutdown().await;
+}

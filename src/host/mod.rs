@@ -369,9 +369,12 @@ pub fn default_state_dir() -> PathBuf {
     }
 }
 
-/// The default API socket: `host.sock` in the per-user runtime directory.
+/// The default API socket: `edge/host.sock` in the per-user runtime directory. In a
+/// subdirectory because `wasmpod run` keeps `POD.sock` control sockets in the runtime directory
+/// itself: there, `host.sock` would collide with a pod named `host` and `wasmpod ps` would list
+/// the edge host as a pod.
 pub fn default_socket() -> PathBuf {
-    crate::runtime_dir::path().join("host.sock")
+    crate::runtime_dir::path().join("edge").join("host.sock")
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
