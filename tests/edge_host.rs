@@ -272,6 +272,40 @@ async fn bad_names_and_caps_are_refused_with_their_limit() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&body).contains("DNS label"), "{body:?}");
     serving.shutdown().await;
+
+    // A host-wide memory cap: containers must declare memory, and the sum must fit.
+    let host = Host::open(HostConfig {
+        state_dir: state.path().to_path_buf(),
+        limits: HostLimits {
+            max_total_memory: Some(100 << 20),
+            ..HostLimits::default()
+        },
+        engine: Some(engine()),
+    })
+    .await
+    .unwrap();
+    let api = ApiListen::Tcp {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: TOKEN.into(),
+    };
+    let serving = serve(host, api, None).await.unwrap();
+    let client = api_client(&serving);
+    let refused = client
+        .apply(&hello_spec(work.path(), ""))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("resources.memory") && refused.contains("max_total_memory"),
+        "{refused}"
+    );
+    let big = hello_spec(work.path(), "resources = { memory = \"200MiB\" }");
+    let refused = client.apply(&big).await.unwrap_err().to_string();
+    assert!(refused.contains("past the host's max_total_memory"), "{refused}");
+    let fits = hello_spec(work.path(), "resources = { memory = \"64MiB\" }");
+    assert_eq!(client.apply(&fits).await.unwrap(), "created");
+    assert_eq!(serving.host().pods().len(), 1);
+    serving.shutdown().await;
 }
 
 /// A `wasmpod host` child; killed when dropped.

@@ -33,6 +33,10 @@ pub struct HostArgs {
     /// Bytes of one uploaded component [default: 64 MiB].
     #[arg(long, value_name = "BYTES")]
     max_blob_bytes: Option<u64>,
+    /// Bytes of memory all pods may declare together; every container must then declare
+    /// `resources.memory` [default: no cap].
+    #[arg(long, value_name = "BYTES")]
+    max_total_memory: Option<u64>,
 }
 
 /// Where a client finds the host.
@@ -101,6 +105,7 @@ pub fn host(args: HostArgs) -> ExitCode {
             limits: HostLimits {
                 max_pods: args.max_pods.unwrap_or(defaults.max_pods),
                 max_blob_bytes: args.max_blob_bytes.unwrap_or(defaults.max_blob_bytes),
+                max_total_memory: args.max_total_memory,
                 ..defaults
             },
             engine: None,

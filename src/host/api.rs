@@ -278,7 +278,7 @@ fn host_error(e: &HostError) -> Reply {
         HostError::BadName(_) | HostError::NameMismatch { .. } => StatusCode::BAD_REQUEST,
         HostError::Spec(_) | HostError::Start { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         HostError::HostnameTaken { .. } => StatusCode::CONFLICT,
-        HostError::TooManyPods(_) => StatusCode::TOO_MANY_REQUESTS,
+        HostError::TooManyPods(_) | HostError::Memory(_) => StatusCode::TOO_MANY_REQUESTS,
         HostError::NoSuchPod(_) => StatusCode::NOT_FOUND,
         HostError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         HostError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -34,6 +34,9 @@ pub struct HostLimits {
     pub max_blob_bytes: u64,
     /// Bytes of one spec.
     pub max_spec_bytes: u64,
+    /// Bytes of memory all pods' containers may use together (the sum of their
+    /// `resources.memory`); when set, every container must declare its memory.
+    pub max_total_memory: Option<u64>,
 }
 
 impl Default for HostLimits {
@@ -42,6 +45,7 @@ impl Default for HostLimits {
             max_pods: 10_000,
             max_blob_bytes: 64 << 20,
             max_spec_bytes: 256 << 10,
+            max_total_memory: None,
         }
     }
 }
@@ -69,6 +73,8 @@ pub enum HostError {
     HostnameTaken { hostname: String, pod: String },
     #[error("the host runs its limit of {0} pods (max_pods); delete one first")]
     TooManyPods(usize),
+    #[error("{0}")]
+    Memory(String),
     #[error("cannot start pod {pod:?}: {source}")]
     Start {
         pod: String,
@@ -223,6 +229,14 @@ impl Host {
             });
         }
         self.check_hostnames(&spec)?;
+        if let Some(cap) = self.inner.limits.max_total_memory {
+            let others = pods
+                .iter()
+                .filter(|(other, _)| other.as_str() != name)
+                .map(|(_, deployed)| memory_of(deployed.pod.spec()).unwrap_or(0))
+                .sum::<u64>();
+            check_memory(&spec, others, cap)?;
+        }
         let options = PodOptions {
             engine: self.inner.engine.clone(),
             bind_front_proxy: false,
@@ -355,6 +369,32 @@ impl Host {
             }
         }
     }
+}
+
+/// The memory a pod's containers declare together; `None` when one declares none.
+fn memory_of(spec: &PodSpec) -> Option<u64> {
+    spec.all_containers().map(|c| c.resources.memory).sum()
+}
+
+/// Refuses a pod that would take the host past `cap` bytes, or that leaves a container's memory
+/// unbounded under a cap.
+fn check_memory(spec: &PodSpec, others: u64, cap: u64) -> Result<(), HostError> {
+    if let Some(container) = spec.all_containers().find(|c| c.resources.memory.is_none()) {
+        return Err(HostError::Memory(format!(
+            "container {:?} declares no `resources.memory`, which this host requires: it caps the \
+             memory of all pods together (max_total_memory = {cap} bytes)",
+            container.name
+        )));
+    }
+    let wanted = memory_of(spec).unwrap_or(0);
+    if others.saturating_add(wanted) > cap {
+        return Err(HostError::Memory(format!(
+            "pod {:?} declares {wanted} bytes of memory; with the {others} bytes the other pods \
+             declare that is past the host's max_total_memory of {cap} bytes",
+            spec.name
+        )));
+    }
+    Ok(())
 }
 
 /// The default state directory: `$XDG_DATA_HOME/wasmpod/host`, else `~/.local/share/wasmpod/host`.
