@@ -20,6 +20,8 @@ pub mod container;
 pub mod control;
 pub mod egress;
 pub mod engine;
+#[cfg(unix)]
+pub mod host;
 pub mod logs;
 pub mod net;
 pub mod pod;

@@ -13,6 +13,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+
+#[cfg(unix)]
+#[path = "cli/host.rs"]
+mod host_cli;
 use tokio::io::AsyncWriteExt;
 use wasmpod::control::{self, Client, ControlError, PodClaim, Request, Response};
 use wasmpod::logs::escape_control;
@@ -87,6 +91,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run an edge host in the foreground: many pods, an API, one shared HTTP entrance.
+    #[cfg(unix)]
+    Host(host_cli::HostArgs),
+    /// Create or update a pod on a host from its spec (uploads the components it lacks).
+    #[cfg(unix)]
+    Apply {
+        /// The pod spec.
+        #[arg(short = 'f', long = "file", value_name = "SPEC")]
+        spec: PathBuf,
+        #[command(flatten)]
+        host: host_cli::HostFlag,
+    },
+    /// Stop and remove a pod from a host.
+    #[cfg(unix)]
+    Delete {
+        pod: String,
+        #[command(flatten)]
+        host: host_cli::HostFlag,
+    },
 }
 
 /// Limits of the front proxy (`wasmpod run`); defaults are [`ProxyLimits::default`]'s.
@@ -143,6 +166,12 @@ fn main() -> ExitCode {
             json,
         } => logs(&names, tail, follow, json),
         Command::Events { pod, follow, json } => events(pod.as_deref(), follow, json),
+        #[cfg(unix)]
+        Command::Host(args) => host_cli::host(args),
+        #[cfg(unix)]
+        Command::Apply { spec, host } => host_cli::apply(&spec, &host),
+        #[cfg(unix)]
+        Command::Delete { pod, host } => host_cli::delete(&pod, &host),
         Command::Run {
             spec,
             no_color,

@@ -174,6 +174,7 @@ fn full_spec_parses_into_the_resolved_model() {
         termination_grace_period: wasmpod::spec::DEFAULT_TERMINATION_GRACE_PERIOD,
         readiness_wait: wasmpod::spec::DEFAULT_READINESS_WAIT,
         expose: Some(Expose::new(8080)),
+        hostnames: Vec::new(),
         volumes: vec![
             VolumeSpec {
                 name: "scratch".into(),
@@ -885,6 +886,7 @@ fn rust_built_spec(pod: &PodDir) -> PodSpec {
         termination_grace_period: wasmpod::spec::DEFAULT_TERMINATION_GRACE_PERIOD,
         readiness_wait: wasmpod::spec::DEFAULT_READINESS_WAIT,
         expose: Some(Expose::new(8080)),
+        hostnames: Vec::new(),
         volumes: vec![VolumeSpec {
             name: "scratch".into(),
             source: VolumeSource::EmptyDir,

@@ -65,6 +65,9 @@ pub struct PodOptions {
     pub proxy_limits: ProxyLimits,
     /// Per-request limits of http containers.
     pub http_limits: HttpLimits,
+    /// Whether the exposed port gets its own host listener (the front proxy). An edge host
+    /// turns it off and routes to [`Pod::exposed`] through its shared entrance instead.
+    pub bind_front_proxy: bool,
 }
 
 impl Default for PodOptions {
@@ -76,6 +79,7 @@ impl Default for PodOptions {
             listen: None,
             proxy_limits: ProxyLimits::default(),
             http_limits: HttpLimits::default(),
+            bind_front_proxy: true,
         }
     }
 }
@@ -95,6 +99,7 @@ pub struct Pod {
     listen: Option<std::net::SocketAddr>,
     proxy_limits: ProxyLimits,
     pub(super) http_limits: HttpLimits,
+    bind_front_proxy: bool,
 }
 
 /// What a pod is made of, fixed when it is created: the spec and what every container of it
@@ -116,12 +121,15 @@ struct Held {
     volumes: Mutex<Option<Volumes>>,
     /// Forwards the exposed port.
     proxy: Mutex<Option<FrontProxy>>,
+    /// What the exposed port leads to, for entrances other than the front proxy.
+    target: Mutex<Option<ProxyTarget>>,
 }
 
 impl Held {
     /// Closes the front proxy and removes the `empty_dir`s and secrets (idempotent).
     async fn release(&self, state: &PodState) {
         lock(&self.proxy).take();
+        lock(&self.target).take();
         let volumes = lock(&self.volumes).take();
         if let Some(volumes) = volumes {
             let removed = tokio::task::spawn_blocking(move || volumes.remove()).await;
@@ -177,6 +185,7 @@ impl Pod {
             listen: options.listen,
             proxy_limits: options.proxy_limits,
             http_limits: options.http_limits,
+            bind_front_proxy: options.bind_front_proxy,
         })
     }
 
@@ -269,6 +278,10 @@ impl Pod {
                 network: parts.network.clone(),
                 port: expose.port,
             });
+        *lock(&self.held.target) = Some(target.clone());
+        if !self.bind_front_proxy {
+            return Ok(None);
+        }
         let limits = ProxyLimits {
             readiness_wait: parts.spec.readiness_wait,
             ..self.proxy_limits
@@ -302,6 +315,13 @@ impl Pod {
     /// The host address of the front proxy, when the spec exposes a port and the pod runs.
     pub fn proxy_addr(&self) -> Option<std::net::SocketAddr> {
         lock(&self.held.proxy).as_ref().map(FrontProxy::local_addr)
+    }
+
+    /// What the exposed port leads to while the pod runs, and the readiness that gates it (as
+    /// the front proxy gates it): how an edge host's shared entrance reaches the pod.
+    pub fn exposed(&self) -> Option<(ProxyTarget, tokio::sync::watch::Receiver<bool>)> {
+        let target = lock(&self.held.target).clone()?;
+        Some((target, self.state.front_ready()))
     }
 
     /// The pod's virtual network: connect into any container's port from the host side.

@@ -642,6 +642,15 @@ pub(super) fn check_mounts(spec: &PodSpec, at: ContainerAt, container: &Containe
 }
 
 pub(super) fn check_expose(spec: &PodSpec, report: &mut Report) {
+    for (index, name) in spec.hostnames.iter().enumerate() {
+        if name.len() > 253 || !name.split('.').all(is_dns_label) {
+            let message = format!(
+                "hostname {name:?} is not a host name: dot-separated labels of lowercase letters, \
+                 digits and '-', at most 253 characters"
+            );
+            report.push(&Field::ExposeHostname(index), message);
+        }
+    }
     let Some(expose) = spec.expose else { return };
     if expose.port == 0 {
         let message = "port 0 is not a port; use a port from 1 to 65535".to_string();

@@ -27,7 +27,9 @@ use super::{
     MountSpec, PodSpec, Probe, ProbeAction, Resources, RestartPolicy, VolumeSource, VolumeSpec,
 };
 
-pub(super) fn lower_pod(raw: RawPod, base_dir: &Path, report: &mut Report) -> PodSpec {
+/// `blobs`: the edge host's blob directory, where `component = "sha256:HEX"` resolves to the file
+/// `HEX`; without it such a reference is an error (only a host holds blobs).
+pub(super) fn lower_pod(raw: RawPod, base_dir: &Path, blobs: Option<&Path>, report: &mut Report) -> PodSpec {
     report.record(Field::PodName, raw.name.span());
 
     let restart_policy = match raw.restart_policy {
@@ -56,8 +58,13 @@ pub(super) fn lower_pod(raw: RawPod, base_dir: &Path, report: &mut Report) -> Po
         }
     }
 
+    let mut hostnames = Vec::new();
     let expose = raw.expose.and_then(|raw_expose| {
         report.record(Field::ExposePort, raw_expose.port.span());
+        for (index, name) in raw_expose.hostnames.iter().enumerate() {
+            report.record(Field::ExposeHostname(index), name.span());
+            hostnames.push(name.get_ref().to_ascii_lowercase());
+        }
         let port = lower_port(&raw_expose.port, report)?;
         let ready = match raw_expose.ready {
             RawExposeReady::Container => ExposeReady::Container,
@@ -80,7 +87,7 @@ pub(super) fn lower_pod(raw: RawPod, base_dir: &Path, report: &mut Report) -> Po
         .enumerate()
         .map(|(index, container)| {
             let at = ContainerAt::init(index);
-            lower_container(container, at, &secret_volume_names, base_dir, report)
+            lower_container(container, at, &secret_volume_names, base_dir, blobs, report)
         })
         .collect();
 
@@ -93,7 +100,7 @@ pub(super) fn lower_pod(raw: RawPod, base_dir: &Path, report: &mut Report) -> Po
                 .enumerate()
                 .map(|(index, container)| {
                     let at = ContainerAt::main(index);
-                    lower_container(container, at, &secret_volume_names, base_dir, report)
+                    lower_container(container, at, &secret_volume_names, base_dir, blobs, report)
                 })
                 .collect()
         }
@@ -130,6 +137,7 @@ pub(super) fn lower_pod(raw: RawPod, base_dir: &Path, report: &mut Report) -> Po
         termination_grace_period,
         readiness_wait,
         expose,
+        hostnames,
         volumes,
         init_containers,
         containers,
@@ -256,6 +264,7 @@ pub(super) fn lower_container(
     at: ContainerAt,
     secret_volume_names: &HashSet<&str>,
     base_dir: &Path,
+    blobs: Option<&Path>,
     report: &mut Report,
 ) -> ContainerSpec {
     let field = |which: ContainerField| Field::Container(at, which);
@@ -348,7 +357,13 @@ pub(super) fn lower_container(
 
     ContainerSpec {
         name: container.name.into_inner(),
-        component: ComponentSource::File(resolve(base_dir, container.component.get_ref())),
+        component: lower_component(
+            &container.component,
+            base_dir,
+            blobs,
+            &field(ContainerField::Component),
+            report,
+        ),
         args: container.args,
         env,
         ports,
@@ -515,6 +530,41 @@ pub(super) fn spec_directory(file: &Path) -> std::io::Result<PathBuf> {
     };
     // `absolute` (unlike `canonicalize`) keeps symlinks, so messages show the paths users wrote.
     std::path::absolute(directory)
+}
+
+/// A component path, or `sha256:HEX` naming a blob of the edge host (see [`crate::host`]).
+fn lower_component(
+    written: &Spanned<String>,
+    base_dir: &Path,
+    blobs: Option<&Path>,
+    field: &Field,
+    report: &mut Report,
+) -> ComponentSource {
+    let text = written.get_ref();
+    let Some(hex) = text.strip_prefix("sha256:") else {
+        return ComponentSource::File(resolve(base_dir, text));
+    };
+    if !is_sha256_hex(hex) {
+        let message = format!("component {text:?}: a digest is `sha256:` and 64 lowercase hex digits");
+        report.push(field, message);
+        return ComponentSource::File(resolve(base_dir, text));
+    }
+    match blobs {
+        Some(blobs) => ComponentSource::File(blobs.join(hex)),
+        None => {
+            let message = format!(
+                "component {text:?} names a blob by digest, which only an edge host holds: deploy \
+                 it with `wasmpod apply`, or give a file path here"
+            );
+            report.push(field, message);
+            ComponentSource::File(resolve(base_dir, text))
+        }
+    }
+}
+
+/// 64 lowercase hex digits: the form a sha256 digest takes in `sha256:HEX` and the blob store.
+pub fn is_sha256_hex(hex: &str) -> bool {
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Joins `relative` onto `base_dir`, dropping `.` components so messages show clean paths.

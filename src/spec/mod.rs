@@ -22,6 +22,7 @@ use std::time::Duration;
 use crate::egress::EgressPolicy;
 
 pub use check::is_dns_label;
+pub use lower::is_sha256_hex;
 pub use report::{Problem, SpecError};
 
 use report::Report;
@@ -43,6 +44,9 @@ pub struct PodSpec {
     pub readiness_wait: Duration,
     /// The pod's one public port, served by the front proxy.
     pub expose: Option<Expose>,
+    /// `[expose] hostnames`: the `Host` names an edge host routes to this pod, besides
+    /// `NAME.localhost` (lowercase; each label a DNS label).
+    pub hostnames: Vec<String>,
     pub volumes: Vec<VolumeSpec>,
     /// Run one after another, each to exit 0, before `containers` start.
     pub init_containers: Vec<ContainerSpec>,
@@ -329,6 +333,7 @@ impl PodSpec {
             termination_grace_period: DEFAULT_TERMINATION_GRACE_PERIOD,
             readiness_wait: DEFAULT_READINESS_WAIT,
             expose: None,
+            hostnames: Vec::new(),
             volumes: Vec::new(),
             init_containers: Vec::new(),
             containers: Vec::new(),
@@ -347,6 +352,16 @@ impl PodSpec {
 
     /// Parses and validates spec text; `file` names it in messages and anchors relative paths.
     pub fn from_toml(text: &str, file: &Path) -> Result<PodSpec, SpecError> {
+        PodSpec::parse(text, file, None)
+    }
+
+    /// As [`PodSpec::from_toml`], for an edge host: `component = "sha256:HEX"` resolves to the
+    /// file `HEX` in `blobs` (the host's blob store).
+    pub fn from_toml_with_blobs(text: &str, file: &Path, blobs: &Path) -> Result<PodSpec, SpecError> {
+        PodSpec::parse(text, file, Some(blobs))
+    }
+
+    fn parse(text: &str, file: &Path, blobs: Option<&Path>) -> Result<PodSpec, SpecError> {
         let base_dir = lower::spec_directory(file).map_err(|error| {
             let message = format!("cannot make the spec file's directory absolute: {error}");
             SpecError::about_file(file, message)
@@ -363,7 +378,7 @@ impl PodSpec {
             }
         };
 
-        let mut spec = lower::lower_pod(raw, &base_dir, &mut report);
+        let mut spec = lower::lower_pod(raw, &base_dir, blobs, &mut report);
         spec.source_file = Some(file.to_path_buf());
         check::check_pod(&spec, &mut report);
         report.finish().map(|()| spec)

@@ -54,6 +54,9 @@ pub(super) struct RawExpose {
     pub(super) port: Spanned<RawPort>,
     #[serde(default)]
     pub(super) ready: RawExposeReady,
+    /// Host names an edge host routes to this pod (besides `NAME.localhost`).
+    #[serde(default)]
+    pub(super) hostnames: Vec<Spanned<String>>,
 }
 
 /// `[expose] ready`: whose readiness opens the front proxy.

@@ -93,6 +93,7 @@ pub(super) enum Field {
     Containers,
     Backoff(BackoffField),
     ExposePort,
+    ExposeHostname(usize),
     Volume(usize, VolumeField),
     Container(ContainerAt, ContainerField),
     TerminationGracePeriod,
@@ -191,6 +192,7 @@ impl fmt::Display for Field {
                 write!(f, "restart_backoff.{key}")
             }
             Field::ExposePort => f.write_str("expose.port"),
+            Field::ExposeHostname(index) => write!(f, "expose.hostnames[{index}]"),
             Field::TerminationGracePeriod => f.write_str("termination_grace_period"),
             Field::ReadinessWait => f.write_str("readiness_wait"),
             Field::Nested(parent, key) => write!(f, "{parent}.{key}"),

@@ -1,0 +1,452 @@
+//! The edge host: many pods in one process, deployed, updated and removed through an API.
+//!
+//! [`Host`] owns the running pods by name and the desired state behind them ([`store`]): a pod
+//! put through [`Host::apply`] is parsed, validated and started before it is stored, so a spec
+//! that fails any of those is refused and an existing pod of that name keeps running. On open
+//! the host starts every stored pod again. The JSON API ([`api`]) and the shared HTTP entrance
+//! ([`routing`]) are thin layers over it; the CLI client is [`client`].
+
+pub mod api;
+pub mod client;
+pub mod metrics;
+pub mod routing;
+pub mod serve;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::engine::Engine;
+use crate::pod::{Pod, PodError, PodOptions};
+use crate::spec::{PodSpec, SpecError, is_dns_label};
+
+pub use store::{Store, StoreError};
+
+/// Host-wide caps; over one, a request is refused with a message naming it.
+#[derive(Debug, Clone, Copy)]
+pub struct HostLimits {
+    /// Pods at once.
+    pub max_pods: usize,
+    /// Bytes of one uploaded component.
+    pub max_blob_bytes: u64,
+    /// Bytes of one spec.
+    pub max_spec_bytes: u64,
+    /// Bytes of memory all pods' containers may use together (the sum of their
+    /// `resources.memory`); when set, every container must declare its memory.
+    pub max_total_memory: Option<u64>,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        HostLimits {
+            max_pods: 10_000,
+            max_blob_bytes: 64 << 20,
+            max_spec_bytes: 256 << 10,
+            max_total_memory: None,
+        }
+    }
+}
+
+/// How a host is set up.
+#[derive(Clone, Default)]
+pub struct HostConfig {
+    /// The state directory (created when missing).
+    pub state_dir: PathBuf,
+    pub limits: HostLimits,
+    /// The engine every pod runs on; default: the process-wide one.
+    pub engine: Option<Engine>,
+}
+
+/// Why the host refused or failed a request. Each maps to one HTTP status in [`api`].
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("pod name {0:?} is not a DNS label (lowercase letters, digits and '-', 1-63 characters)")]
+    BadName(String),
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+    #[error("the spec names pod {spec:?} but was put as {path:?}; they must match")]
+    NameMismatch { spec: String, path: String },
+    #[error("hostname {hostname:?} is already routed to pod {pod:?}")]
+    HostnameTaken { hostname: String, pod: String },
+    #[error("the host runs its limit of {0} pods (max_pods); delete one first")]
+    TooManyPods(usize),
+    #[error("{0}")]
+    Memory(String),
+    #[error("cannot start pod {pod:?}: {source}")]
+    Start {
+        pod: String,
+        #[source]
+        source: PodError,
+    },
+    #[error("no pod {0:?}")]
+    NoSuchPod(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the host is shutting down")]
+    ShuttingDown,
+}
+
+/// What [`Host::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+impl Applied {
+    /// The word `wasmpod apply` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Applied::Created => "created",
+            Applied::Updated => "updated",
+            Applied::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// One deployed pod: the running pod and the spec text it came from.
+struct Deployed {
+    pod: Arc<Pod>,
+    text: String,
+}
+
+/// The edge host. Cheap to clone; every clone is the same host.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    limits: HostLimits,
+    engine: Option<Engine>,
+    /// Serialises applies and deletes: each one is a whole step (start, store, swap, stop).
+    pods: AsyncMutex<BTreeMap<String, Deployed>>,
+    /// Host name → pod, read by the shared entrance on every request.
+    routes: RwLock<Routes>,
+    /// What opening the state directory found wrong.
+    load_problems: std::sync::Mutex<Vec<String>>,
+    draining: std::sync::atomic::AtomicBool,
+    /// Pods replaced or deleted that are still stopping (a command container may take its
+    /// whole grace period); drain waits for them.
+    stopping: std::sync::Mutex<tokio::task::JoinSet<()>>,
+}
+
+#[derive(Default)]
+struct Routes {
+    /// Pod name → pod (answers `NAME.localhost`).
+    by_name: BTreeMap<String, Arc<Pod>>,
+    /// `[expose] hostnames` → pod name.
+    by_hostname: BTreeMap<String, String>,
+}
+
+impl Host {
+    /// Opens the state directory and starts every stored pod. A stored pod that no longer
+    /// parses or starts is reported in [`Host::load_problems`] and skipped; the rest run.
+    pub async fn open(config: HostConfig) -> Result<Host, HostError> {
+        let state_dir = config.state_dir.clone();
+        let (store, mut problems) = tokio::task::spawn_blocking(move || Store::open(&state_dir))
+            .await
+            .map_err(|e| StoreError::Io {
+                what: "cannot open",
+                path: config.state_dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        let loaded = store.load_pods()?;
+        problems.extend(loaded.problems);
+        let host = Host {
+            inner: Arc::new(Inner {
+                store,
+                limits: config.limits,
+                engine: config.engine,
+                pods: AsyncMutex::new(BTreeMap::new()),
+                routes: RwLock::new(Routes::default()),
+                load_problems: std::sync::Mutex::new(Vec::new()),
+                draining: false.into(),
+                stopping: std::sync::Mutex::new(tokio::task::JoinSet::new()),
+            }),
+        };
+        for (name, text) in loaded.pods {
+            if let Err(e) = host.deploy(&name, &text, false).await {
+                problems.push(format!("pod {name}: not started: {e}"));
+            }
+        }
+        *host.inner.load_problems.lock().unwrap_or_else(|p| p.into_inner()) = problems;
+        Ok(host)
+    }
+
+    /// What was wrong in the state directory at open (torn files, pods that would not start).
+    pub fn load_problems(&self) -> Vec<String> {
+        self.inner
+            .load_problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The state directory's blob store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The host's caps.
+    pub fn limits(&self) -> HostLimits {
+        self.inner.limits
+    }
+
+    /// Creates or replaces pod `name` from its spec text; the same text again changes nothing.
+    /// A spec that fails to parse, validate or start is refused and the running pod of that
+    /// name, if any, keeps running.
+    pub async fn apply(&self, name: &str, text: &str) -> Result<Applied, HostError> {
+        self.deploy(name, text, true).await
+    }
+
+    async fn deploy(&self, name: &str, text: &str, persist: bool) -> Result<Applied, HostError> {
+        if !is_dns_label(name) {
+            return Err(HostError::BadName(name.to_string()));
+        }
+        if self.inner.draining.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(HostError::ShuttingDown);
+        }
+        let mut pods = self.inner.pods.lock().await;
+        let existing = pods.get(name);
+        if existing.is_some_and(|d| d.text == text) {
+            return Ok(Applied::Unchanged);
+        }
+        if existing.is_none() && pods.len() >= self.inner.limits.max_pods {
+            return Err(HostError::TooManyPods(self.inner.limits.max_pods));
+        }
+        let store = &self.inner.store;
+        let spec = PodSpec::from_toml_with_blobs(text, &store.pod_path(name), &store.blob_dir())?;
+        if spec.name != name {
+            return Err(HostError::NameMismatch {
+                spec: spec.name,
+                path: name.to_string(),
+            });
+        }
+        self.check_hostnames(&spec)?;
+        if let Some(cap) = self.inner.limits.max_total_memory {
+            let others = pods
+                .iter()
+                .filter(|(other, _)| other.as_str() != name)
+                .map(|(_, deployed)| memory_of(deployed.pod.spec()).unwrap_or(0))
+                .sum::<u64>();
+            check_memory(&spec, others, cap)?;
+        }
+        let options = PodOptions {
+            engine: self.inner.engine.clone(),
+            bind_front_proxy: false,
+            ..PodOptions::default()
+        };
+        let start_error = |source| HostError::Start {
+            pod: name.to_string(),
+            source,
+        };
+        let pod = Arc::new(Pod::with_options(spec, options).map_err(start_error)?);
+        // The new pod starts before the old one stops: a spec that compiles nowhere never
+        // takes the running pod down, and http traffic moves over without a gap.
+        // TODO(hotswap): for an existing pod this becomes `existing.pod.update(spec)`, which
+        // restarts only the containers whose spec or component changed.
+        pod.start().await.map_err(start_error)?;
+        if persist && let Err(e) = store.put_pod(name, text) {
+            pod.stop().await;
+            return Err(e.into());
+        }
+        self.route(name, Some(&pod));
+        let old = pods.insert(
+            name.to_string(),
+            Deployed {
+                pod,
+                text: text.to_string(),
+            },
+        );
+        drop(pods);
+        match old {
+            Some(old) => {
+                self.retire(old.pod);
+                Ok(Applied::Updated)
+            }
+            None => Ok(Applied::Created),
+        }
+    }
+
+    /// Stops and forgets pod `name`.
+    pub async fn delete(&self, name: &str) -> Result<(), HostError> {
+        let mut pods = self.inner.pods.lock().await;
+        if !pods.contains_key(name) {
+            return Err(HostError::NoSuchPod(name.to_string()));
+        }
+        self.inner.store.remove_pod(name)?;
+        self.route(name, None);
+        let removed = pods.remove(name);
+        drop(pods);
+        if let Some(removed) = removed {
+            self.retire(removed.pod);
+        }
+        Ok(())
+    }
+
+    /// The running pod `name`.
+    pub fn pod(&self, name: &str) -> Option<Arc<Pod>> {
+        read(&self.inner.routes).by_name.get(name).cloned()
+    }
+
+    /// Every running pod, by name.
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        read(&self.inner.routes).by_name.values().cloned().collect()
+    }
+
+    /// The pod a request with this `Host` header goes to: `NAME.localhost` (any port) or one of
+    /// the pods' `[expose] hostnames`.
+    pub fn route_host(&self, host: &str) -> Option<Arc<Pod>> {
+        let host = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
+        let routes = read(&self.inner.routes);
+        if let Some(name) = host.strip_suffix(".localhost")
+            && let Some(pod) = routes.by_name.get(name)
+        {
+            return Some(pod.clone());
+        }
+        let name = routes.by_hostname.get(&host)?;
+        routes.by_name.get(name).cloned()
+    }
+
+    /// Stops accepting applies and stops every pod (SIGTERM).
+    pub async fn drain(&self) {
+        self.inner.draining.store(true, std::sync::atomic::Ordering::Release);
+        let mut pods = self.inner.pods.lock().await;
+        let all = std::mem::take(&mut *pods);
+        drop(pods);
+        *write(&self.inner.routes) = Routes::default();
+        for deployed in all.into_values() {
+            self.retire(deployed.pod);
+        }
+        let stopping = std::mem::take(&mut *lock(&self.inner.stopping));
+        stopping.join_all().await;
+    }
+
+    /// Stops a pod that no longer takes traffic, in the background: an apply or delete answers
+    /// at once instead of after the old pod's grace period. Pods stop concurrently.
+    fn retire(&self, pod: Arc<Pod>) {
+        let mut stopping = lock(&self.inner.stopping);
+        while stopping.try_join_next().is_some() {}
+        stopping.spawn(async move {
+            pod.stop().await;
+        });
+    }
+
+    fn check_hostnames(&self, spec: &PodSpec) -> Result<(), HostError> {
+        let routes = read(&self.inner.routes);
+        for hostname in &spec.hostnames {
+            if let Some(pod) = routes.by_hostname.get(hostname)
+                && *pod != spec.name
+            {
+                return Err(HostError::HostnameTaken {
+                    hostname: hostname.clone(),
+                    pod: pod.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Points `name` (and its hostnames) at `pod`, or removes its routes.
+    fn route(&self, name: &str, pod: Option<&Arc<Pod>>) {
+        let mut routes = write(&self.inner.routes);
+        routes.by_hostname.retain(|_, owner| owner != name);
+        match pod {
+            Some(pod) => {
+                for hostname in &pod.spec().hostnames {
+                    routes.by_hostname.insert(hostname.clone(), name.to_string());
+                }
+                routes.by_name.insert(name.to_string(), pod.clone());
+            }
+            None => {
+                routes.by_name.remove(name);
+            }
+        }
+    }
+}
+
+/// The memory a pod's containers declare together; `None` when one declares none.
+fn memory_of(spec: &PodSpec) -> Option<u64> {
+    spec.all_containers().map(|c| c.resources.memory).sum()
+}
+
+/// Refuses a pod that would take the host past `cap` bytes, or that leaves a container's memory
+/// unbounded under a cap.
+fn check_memory(spec: &PodSpec, others: u64, cap: u64) -> Result<(), HostError> {
+    if let Some(container) = spec.all_containers().find(|c| c.resources.memory.is_none()) {
+        return Err(HostError::Memory(format!(
+            "container {:?} declares no `resources.memory`, which this host requires: it caps the \
+             memory of all pods together (max_total_memory = {cap} bytes)",
+            container.name
+        )));
+    }
+    let wanted = memory_of(spec).unwrap_or(0);
+    if others.saturating_add(wanted) > cap {
+        return Err(HostError::Memory(format!(
+            "pod {:?} declares {wanted} bytes of memory; with the {others} bytes the other pods \
+             declare that is past the host's max_total_memory of {cap} bytes",
+            spec.name
+        )));
+    }
+    Ok(())
+}
+
+/// The default state directory: `$XDG_DATA_HOME/wasmpod/host`, else `~/.local/share/wasmpod/host`.
+pub fn default_state_dir() -> PathBuf {
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = set("XDG_DATA_HOME") {
+        return dir.join("wasmpod").join("host");
+    }
+    match set("HOME") {
+        Some(home) => home.join(".local/share/wasmpod/host"),
+        None => Path::new(".wasmpod-host").to_path_buf(),
+    }
+}
+
+/// The default API socket: `edge/host.sock` in the per-user runtime directory. In a
+/// subdirectory because `wasmpod run` keeps `POD.sock` control sockets in the runtime directory
+/// itself: there, `host.sock` would collide with a pod named `host` and `wasmpod ps` would list
+/// the edge host as a pod.
+pub fn default_socket() -> PathBuf {
+    crate::runtime_dir::path().join("edge").join("host.sock")
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Writers only swap whole entries, so a poisoned lock still holds a valid map.
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn ports_are_stripped_from_host_headers() {
+        assert_eq!(strip_port("hello.localhost:8080"), "hello.localhost");
+        assert_eq!(strip_port("hello.localhost"), "hello.localhost");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}

@@ -1,0 +1,554 @@
+//! The edge host end to end: the API with a real HTTP client, routing by `Host` through the
+//! shared entrance to the real hello-http guest, updates, refusals that leave the running pod
+//! alone, restarts of the host on the same state directory (in-process, and the CLI binary
+//! killed with SIGKILL), and delete.
+#![cfg(unix)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use wasmpod::host::client::{Client, HostAddr};
+use wasmpod::host::serve::{ApiListen, Serving, serve};
+use wasmpod::host::{Host, HostConfig, HostLimits};
+use wasmtime_wasi_http::io::TokioIo;
+
+use common::{DEADLINE, engine, guest};
+
+const TOKEN: &str = "test-token-123";
+
+/// A spec for the hello-http guest exposed on 8080, with `extra` appended to its container.
+fn hello_spec(dir: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"name = "hello"
+
+[expose]
+port = 8080
+hostnames = ["hello.example.com"]
+
+[[containers]]
+name = "web"
+component = "{}"
+ports = [8080]
+{extra}
+"#,
+        guest("hello_http").display()
+    );
+    let path = dir.join("wasmpod.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn start_host(state: &Path) -> Serving {
+    let config = HostConfig {
+        state_dir: state.to_path_buf(),
+        limits: HostLimits::default(),
+        engine: Some(engine()),
+    };
+    let host = Host::open(config).await.expect("host opens");
+    assert!(host.load_problems().is_empty(), "{:?}", host.load_problems());
+    let api = ApiListen::Tcp {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: TOKEN.into(),
+    };
+    serve(host, api, Some("127.0.0.1:0".parse().unwrap()))
+        .await
+        .expect("listeners open")
+}
+
+fn api_client(serving: &Serving) -> Client {
+    let addr = serving.api_addr.expect("api on tcp");
+    Client::new(HostAddr::Tcp(addr.to_string()), Some(TOKEN.into()))
+}
+
+/// One HTTP/1.1 request to `addr` with the given `Host` header.
+async fn send(addr: SocketAddr, method: Method, host: &str, path: &str, body: &str) -> (StatusCode, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, host)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, String) {
+    send(addr, Method::GET, host, path, "").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_route_update_refuse_restart_delete() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let serving = start_host(state.path()).await;
+    let http = serving.http_addr.unwrap();
+    let api = serving.api_addr.unwrap();
+    let client = api_client(&serving);
+
+    // Without the token the API refuses.
+    let anonymous = Client::new(HostAddr::Tcp(api.to_string()), None);
+    let (status, _) = anonymous.request(Method::GET, "/v1/pods", Bytes::new()).await.unwrap();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Create, then route by NAME.localhost (any port) and by a declared hostname.
+    let spec = hello_spec(work.path(), "");
+    assert_eq!(client.apply(&spec).await.unwrap(), "created");
+    let (status, body) = get(http, "hello.localhost:9999", "/").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from wasmpod\n"));
+    let (status, _) = get(http, "HELLO.example.com", "/").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The same spec again changes nothing; a changed one replaces the pod.
+    assert_eq!(client.apply(&spec).await.unwrap(), "unchanged");
+    let spec = hello_spec(work.path(), "env = { GREETING = \"v2\" }");
+    assert_eq!(client.apply(&spec).await.unwrap(), "updated");
+    let (status, body) = get(http, "hello.localhost", "/env").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("GREETING=v2"), "{body}");
+
+    // An unknown host is a short 404.
+    let (status, body) = get(http, "nobody.localhost", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("nobody.localhost"), "{body}");
+
+    // A spec that does not validate is refused with its located error; the pod keeps serving.
+    let bad = "name = \"hello\"\n\n[[containers]]\nname = \"web\"\ncomponent = \"sha256:00\"\nports = [70000]\n";
+    let (status, body) = client
+        .request(Method::PUT, "/v1/pods/hello", Bytes::from(bad))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let problems = answer["problems"].as_array().expect("problems listed");
+    assert!(problems.iter().any(|p| p["line"] == 6), "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("70000"), "{answer}");
+
+    // A blob whose bytes do not match its digest is refused; so is one that is no component.
+    let zeros = format!("/v1/blobs/sha256:{}", "0".repeat(64));
+    let (status, body) = client
+        .request(Method::PUT, &zeros, Bytes::from_static(b"\0asm\x0d\x00\x01\x00"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body:?}");
+
+    // A component that passes the header check but does not compile is refused at apply time;
+    // the pod keeps serving.
+    let broken = b"\0asm\x0d\x00\x01\x00garbage".to_vec();
+    let hex = wasmpod::host::store::sha256_hex(&broken);
+    let (status, body) = client
+        .request(Method::PUT, &format!("/v1/blobs/sha256:{hex}"), Bytes::from(broken))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body:?}");
+    let uncompilable =
+        format!("name = \"hello\"\n\n[[containers]]\nname = \"web\"\ncomponent = \"sha256:{hex}\"\nports = [8080]\n");
+    let (status, body) = client
+        .request(Method::PUT, "/v1/pods/hello", Bytes::from(uncompilable))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body:?}");
+    let (status, body) = get(http, "hello.localhost", "/env").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("GREETING=v2"), "{body}");
+
+    // Status, logs and events through the API.
+    let pods = client.call(Method::GET, "/v1/pods", Bytes::new()).await.unwrap();
+    assert_eq!(pods[0]["name"], "hello", "{pods}");
+    let logs = client
+        .call(Method::GET, "/v1/pods/hello/logs/web?tail=1", Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(logs.as_array().unwrap().len(), 1, "{logs}");
+    assert_eq!(logs[0]["text"], "env requested", "{logs}");
+    let events = client
+        .call(Method::GET, "/v1/pods/hello/events", Bytes::new())
+        .await
+        .unwrap();
+    assert!(!events.as_array().unwrap().is_empty());
+    let health = client.call(Method::GET, "/v1/health", Bytes::new()).await.unwrap();
+    assert_eq!(health["pods"], 1);
+    let (status, metrics) = client.request(Method::GET, "/metrics", Bytes::new()).await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert_eq!(status, StatusCode::OK);
+    assert!(metrics.contains("wasmpod_pods 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("wasmpod_container_ready{pod=\"hello\",container=\"web\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wasmpod_pod_phase{pod=\"hello\",phase=\"running\"} 1\n"),
+        "{metrics}"
+    );
+
+    // Following a container's output streams new lines as JSON, one per line.
+    let stream = tokio::net::TcpStream::connect(api).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get("/v1/pods/hello/logs/web?follow=true&tail=0")
+        .header(http::header::HOST, "host")
+        .header(http::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut followed = sender.send_request(request).await.unwrap().into_body();
+    let (status, _) = get(http, "hello.localhost", "/env").await;
+    assert_eq!(status, StatusCode::OK);
+    let frame = tokio::time::timeout(DEADLINE, followed.frame())
+        .await
+        .expect("a line arrives")
+        .unwrap()
+        .unwrap();
+    let chunk = String::from_utf8_lossy(frame.data_ref().unwrap()).into_owned();
+    let line: serde_json::Value = serde_json::from_str(chunk.lines().next().unwrap()).unwrap();
+    assert_eq!(line["text"], "env requested", "{chunk}");
+
+    // A new host on the same state directory brings the pod back, updated spec and all.
+    serving.shutdown().await;
+    let serving = start_host(state.path()).await;
+    let http = serving.http_addr.unwrap();
+    let client = api_client(&serving);
+    let (status, body) = get(http, "hello.localhost", "/env").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("GREETING=v2"), "{body}");
+
+    // Delete: the route is gone, and stays gone after another restart.
+    client.delete("hello").await.unwrap();
+    let (status, _) = get(http, "hello.localhost", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let missing = client.delete("hello").await.unwrap_err().to_string();
+    assert!(missing.contains("no pod"), "{missing}");
+    serving.shutdown().await;
+    let serving = start_host(state.path()).await;
+    assert!(serving.host().pods().is_empty());
+    serving.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_names_and_caps_are_refused_with_their_limit() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let config = HostConfig {
+        state_dir: state.path().to_path_buf(),
+        limits: HostLimits {
+            max_pods: 1,
+            max_blob_bytes: 1024,
+            ..HostLimits::default()
+        },
+        engine: Some(engine()),
+    };
+    let host = Host::open(config).await.unwrap();
+    let api = ApiListen::Tcp {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: TOKEN.into(),
+    };
+    let serving = serve(host, api, None).await.unwrap();
+    let client = api_client(&serving);
+
+    // The hello guest is larger than the 1 KiB cap.
+    let spec = hello_spec(work.path(), "");
+    let refused = client.apply(&spec).await.unwrap_err().to_string();
+    assert!(refused.contains("max_blob_bytes"), "{refused}");
+
+    let (status, body) = client
+        .request(Method::PUT, "/v1/pods/Not_A_Label", Bytes::from_static(b"name = \"x\""))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("DNS label"), "{body:?}");
+    serving.shutdown().await;
+
+    // A host-wide memory cap: containers must declare memory, and the sum must fit.
+    let host = Host::open(HostConfig {
+        state_dir: state.path().to_path_buf(),
+        limits: HostLimits {
+            max_total_memory: Some(100 << 20),
+            ..HostLimits::default()
+        },
+        engine: Some(engine()),
+    })
+    .await
+    .unwrap();
+    let api = ApiListen::Tcp {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: TOKEN.into(),
+    };
+    let serving = serve(host, api, None).await.unwrap();
+    let client = api_client(&serving);
+    let refused = client
+        .apply(&hello_spec(work.path(), ""))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("resources.memory") && refused.contains("max_total_memory"),
+        "{refused}"
+    );
+    let big = hello_spec(work.path(), "resources = { memory = \"200MiB\" }");
+    let refused = client.apply(&big).await.unwrap_err().to_string();
+    assert!(refused.contains("past the host's max_total_memory"), "{refused}");
+    let fits = hello_spec(work.path(), "resources = { memory = \"64MiB\" }");
+    assert_eq!(client.apply(&fits).await.unwrap(), "created");
+    assert_eq!(serving.host().pods().len(), 1);
+    serving.shutdown().await;
+}
+
+/// A `wasmpod host` child; killed when dropped.
+struct HostProcess {
+    child: Child,
+    http: SocketAddr,
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_host(state: &Path, socket: &Path) -> HostProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmpod"))
+        .args(["host", "--http", "127.0.0.1:0", "--state-dir"])
+        .arg(state)
+        .arg("--socket")
+        .arg(socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("wasmpod host starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut http = None;
+    let deadline = Instant::now() + DEADLINE;
+    // `lines` blocks on the child's output; the child prints `ready` once it serves, or exits.
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(addr) = line.strip_prefix("wasmpod host: http on ") {
+            http = Some(addr.parse().unwrap());
+        }
+        if line.starts_with("wasmpod host: ready") {
+            break;
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    HostProcess {
+        child,
+        http: http.expect("the host printed its http address"),
+    }
+}
+
+fn cli(args: &[&str], socket: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_wasmpod"))
+        .args(args)
+        .arg("--host")
+        .arg(socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_host_survives_sigkill_and_drains_on_sigterm() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let run = work.path().join("run");
+    let socket = run.join("host.sock");
+    let host = spawn_host(state.path(), &socket);
+    let spec = hello_spec(work.path(), "");
+    let spec_arg = spec.to_str().unwrap();
+
+    let (ok, out) = cli(&["apply", "-f", spec_arg], &socket);
+    assert!(ok && out.trim() == "created", "{out}");
+    let (ok, out) = cli(&["apply", "-f", spec_arg], &socket);
+    assert!(ok && out.trim() == "unchanged", "{out}");
+    let (status, body) = get(host.http, "hello.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from wasmpod\n"));
+
+    // SIGKILL (Child::kill), then a new host on the same state directory serves the pod again.
+    drop(host);
+    let mut host = spawn_host(state.path(), &socket);
+    let (status, body) = get(host.http, "hello.localhost", "/").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from wasmpod\n"));
+
+    let (ok, out) = cli(&["delete", "hello"], &socket);
+    assert!(ok && out.trim() == "deleted", "{out}");
+    let (status, _) = get(host.http, "hello.localhost", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // SIGTERM drains and exits 0.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(host.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + DEADLINE;
+    let exit = loop {
+        if let Some(exit) = host.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "the host did not exit after SIGTERM");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    assert!(!socket.exists(), "the socket is removed on drain");
+}
+
+/// Asks until `ask` gives 200 or the deadline passes (a command container binds its port a
+/// moment after it starts).
+async fn until_ok(addr: SocketAddr, host: &str, path: &str) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = get(addr, host, path).await;
+        if status == StatusCode::OK {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host}{path} never answered 200: {status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_containers_port_is_routed_over_the_pod_network_and_torn_specs_are_reported() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let serving = start_host(state.path()).await;
+    let client = api_client(&serving);
+    let spec = work.path().join("web.toml");
+    let text = format!(
+        "name = \"web\"\ntermination_grace_period = \"100ms\"\n[expose]\nport = 8081\n\n[[containers]]\nname = \"server\"\ncomponent = \"{}\"\nargs = [\"8081\"]\nports = [8081]\n",
+        guest("webserver").display()
+    );
+    std::fs::write(&spec, text).unwrap();
+    assert_eq!(client.apply(&spec).await.unwrap(), "created");
+    let body = until_ok(serving.http_addr.unwrap(), "web.localhost", "/hello").await;
+    assert_eq!(body.trim(), "hello from server");
+    let hello = hello_spec(work.path(), "");
+    assert_eq!(client.apply(&hello).await.unwrap(), "created");
+    serving.shutdown().await;
+
+    // Tear the stored spec of `web`: the next host reports it and runs the rest.
+    let stored = state.path().join("pods").join("web.toml");
+    let content = std::fs::read_to_string(&stored).unwrap();
+    std::fs::write(&stored, &content[..content.len() / 2]).unwrap();
+    let host = Host::open(HostConfig {
+        state_dir: state.path().to_path_buf(),
+        limits: HostLimits::default(),
+        engine: Some(engine()),
+    })
+    .await
+    .unwrap();
+    let problems = host.load_problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("pod web") && problems[0].contains("torn"),
+        "{problems:?}"
+    );
+    let names: Vec<String> = host.pods().iter().map(|pod| pod.spec().name.clone()).collect();
+    assert_eq!(names, ["hello"]);
+    host.drain().await;
+}
+
+#[test]
+fn digests_need_a_host_and_hostnames_are_checked_where_written() {
+    let file = Path::new("/tmp/wasmpod.toml");
+    let digest = format!(
+        "name = \"p\"\n[[containers]]\nname = \"c\"\ncomponent = \"sha256:{}\"\n",
+        "a".repeat(64)
+    );
+    let error = wasmpod::PodSpec::from_toml(&digest, file).unwrap_err().to_string();
+    assert!(error.contains("wasmpod apply") && error.contains(":4:"), "{error}");
+
+    let short = "name = \"p\"\n[[containers]]\nname = \"c\"\ncomponent = \"sha256:abc\"\n";
+    let error = wasmpod::PodSpec::from_toml(short, file).unwrap_err().to_string();
+    assert!(error.contains("64 lowercase hex digits"), "{error}");
+
+    let hostnames = format!(
+        "name = \"p\"\n[expose]\nport = 80\nhostnames = [\"ok.example.com\", \"bad_name.example\"]\n\n\
+         [[containers]]\nname = \"c\"\ncomponent = \"{}\"\nports = [80]\n",
+        guest("hello_http").display()
+    );
+    let error = wasmpod::PodSpec::from_toml(&hostnames, file).unwrap_err().to_string();
+    assert!(error.contains("bad_name.example") && error.contains(":4:"), "{error}");
+    assert!(!error.contains("ok.example.com"), "{error}");
+}
+
+/// `apply` of a cached pod, p50/p99 over distinct pods (run with `--ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_apply_of_a_cached_pod() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let serving = start_host(state.path()).await;
+    let client = api_client(&serving);
+    assert_eq!(client.apply(&hello_spec(work.path(), "")).await.unwrap(), "created");
+    let stored = std::fs::read_to_string(state.path().join("pods").join("hello.toml")).unwrap();
+    // Without the hostname, which only one pod may claim.
+    let text: String = stored
+        .split_once('\n')
+        .unwrap()
+        .1
+        .lines()
+        .filter(|line| !line.contains("hostnames"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let mut times = Vec::new();
+    for i in 0..200 {
+        let name = format!("pod-{i}");
+        let body = text.replace("name = \"hello\"", &format!("name = \"{name}\""));
+        let started = Instant::now();
+        let (status, _) = client
+            .request(Method::PUT, &format!("/v1/pods/{name}"), Bytes::from(body))
+            .await
+            .unwrap();
+        times.push(started.elapsed());
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    times.sort();
+    println!(
+        "apply of a cached pod over the TCP API: p50 {:?}, p99 {:?}, max {:?} ({} pods)",
+        times[times.len() / 2],
+        times[times.len() * 99 / 100],
+        times[times.len() - 1],
+        times.len()
+    );
+    serving.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_entrance_holds_requests_for_an_unready_pod_and_then_refuses_them() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let serving = start_host(state.path()).await;
+    let client = api_client(&serving);
+    // The readiness probe asks a path the guest answers 404: the pod never becomes ready.
+    let spec = hello_spec(
+        work.path(),
+        "readiness_probe = { http_get = { port = 8080, path = \"/missing\" }, period = \"50ms\" }",
+    );
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("name = \"hello\"", "name = \"hello\"\nreadiness_wait = \"200ms\"");
+    std::fs::write(&spec, text).unwrap();
+    assert_eq!(client.apply(&spec).await.unwrap(), "created");
+    let (status, body) = get(serving.http_addr.unwrap(), "hello.localhost", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("not ready within 200ms"), "{body}");
+    serving.shutdown().await;
+}
