@@ -248,6 +248,8 @@ async fn the_per_address_cap_also_holds_for_a_plain_tcp_port() {
         ..ProxyLimits::default()
     };
     let (pod, addr) = exposed(spec, limits).await;
+    // A connection that arrives before the server listens is closed for that reason instead.
+    wait_for(&pod, "the web server to listen", |pod| pod.network().is_listening(8080)).await;
     let mut open = Vec::new();
     for _ in 0..6 {
         let mut stream = connect_from("127.0.0.4", addr).await;
