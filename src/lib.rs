@@ -22,6 +22,7 @@ pub mod egress;
 pub mod engine;
 pub mod logs;
 pub mod net;
+pub mod oci;
 pub mod pod;
 pub mod probe;
 pub mod proxy;

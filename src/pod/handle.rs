@@ -37,6 +37,12 @@ pub enum PodError {
         #[source]
         source: CompileError,
     },
+    #[error("container {container:?}: {source}")]
+    Image {
+        container: String,
+        #[source]
+        source: crate::oci::OciError,
+    },
     #[error(transparent)]
     Volume(#[from] VolumeError),
     #[error(transparent)]
