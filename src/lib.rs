@@ -20,6 +20,7 @@ pub mod container;
 pub mod control;
 pub mod egress;
 pub mod engine;
+pub mod export;
 pub mod logs;
 pub mod net;
 pub mod oci;

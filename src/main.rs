@@ -13,6 +13,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+
+#[path = "cli/registry.rs"]
+mod registry_cli;
 use tokio::io::AsyncWriteExt;
 use wasmpod::control::{self, Client, ControlError, PodClaim, Request, Response};
 use wasmpod::logs::escape_control;
@@ -87,6 +90,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Push a component to an OCI registry as a wasm artifact and print its digest.
+    Push { file: PathBuf, reference: String },
+    /// Pull an image (REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:HEX) into the cache.
+    Pull { reference: String },
+    /// Write the pod as another system's manifests.
+    Export {
+        #[command(subcommand)]
+        target: registry_cli::ExportTarget,
+    },
 }
 
 /// Limits of the front proxy (`wasmpod run`); defaults are [`ProxyLimits::default`]'s.
@@ -143,6 +155,9 @@ fn main() -> ExitCode {
             json,
         } => logs(&names, tail, follow, json),
         Command::Events { pod, follow, json } => events(pod.as_deref(), follow, json),
+        Command::Push { file, reference } => registry_cli::push(&file, &reference),
+        Command::Pull { reference } => registry_cli::pull(&reference),
+        Command::Export { target } => registry_cli::export(target),
         Command::Run {
             spec,
             no_color,
