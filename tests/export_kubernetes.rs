@@ -33,8 +33,12 @@ fn parse(yaml: &str) -> Parsed {
         let kind = value.get("kind").and_then(|k| k.as_str()).expect("kind").to_string();
         match kind.as_str() {
             "Pod" => parsed.pods.push(serde_norway::from_value(value).expect("a Pod")),
-            "Deployment" => parsed.deployments.push(serde_norway::from_value(value).expect("a Deployment")),
-            "Service" => parsed.services.push(serde_norway::from_value(value).expect("a Service")),
+            "Deployment" => parsed
+                .deployments
+                .push(serde_norway::from_value(value).expect("a Deployment")),
+            "Service" => parsed
+                .services
+                .push(serde_norway::from_value(value).expect("a Service")),
             "Secret" => parsed.secrets.push(serde_norway::from_value(value).expect("a Secret")),
             other => panic!("unexpected kind {other}"),
         }
@@ -114,7 +118,11 @@ fn assert_container(spec: &ContainerSpec, k8s: &Container, init: bool) {
         .collect();
     assert_eq!(mounts, expected, "{}: volume mounts", spec.name);
 
-    let limits = k8s.resources.as_ref().and_then(|r| r.limits.clone()).unwrap_or_default();
+    let limits = k8s
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .unwrap_or_default();
     assert_eq!(limits.contains_key("memory"), spec.resources.memory.is_some());
     assert_eq!(limits.contains_key("cpu"), spec.resources.cpu.is_some());
 
@@ -130,7 +138,10 @@ fn assert_container(spec: &ContainerSpec, k8s: &Container, init: bool) {
                 assert_eq!(get.path.as_deref(), Some(path.as_str()));
             }
             (Some(ProbeAction::TcpSocket { port }), Some(probe)) if !init => {
-                assert_eq!(probe.tcp_socket.as_ref().expect("tcpSocket").port, IntOrString::Int(i32::from(*port)));
+                assert_eq!(
+                    probe.tcp_socket.as_ref().expect("tcpSocket").port,
+                    IntOrString::Int(i32::from(*port))
+                );
             }
             // `health = {}` and init containers' probes are left out (and warned about).
             (Some(ProbeAction::Health), None) | (None, None) => {}
@@ -168,7 +179,11 @@ fn assert_pod_spec(spec: &PodSpec, k8s: &K8sPodSpec, runtime_class: &str, parsed
                 assert_eq!(Path::new(&host_path.path), spec.base_dir.join(path));
             }
             VolumeSource::Secret(files) => {
-                let name = theirs.secret.as_ref().and_then(|s| s.secret_name.clone()).expect("secret");
+                let name = theirs
+                    .secret
+                    .as_ref()
+                    .and_then(|s| s.secret_name.clone())
+                    .expect("secret");
                 let secret = parsed
                     .secrets
                     .iter()
@@ -217,9 +232,18 @@ fn every_example_exports_to_manifests_that_parse_back_with_every_field_mapped() 
         assert!(parsed.pods.is_empty());
         let deployment = &parsed.deployments[0];
         let deployment_spec = deployment.spec.as_ref().unwrap();
-        let template_labels = deployment_spec.template.metadata.as_ref().and_then(|m| m.labels.clone());
+        let template_labels = deployment_spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone());
         assert_eq!(deployment_spec.selector.match_labels, template_labels);
-        assert_pod_spec(&spec, deployment_spec.template.spec.as_ref().unwrap(), "wasmtime-v2", &parsed);
+        assert_pod_spec(
+            &spec,
+            deployment_spec.template.spec.as_ref().unwrap(),
+            "wasmtime-v2",
+            &parsed,
+        );
         match spec.expose {
             Some(expose) => {
                 let service = parsed.services[0].spec.as_ref().unwrap();
@@ -238,7 +262,10 @@ fn pushed_examples_export_images_that_pull_back_from_the_registry() {
     let Some(registry) = oci_registry::Registry::start("export_kubernetes::pushed_examples_export_images") else {
         return;
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut pushed: BTreeMap<PathBuf, (String, Vec<u8>)> = BTreeMap::new();
     let mut images = BTreeSet::new();
     for example in examples() {
@@ -257,7 +284,12 @@ fn pushed_examples_export_images_that_pull_back_from_the_registry() {
             image
         });
         let spec = PodSpec::from_toml(&text, &example).unwrap();
-        let parsed = parse(&kubernetes::export(&spec, &KubernetesOptions::default()).unwrap().to_yaml().unwrap());
+        let parsed = parse(
+            &kubernetes::export(&spec, &KubernetesOptions::default())
+                .unwrap()
+                .to_yaml()
+                .unwrap(),
+        );
         let pod_spec = parsed.pods[0].spec.clone().unwrap();
         for container in pod_spec.init_containers.iter().flatten().chain(&pod_spec.containers) {
             images.insert(container.image.clone().unwrap());
@@ -336,7 +368,12 @@ startup_probe = { tcp_socket = { port = 6379 } }
 "#,
     )
     .unwrap();
-    let output = export_cli(&[spec.to_str().unwrap(), "--deployment", "--runtime-class", "wasmtime-spin"]);
+    let output = export_cli(&[
+        spec.to_str().unwrap(),
+        "--deployment",
+        "--runtime-class",
+        "wasmtime-spin",
+    ]);
     let stdout = String::from_utf8(output.stdout).unwrap();
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(output.status.success(), "{stderr}");
@@ -371,7 +408,14 @@ startup_probe = { tcp_socket = { port = 6379 } }
     assert_eq!(limits["memory"].0, "64Mi");
     assert_eq!(limits["cpu"].0, "500m");
     assert_eq!(
-        web.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
+        web.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
         Some("/ready")
     );
     assert!(web.liveness_probe.is_none());
@@ -402,7 +446,10 @@ fn a_local_component_is_an_error_that_says_to_push_it_first() {
     assert!(!output.status.success());
     assert!(output.stdout.is_empty(), "no partial YAML");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("container \"prepare\" names the local component"), "{stderr}");
+    assert!(
+        stderr.contains("container \"prepare\" names the local component"),
+        "{stderr}"
+    );
     assert!(stderr.contains("wasmpod push FILE REGISTRY/REPO:TAG"), "{stderr}");
 }
 
@@ -423,5 +470,8 @@ fn a_deployment_needs_restart_policy_always() {
     let output = export_cli(&[spec.to_str().unwrap()]);
     assert!(output.status.success());
     let parsed = parse(&String::from_utf8(output.stdout).unwrap());
-    assert_eq!(parsed.pods[0].spec.as_ref().unwrap().restart_policy.as_deref(), Some("Never"));
+    assert_eq!(
+        parsed.pods[0].spec.as_ref().unwrap().restart_policy.as_deref(),
+        Some("Never")
+    );
 }

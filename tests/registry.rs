@@ -31,7 +31,10 @@ fn text(output: &Output) -> String {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn push_guest(registry: &Registry, name: &str, reference: &str) -> (Reference, Digest, Vec<u8>) {
@@ -55,7 +58,9 @@ fn a_pushed_guest_runs_from_its_image_then_from_the_cache_with_the_registry_stop
     let pushed = wasmpod(&cache, &["push", guest("toolbox").to_str().unwrap(), &reference]);
     assert!(pushed.status.success(), "push: {}", text(&pushed));
     let digest = String::from_utf8_lossy(&pushed.stdout).trim().to_string();
-    digest.parse::<Digest>().unwrap_or_else(|e| panic!("push printed {digest:?}: {e}"));
+    digest
+        .parse::<Digest>()
+        .unwrap_or_else(|e| panic!("push printed {digest:?}: {e}"));
 
     let spec = dir.path().join("wasmpod.toml");
     std::fs::write(
@@ -188,7 +193,10 @@ fn push_refuses_what_is_not_a_component_before_any_upload() {
     }
     let (status, catalog) = registry.get("/v2/_catalog").unwrap();
     assert_eq!(status, 200);
-    assert!(catalog.contains("\"repositories\":[]"), "nothing was uploaded: {catalog}");
+    assert!(
+        catalog.contains("\"repositories\":[]"),
+        "nothing was uploaded: {catalog}"
+    );
 }
 
 #[test]

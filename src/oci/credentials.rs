@@ -68,12 +68,14 @@ pub fn login_for(registry: &str) -> Result<Option<Login>, String> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
     };
-    let config: DockerConfig =
-        serde_json::from_str(&text).map_err(|error| format!("{} is not a Docker config file: {error}", path.display()))?;
+    let config: DockerConfig = serde_json::from_str(&text)
+        .map_err(|error| format!("{} is not a Docker config file: {error}", path.display()))?;
     Ok(config
         .auths
         .iter()
-        .find(|(key, _)| entry_host(key) == registry || (registry == "docker.io" && entry_host(key) == "index.docker.io"))
+        .find(|(key, _)| {
+            entry_host(key) == registry || (registry == "docker.io" && entry_host(key) == "index.docker.io")
+        })
         .and_then(|(_, entry)| match (&entry.auth, &entry.username, &entry.password) {
             (Some(auth), _, _) if !auth.is_empty() => Some(Login { basic: auth.clone() }),
             (_, Some(username), Some(password)) => Some(Login::new(username, password)),

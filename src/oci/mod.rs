@@ -9,8 +9,8 @@
 //! hashed again on every read: a file changed on disk is thrown away and fetched again.
 
 mod credentials;
-mod session;
 mod reference;
+mod session;
 
 use std::path::{Path, PathBuf};
 
@@ -207,7 +207,9 @@ impl ImageStore {
         let config_digest: Digest = manifest.config.digest.parse().map_err(not_wasm)?;
         let layer_digest: Digest = layer.digest.parse().map_err(not_wasm)?;
         if manifest.config.size > MAX_CONFIG_BYTES as u64 || layer.size > MAX_COMPONENT_BYTES {
-            return Err(not_wasm("its config or component is larger than wasmpod accepts".into()));
+            return Err(not_wasm(
+                "its config or component is larger than wasmpod accepts".into(),
+            ));
         }
 
         // The config carries nothing wasmpod needs, but it is fetched and checked so a
@@ -219,7 +221,9 @@ impl ImageStore {
 
         let path = self.blob_path(&layer_digest);
         if self.read_verified(&path, &layer_digest).await?.is_none() {
-            let component = session.blob(&layer_digest, layer.size as usize, "the component").await?;
+            let component = session
+                .blob(&layer_digest, layer.size as usize, "the component")
+                .await?;
             verify(&component, &layer_digest, "the component", &shown)?;
             crate::spec::check_component_bytes(&component).map_err(not_wasm)?;
             self.write_atomically(&path, &component).await?;

@@ -42,7 +42,9 @@ impl FromStr for Digest {
         if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             Ok(Digest(text.to_owned()))
         } else {
-            Err(format!("digest {text:?} is not `sha256:` followed by 64 lowercase hex digits"))
+            Err(format!(
+                "digest {text:?} is not `sha256:` followed by 64 lowercase hex digits"
+            ))
         }
     }
 }
@@ -127,7 +129,8 @@ impl FromStr for Reference {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Reference, String> {
-        let bad = |why: &str| format!("image reference {text:?} {why}; write REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:HEX");
+        let bad =
+            |why: &str| format!("image reference {text:?} {why}; write REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:HEX");
         let (name, digest) = match text.split_once('@') {
             Some((name, digest)) => (name, Some(digest.parse::<Digest>().map_err(|e| bad(&e))?)),
             None => (text, None),
@@ -137,7 +140,9 @@ impl FromStr for Reference {
         // else would be Docker Hub's implicit `library/` namespace, which is not guessed here.
         let looks_like_host = registry.contains('.') || registry.contains(':') || registry == "localhost";
         if registry.is_empty() || !looks_like_host {
-            return Err(bad("does not start with a registry host (like `ghcr.io` or `localhost:5000`)"));
+            return Err(bad(
+                "does not start with a registry host (like `ghcr.io` or `localhost:5000`)",
+            ));
         }
         if !registry
             .bytes()
@@ -157,7 +162,9 @@ impl FromStr for Reference {
                 && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         };
         if repository.is_empty() || !repository.split('/').all(component_ok) {
-            return Err(bad("has an invalid repository (lowercase letters, digits, `._-`, separated by `/`)"));
+            return Err(bad(
+                "has an invalid repository (lowercase letters, digits, `._-`, separated by `/`)",
+            ));
         }
         let target = match (digest, tag) {
             (Some(digest), _) => Target::Digest(digest),

@@ -76,7 +76,9 @@ impl Session {
             return Ok(());
         }
         let start = format!("{}/v2/{}/blobs/uploads/", self.base, self.repository);
-        let opened = self.send(Method::POST, &start, Vec::new(), Bytes::new(), MAX_SMALL_BODY).await?;
+        let opened = self
+            .send(Method::POST, &start, Vec::new(), Bytes::new(), MAX_SMALL_BODY)
+            .await?;
         let opened = self.expect(opened, &[202], "POST (open a blob upload)")?;
         let location = opened
             .headers
@@ -112,7 +114,11 @@ impl Session {
         // Registries explain errors in a small JSON body; show its start.
         let text = String::from_utf8_lossy(&answer.body);
         let text: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
-        let detail = if text.is_empty() { String::new() } else { format!(": {text}") };
+        let detail = if text.is_empty() {
+            String::new()
+        } else {
+            format!(": {text}")
+        };
         Err(self.status_error(answer.status, what, detail))
     }
 
@@ -159,7 +165,9 @@ impl Session {
         body: Bytes,
         limit: usize,
     ) -> Result<Answer, OciError> {
-        let mut url: Uri = url.parse().map_err(|e| self.unreachable(format!("bad URL {url}: {e}")))?;
+        let mut url: Uri = url
+            .parse()
+            .map_err(|e| self.unreachable(format!("bad URL {url}: {e}")))?;
         let origin = url.authority().cloned();
         for _ in 0..=MAX_REDIRECTS {
             // Credentials go only to the registry itself, never to where it redirects.
@@ -206,7 +214,12 @@ impl Session {
             return Err(self.auth_error(&format!("unsupported challenge {challenge:?}")));
         }
         let params = challenge_params(params);
-        let param = |key: &str| params.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str());
+        let param = |key: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.as_str())
+        };
         let realm = param("realm").ok_or_else(|| self.auth_error("a Bearer challenge without a realm"))?;
         let scope = format!("repository:{}:{}", self.repository, self.actions);
         let mut query = vec![("scope", param("scope").unwrap_or(&scope))];
@@ -223,9 +236,16 @@ impl Session {
             .parse()
             .map_err(|e| self.auth_error(&format!("bad token URL: {e}")))?;
         let basic = self.login.as_ref().map(Login::basic_header);
-        let answer = exchange(Method::GET, &token_url, &[], Bytes::new(), MAX_SMALL_BODY, basic.as_deref())
-            .await
-            .map_err(|message| self.unreachable(format!("token service: {message}")))?;
+        let answer = exchange(
+            Method::GET,
+            &token_url,
+            &[],
+            Bytes::new(),
+            MAX_SMALL_BODY,
+            basic.as_deref(),
+        )
+        .await
+        .map_err(|message| self.unreachable(format!("token service: {message}")))?;
         if answer.status != 200 {
             let why = if self.login.is_none() {
                 self.no_login()
@@ -317,11 +337,9 @@ async fn exchange(
         .map_err(|_| format!("connecting to {host}:{port} timed out"))?
         .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
 
-    let mut request = Request::builder().method(method.clone()).uri(
-        url.path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/"),
-    );
+    let mut request = Request::builder()
+        .method(method.clone())
+        .uri(url.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let authority = url.authority().map(|a| a.as_str()).unwrap_or(host);
     request = request.header(header::HOST, authority);
     request = request.header(header::USER_AGENT, concat!("wasmpod/", env!("CARGO_PKG_VERSION")));
@@ -366,7 +384,11 @@ where
             Bytes::new()
         } else {
             // Error answers are read with the small limit whatever the caller expects.
-            let limit = if (200..300).contains(&status) { limit } else { MAX_SMALL_BODY };
+            let limit = if (200..300).contains(&status) {
+                limit
+            } else {
+                MAX_SMALL_BODY
+            };
             Limited::new(response.into_body(), limit)
                 .collect()
                 .await
@@ -417,7 +439,8 @@ mod tests {
 
     #[test]
     fn bearer_challenge_params_keep_commas_inside_quotes() {
-        let params = challenge_params(r#"realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push""#);
+        let params =
+            challenge_params(r#"realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push""#);
         assert_eq!(
             params,
             vec![

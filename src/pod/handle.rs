@@ -41,7 +41,8 @@ pub enum PodError {
     Image {
         container: String,
         #[source]
-        source: crate::oci::OciError,
+        // Boxed: the registry's errors are large and rare, `PodError` is returned everywhere.
+        source: Box<crate::oci::OciError>,
     },
     #[error(transparent)]
     Volume(#[from] VolumeError),

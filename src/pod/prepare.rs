@@ -146,7 +146,7 @@ impl Pod {
         };
         let image_error = |source| PodError::Image {
             container: container.name.clone(),
-            source,
+            source: Box::new(source),
         };
         let store = crate::oci::ImageStore::default_store().map_err(image_error)?;
         let pulled = store.resolve(reference).await.map_err(image_error)?;

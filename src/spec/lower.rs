@@ -382,8 +382,7 @@ fn lower_component_source(
             if component.is_some() {
                 report.push(
                     &source_field,
-                    "a container takes either `component` (a file) or `image` (a registry reference), not both"
-                        .into(),
+                    "a container takes either `component` (a file) or `image` (a registry reference), not both".into(),
                 );
             }
             match image.get_ref().parse::<crate::oci::Reference>() {

@@ -98,7 +98,10 @@ impl Registry {
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
         stream.write_all(request.as_bytes()).ok()?;
         let mut answer = String::new();
         stream.read_to_string(&mut answer).ok()?;
@@ -135,6 +138,10 @@ impl Drop for Registry {
 /// A guest component built by the build script.
 pub fn guest(name: &str) -> PathBuf {
     let path = Path::new(env!("WASMPOD_GUESTS_DIR")).join(format!("{name}.wasm"));
-    assert!(path.exists(), "guest {name} was not built: {} is missing", path.display());
+    assert!(
+        path.exists(),
+        "guest {name} was not built: {} is missing",
+        path.display()
+    );
     path
 }
