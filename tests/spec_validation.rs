@@ -308,7 +308,7 @@ fn missing_component_field_is_located_at_its_container() {
         &problem,
         3,
         8,
-        &["container \"writer\" has no component", "`component`", "`image`"],
+        &["container \"writer\" has no component", "`component = ", "`image = "],
     );
 }
 
