@@ -13,14 +13,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-
-#[path = "cli/registry.rs"]
-mod registry_cli;
 use tokio::io::AsyncWriteExt;
 use wasmpod::control::{self, Client, ControlError, PodClaim, Request, Response};
 use wasmpod::logs::escape_control;
 use wasmpod::proxy::{ProxyLimits, raise_open_file_limit};
 use wasmpod::{Event, EventKind, LogLine, Pod, PodError, PodOptions, PodPhase, PodSpec, Stream};
+
+// `push`, `pull`, `export`: in their own file so this one only gains the variants and dispatch.
+#[path = "cli/registry.rs"]
+mod registry_cli;
 
 #[derive(Parser)]
 #[command(
