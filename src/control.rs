@@ -352,6 +352,7 @@ impl From<&Event> for EventView {
 pub fn event_kind_name(kind: &EventKind) -> &'static str {
     match kind {
         EventKind::Compiling => "compiling",
+        EventKind::ImageResolved { .. } => "image_resolved",
         EventKind::Compiled { .. } => "compiled",
         EventKind::VolumeReady { .. } => "volume_ready",
         EventKind::Exposed { .. } => "exposed",
@@ -946,6 +947,11 @@ mod tests {
         let text = || "x".to_string();
         let kinds = [
             EventKind::Compiling,
+            EventKind::ImageResolved {
+                image: text(),
+                digest: text(),
+                cached: true,
+            },
             EventKind::Compiled { cached: true, took: ms },
             EventKind::VolumeReady {
                 volume: text(),

@@ -20,10 +20,12 @@ pub mod container;
 pub mod control;
 pub mod egress;
 pub mod engine;
+pub mod export;
 #[cfg(unix)]
 pub mod host;
 pub mod logs;
 pub mod net;
+pub mod oci;
 pub mod pod;
 pub mod probe;
 pub mod proxy;

@@ -23,6 +23,10 @@ use wasmpod::logs::escape_control;
 use wasmpod::proxy::{ProxyLimits, raise_open_file_limit};
 use wasmpod::{Event, EventKind, LogLine, Pod, PodError, PodOptions, PodPhase, PodSpec, Stream};
 
+// `push`, `pull`, `export`: in their own file so this one only gains the variants and dispatch.
+#[path = "cli/registry.rs"]
+mod registry_cli;
+
 #[derive(Parser)]
 #[command(
     name = "wasmpod",
@@ -110,6 +114,15 @@ enum Command {
         #[command(flatten)]
         host: host_cli::HostFlag,
     },
+    /// Push a component to an OCI registry as a wasm artifact and print its digest.
+    Push { file: PathBuf, reference: String },
+    /// Pull an image (REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:HEX) into the cache.
+    Pull { reference: String },
+    /// Write the pod as another system's manifests.
+    Export {
+        #[command(subcommand)]
+        target: registry_cli::ExportTarget,
+    },
 }
 
 /// Limits of the front proxy (`wasmpod run`); defaults are [`ProxyLimits::default`]'s.
@@ -172,6 +185,9 @@ fn main() -> ExitCode {
         Command::Apply { spec, host } => host_cli::apply(&spec, &host),
         #[cfg(unix)]
         Command::Delete { pod, host } => host_cli::delete(&pod, &host),
+        Command::Push { file, reference } => registry_cli::push(&file, &reference),
+        Command::Pull { reference } => registry_cli::pull(&reference),
+        Command::Export { target } => registry_cli::export(target),
         Command::Run {
             spec,
             no_color,

@@ -183,6 +183,12 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventKind {
     Compiling,
+    /// A container's `image` resolved to a digest, from the image cache or the registry.
+    ImageResolved {
+        image: String,
+        digest: String,
+        cached: bool,
+    },
     Compiled {
         cached: bool,
         took: Duration,
@@ -258,6 +264,10 @@ impl fmt::Display for Event {
         }
         match &self.kind {
             EventKind::Compiling => f.write_str("compiling"),
+            EventKind::ImageResolved { image, digest, cached } => {
+                let from = if *cached { "the image cache" } else { "the registry" };
+                write!(f, "image {image} is {digest} (from {from})")
+            }
             EventKind::Compiled { cached: true, took } => {
                 write!(f, "loaded compiled component from cache in {took:.0?}")
             }

@@ -1075,6 +1075,8 @@ impl TestPod {
         let compiled = match &spec.component {
             ComponentSource::File(path) => self.engine.compile_file(path, container),
             ComponentSource::Bytes(bytes) => self.engine.compile(bytes, container),
+            // Not resolved here: the kind of an image's component is not known to the harness.
+            ComponentSource::Image(_) => return None,
         };
         let kind = compiled
             .ok()

@@ -304,7 +304,13 @@ fn missing_pod_name_is_reported() {
 fn missing_component_field_is_located_at_its_container() {
     let pod = PodDir::new();
     let problem = pod.single_problem(&["name = \"demo\"", "[[containers]]", "name = \"writer\""]);
-    assert_problem(&problem, 2, 1, &["missing field `component`"]);
+    // At the container's name: `component` or `image`, neither is required on its own.
+    assert_problem(
+        &problem,
+        3,
+        8,
+        &["container \"writer\" has no component", "`component = ", "`image = "],
+    );
 }
 
 #[test]

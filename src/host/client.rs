@@ -147,6 +147,8 @@ impl Client {
                         source,
                     })?,
                     ComponentSource::Bytes(bytes) => bytes.to_vec(),
+                    // The host pulls registry images itself, verified by digest.
+                    ComponentSource::Image(_) => continue,
                 };
                 let digest = format!("sha256:{}", sha256_hex(&bytes));
                 let blob_path = format!("/v1/blobs/{digest}");

@@ -37,6 +37,13 @@ pub enum PodError {
         #[source]
         source: CompileError,
     },
+    #[error("container {container:?}: {source}")]
+    Image {
+        container: String,
+        #[source]
+        // Boxed: the registry's errors are large and rare, `PodError` is returned everywhere.
+        source: Box<crate::oci::OciError>,
+    },
     #[error(transparent)]
     Volume(#[from] VolumeError),
     #[error(transparent)]

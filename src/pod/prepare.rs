@@ -104,14 +104,20 @@ impl Pod {
         let name = container.name.clone();
         shared.events.emit(Some(&name), EventKind::Compiling);
         let engine = shared.engine.clone();
-        let source = container.component.clone();
+        let source = self.resolve_image(container).await?;
         let what = match &source {
             ComponentSource::File(path) => format!("{} (container {name:?})", path.display()),
             ComponentSource::Bytes(_) => format!("the component bytes of container {name:?}"),
+            ComponentSource::Image(reference) => format!("image {reference} (container {name:?})"),
         };
         let compiled = tokio::task::spawn_blocking(move || match &source {
             ComponentSource::File(path) => engine.compile_file(path, &what),
             ComponentSource::Bytes(bytes) => engine.compile(bytes, &what),
+            // `resolve_image` turned every image into its cached file.
+            ComponentSource::Image(_) => Err(crate::engine::CompileError::Invalid {
+                what: what.clone(),
+                message: "image not resolved".into(),
+            }),
         })
         .await
         .map_err(|e| PodError::Engine(format!("compilation panicked: {e}")))?
@@ -128,6 +134,31 @@ impl Pod {
             },
         );
         Ok(compiled.component)
+    }
+}
+
+impl Pod {
+    /// A container's `image` as its verified file in the image cache (pulled when missing),
+    /// with its digest in an event; any other source as it is.
+    async fn resolve_image(&self, container: &ContainerSpec) -> Result<ComponentSource, PodError> {
+        let ComponentSource::Image(reference) = &container.component else {
+            return Ok(container.component.clone());
+        };
+        let image_error = |source| PodError::Image {
+            container: container.name.clone(),
+            source: Box::new(source),
+        };
+        let store = crate::oci::ImageStore::default_store().map_err(image_error)?;
+        let pulled = store.resolve(reference).await.map_err(image_error)?;
+        self.parts.events.emit(
+            Some(&container.name),
+            EventKind::ImageResolved {
+                image: reference.to_string(),
+                digest: pulled.manifest.to_string(),
+                cached: pulled.from_cache,
+            },
+        );
+        Ok(ComponentSource::File(pulled.path))
     }
 }
 

@@ -689,6 +689,8 @@ pub(super) const CORE_MODULE_HEADER: [u8; 8] = *b"\0asm\x01\x00\x00\x00";
 pub(super) fn check_component(source: &ComponentSource, base_dir: &Path) -> Result<(), String> {
     match source {
         ComponentSource::Bytes(bytes) => check_component_header(bytes, "the component (given as bytes)"),
+        // Pulled and checked (digests and header) when the pod starts.
+        ComponentSource::Image(_) => Ok(()),
         ComponentSource::File(path) => {
             let path = base_dir.join(path);
             let header = read_header(&path).map_err(|error| match error.kind() {

@@ -269,7 +269,7 @@ pub(super) fn lower_container(
 ) -> ContainerSpec {
     let field = |which: ContainerField| Field::Container(at, which);
     report.record(field(ContainerField::Name), container.name.span());
-    report.record(field(ContainerField::Component), container.component.span());
+    let component = lower_component_source(&container, base_dir, blobs, &field, report);
 
     for name in container.env.keys() {
         report.record(field(ContainerField::EnvName(name.get_ref().clone())), name.span());
@@ -357,13 +357,7 @@ pub(super) fn lower_container(
 
     ContainerSpec {
         name: container.name.into_inner(),
-        component: lower_component(
-            &container.component,
-            base_dir,
-            blobs,
-            &field(ContainerField::Component),
-            report,
-        ),
+        component,
         args: container.args,
         env,
         ports,
@@ -375,6 +369,54 @@ pub(super) fn lower_container(
         readiness_probe,
         liveness_probe,
         http,
+    }
+}
+
+/// `component = "file.wasm"` or `image = "REGISTRY/REPO:TAG"`: exactly one, reported where it
+/// is written (or at the container's name when neither is).
+fn lower_component_source(
+    container: &RawContainer,
+    base_dir: &Path,
+    blobs: Option<&Path>,
+    field: &dyn Fn(ContainerField) -> Field,
+    report: &mut Report,
+) -> ComponentSource {
+    let source_field = field(ContainerField::Component);
+    match (&container.component, &container.image) {
+        (Some(component), None) => {
+            report.record(source_field.clone(), component.span());
+            lower_component(component, base_dir, blobs, &source_field, report)
+        }
+        (component, Some(image)) => {
+            report.record(source_field.clone(), image.span());
+            if component.is_some() {
+                report.push(
+                    &source_field,
+                    "a container takes either `component` (a file) or `image` (a registry reference), not both".into(),
+                );
+            }
+            match image.get_ref().parse::<crate::oci::Reference>() {
+                Ok(reference) => ComponentSource::Image(reference),
+                Err(message) => {
+                    report.push(&source_field, message);
+                    ComponentSource::Bytes(super::check::COMPONENT_HEADER.to_vec().into())
+                }
+            }
+        }
+        (None, None) => {
+            let name_field = field(ContainerField::Name);
+            report.record(source_field, container.name.span());
+            report.push(
+                &name_field,
+                format!(
+                    "container \"{}\" has no component; set `component = \"file.wasm\"` or \
+                     `image = \"REGISTRY/REPO:TAG\"`",
+                    container.name.get_ref()
+                ),
+            );
+            // A stand-in: checks later must not report this container's component again.
+            ComponentSource::Bytes(super::check::COMPONENT_HEADER.to_vec().into())
+        }
     }
 }
 

@@ -289,6 +289,14 @@ pub enum ComponentSource {
     File(PathBuf),
     /// Component bytes given directly (tests, embedders).
     Bytes(Arc<[u8]>),
+    /// A wasm OCI artifact in a registry (`image = "..."`), pulled or taken from the image
+    /// cache when the pod starts.
+    Image(crate::oci::Reference),
+}
+
+/// Checks that `bytes` start like a WASI 0.2 component (only the header).
+pub fn check_component_bytes(bytes: &[u8]) -> Result<(), String> {
+    check::check_component_header(bytes, "the component")
 }
 
 impl std::fmt::Debug for ComponentSource {
@@ -296,6 +304,7 @@ impl std::fmt::Debug for ComponentSource {
         match self {
             ComponentSource::File(path) => f.debug_tuple("File").field(path).finish(),
             ComponentSource::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
+            ComponentSource::Image(reference) => write!(f, "Image({reference})"),
         }
     }
 }

@@ -86,7 +86,10 @@ pub(super) struct RawEmptyDir {}
 #[serde(deny_unknown_fields)]
 pub(super) struct RawContainer {
     pub(super) name: Spanned<String>,
-    pub(super) component: Spanned<String>,
+    /// A component file; exactly one of `component` and `image`.
+    pub(super) component: Option<Spanned<String>>,
+    /// An OCI image reference (a wasm artifact), resolved when the pod starts.
+    pub(super) image: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) args: Vec<String>,
     #[serde(default)]
