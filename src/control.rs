@@ -372,6 +372,9 @@ pub fn event_kind_name(kind: &EventKind) -> &'static str {
         EventKind::RequestTrapped { .. } => "request_trapped",
         EventKind::RequestTimedOut { .. } => "request_timed_out",
         EventKind::RequestFailed { .. } => "request_failed",
+        EventKind::FaultAdded { .. } => "fault_added",
+        EventKind::FaultRemoved { .. } => "fault_removed",
+        EventKind::FaultTriggered { .. } => "fault_triggered",
     }
 }
 
@@ -974,6 +977,9 @@ mod tests {
             EventKind::RequestTrapped { message: text() },
             EventKind::RequestTimedOut { after: ms },
             EventKind::RequestFailed { message: text() },
+            EventKind::FaultAdded { id: 1, fault: text() },
+            EventKind::FaultRemoved { id: 1, fault: text() },
+            EventKind::FaultTriggered { id: 1, link: text() },
         ];
         for kind in &kinds {
             assert_eq!(event_kind_name(kind), old_debug_name(kind), "{kind:?}");

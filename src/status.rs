@@ -244,6 +244,21 @@ pub enum EventKind {
     RequestFailed {
         message: String,
     },
+    /// A network fault was injected (`[[faults]]`, `wasmpod fault add`, tests).
+    FaultAdded {
+        id: u64,
+        fault: String,
+    },
+    /// An injected fault was removed.
+    FaultRemoved {
+        id: u64,
+        fault: String,
+    },
+    /// An injected fault acted on a link for the first time.
+    FaultTriggered {
+        id: u64,
+        link: String,
+    },
 }
 
 impl fmt::Display for Event {
@@ -293,6 +308,9 @@ impl fmt::Display for Event {
                 )
             }
             EventKind::RequestFailed { message } => write!(f, "request failed: {message}"),
+            EventKind::FaultAdded { id, fault } => write!(f, "fault {id} added: {fault}"),
+            EventKind::FaultRemoved { id, fault } => write!(f, "fault {id} removed: {fault}"),
+            EventKind::FaultTriggered { id, link } => write!(f, "fault {id} triggered on {link}"),
         }
     }
 }

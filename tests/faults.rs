@@ -222,3 +222,163 @@ async fn timeout_holds_then_closes() {
     assert_eq!((code, out.as_str()), (0, "connected\nclosed: eof\n"));
     let _ = server.await.unwrap();
 }
+
+// ---- the spec's `[[faults]]` and the pod ----------------------------------------------------
+
+fn netcheck_wasm() -> String {
+    std::path::Path::new(env!("WASMPOD_GUESTS_DIR"))
+        .join("netcheck.wasm")
+        .display()
+        .to_string()
+        .replace('\\', "/")
+}
+
+/// A pod spec with a server listing port 6000, a client and `faults` appended.
+fn spec_text(server: &str, client: &str, faults: &str) -> String {
+    let wasm = netcheck_wasm();
+    let args = |s: &str| {
+        s.split_whitespace()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "name = \"chaos\"\nrestart_policy = \"never\"\n\n\
+         [[containers]]\nname = \"server\"\ncomponent = \"{wasm}\"\nports = [6000]\nargs = [{}]\n\n\
+         [[containers]]\nname = \"client\"\ncomponent = \"{wasm}\"\nargs = [{}]\n\n{faults}",
+        args(server),
+        args(client)
+    )
+}
+
+fn spec_errors(faults: &str) -> Vec<String> {
+    let text = spec_text("listen 127.0.0.1:6000", "try-connect 127.0.0.1:6000", faults);
+    match wasmpod::spec::PodSpec::from_toml(&text, std::path::Path::new("/tmp/wasmpod.toml")) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn spec_faults_lower_to_the_model() {
+    let text = spec_text(
+        "listen 127.0.0.1:6000",
+        "try-connect 127.0.0.1:6000",
+        "[[faults]]\nto = \"server:6000\"\nfrom = \"client\"\nkind = \"latency\"\nlatency = \"200ms\"\n\
+         jitter = \"10ms\"\ndirection = \"upstream\"\ntoxicity = 0.5\n\n\
+         [[faults]]\nto = \"6000\"\nkind = \"bandwidth\"\nrate = \"1MiB\"\n\n\
+         [[faults]]\nto = \"example.com:443\"\nkind = \"down\"\n",
+    );
+    let spec = wasmpod::spec::PodSpec::from_toml(&text, std::path::Path::new("/tmp/wasmpod.toml")).expect("valid");
+    assert_eq!(spec.faults.len(), 3);
+    assert_eq!(
+        spec.faults[0],
+        Fault::new(
+            FaultKind::Latency {
+                latency: Duration::from_millis(200),
+                jitter: Duration::from_millis(10)
+            },
+            to("server:6000")
+        )
+        .from("client")
+        .direction(Direction::Upstream)
+        .toxicity(0.5)
+    );
+    assert_eq!(spec.faults[1].kind, FaultKind::Bandwidth { rate: 1 << 20 });
+    assert!(spec.faults[2].to.is_egress());
+}
+
+#[test]
+fn bad_faults_are_located_spec_errors() {
+    // Line 15 is the first line after the two containers (see `spec_text`).
+    let cases: &[(&str, &str)] = &[
+        (
+            "[[faults]]\nto = \"6000\"\nkind = \"jam\"\n",
+            "unknown fault kind \"jam\"",
+        ),
+        (
+            "[[faults]]\nto = \"6000\"\nkind = \"down\"\nlatency = \"1s\"\n",
+            "`latency` is not a field of a down fault",
+        ),
+        (
+            "[[faults]]\nto = \"db:6000\"\nkind = \"down\"\n",
+            "\"db\", which is not a container",
+        ),
+        (
+            "[[faults]]\nto = \"server:7000\"\nkind = \"down\"\n",
+            "does not list port 7000",
+        ),
+        (
+            "[[faults]]\nto = \"7000\"\nkind = \"down\"\n",
+            "no container of this pod lists port 7000",
+        ),
+        (
+            "[[faults]]\nto = \"6000\"\nkind = \"down\"\nfrom = \"ghost\"\n",
+            "\"ghost\", which is not a container",
+        ),
+        (
+            "[[faults]]\nto = \"6000\"\nkind = \"loss\"\nprobability = 1.5\n",
+            "probability 1.5 is not a probability",
+        ),
+        (
+            "[[faults]]\nto = \"6000\"\nkind = \"down\"\ntoxicity = -1\n",
+            "toxicity -1 is not a probability",
+        ),
+        ("[[faults]]\nto = \"6000\"\nkind = \"latency\"\n", "needs `latency`"),
+        (
+            "[[faults]]\nto = \"6000\"\nkind = \"down\"\ndirection = \"sideways\"\n",
+            "direction \"sideways\"",
+        ),
+    ];
+    for (faults, want) in cases {
+        let errors = spec_errors(faults);
+        assert_eq!(errors.len(), 1, "{faults}: {errors:?}");
+        assert!(errors[0].contains(want), "{faults}: {errors:?}");
+        // Located: file:line:column, inside the [[faults]] table.
+        let line: usize = errors[0]
+            .split(':')
+            .nth(1)
+            .and_then(|l| l.parse().ok())
+            .expect(&errors[0]);
+        assert!(line >= 15, "{errors:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_installs_spec_faults_reports_them_and_the_harness_guard_removes_its_own() {
+    use wasmpod::status::EventKind;
+    use wasmpod::testing::TestPod;
+    // The spec puts the server's port down from the start: the client is refused.
+    let text = spec_text(
+        "listen 127.0.0.1:6000 && accept-hold",
+        "try-connect 127.0.0.1:6000",
+        "[[faults]]\nto = \"server:6000\"\nkind = \"down\"\n",
+    );
+    let spec = wasmpod::spec::PodSpec::from_toml(&text, std::path::Path::new("/tmp/wasmpod.toml")).expect("valid");
+    let pod = TestPod::start(spec).await.expect("start");
+    pod.wait_for_log("client", |l| l.starts_with("connect"))
+        .await
+        .expect("client");
+    assert_eq!(pod.logs("client"), ["connect failed: ConnectionRefused"]);
+    let guard = pod.fault(Fault::new(FaultKind::Loss { probability: 1.0 }, to("53")));
+    let id = guard.id();
+    drop(guard);
+    let kinds: Vec<EventKind> = pod.pod().events().all().into_iter().map(|e| e.kind).collect();
+    assert!(
+        kinds.iter().any(|k| matches!(k, EventKind::FaultAdded { id: 1, .. })),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds
+            .iter()
+            .any(|k| matches!(k, EventKind::FaultTriggered { id: 1, link } if link == "client -> 6000")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds
+            .iter()
+            .any(|k| matches!(k, EventKind::FaultRemoved { id: i, .. } if *i == id)),
+        "{kinds:?}"
+    );
+    assert_eq!(pod.pod().network().faults().list().len(), 1);
+}

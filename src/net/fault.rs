@@ -581,6 +581,24 @@ impl FaultTable {
     }
 }
 
+/// Installs a pod's `[[faults]]` in its network and reports every fault notice as a pod
+/// event (added, removed, first triggered).
+pub fn install(network: &super::PodNetwork, faults: &[Fault], events: &crate::status::Events) {
+    use crate::status::EventKind;
+    let events = events.clone();
+    network.faults().set_observer(Arc::new(move |notice| {
+        let kind = match notice {
+            FaultNotice::Added { id, fault } => EventKind::FaultAdded { id, fault },
+            FaultNotice::Removed { id, fault } => EventKind::FaultRemoved { id, fault },
+            FaultNotice::Triggered { id, link } => EventKind::FaultTriggered { id, link },
+        };
+        events.emit(None, kind);
+    }));
+    for fault in faults {
+        network.faults().add(fault.clone());
+    }
+}
+
 /// Removes its fault when dropped.
 #[must_use = "the fault is removed when the guard is dropped"]
 pub struct FaultGuard {
