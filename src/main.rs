@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod fault_cli;
+
 use clap::{Parser, Subcommand};
 use tokio::io::AsyncWriteExt;
 use wasmpod::control::{self, Client, ControlError, PodClaim, Request, Response};
@@ -87,6 +89,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inject, list and remove network faults in a running pod.
+    #[command(subcommand)]
+    Fault(fault_cli::FaultCommand),
 }
 
 /// Limits of the front proxy (`wasmpod run`); defaults are [`ProxyLimits::default`]'s.
@@ -143,6 +148,7 @@ fn main() -> ExitCode {
             json,
         } => logs(&names, tail, follow, json),
         Command::Events { pod, follow, json } => events(pod.as_deref(), follow, json),
+        Command::Fault(command) => fault_cli::fault(command),
         Command::Run {
             spec,
             no_color,

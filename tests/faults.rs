@@ -382,3 +382,68 @@ async fn a_pod_installs_spec_faults_reports_them_and_the_harness_guard_removes_i
     );
     assert_eq!(pod.pod().network().faults().list().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_add_ls_rm_over_the_control_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    use wasmpod::control::{Client, PodClaim, Request, Response};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let text = spec_text(
+        "listen 127.0.0.1:6000 && accept-hold",
+        "listen 127.0.0.1:6001 && accept-hold",
+        "",
+    );
+    let spec = wasmpod::spec::PodSpec::from_toml(&text, std::path::Path::new("/tmp/wasmpod.toml")).expect("valid");
+    let pod = Arc::new(wasmpod::Pod::from_spec(spec).expect("pod"));
+    pod.start().await.expect("start");
+    let _server = PodClaim::acquire_in(dir.path(), "chaos")
+        .unwrap()
+        .serve(pod.clone())
+        .expect("serve");
+    let path = dir.path().to_path_buf();
+    let ask = move |line: &str| {
+        let request = Request::parse(line).expect(line);
+        let client = Client::find(&path, Some("chaos")).expect("client");
+        client
+            .request(&request)
+            .expect("request")
+            .map(|r| r.expect("reply"))
+            .collect::<Vec<Response>>()
+    };
+    let replies = tokio::task::spawn_blocking(move || {
+        [
+            ask("fault add to=server:6000 kind=latency latency=200ms from=client"),
+            ask("fault ls"),
+            ask("fault add to=6000 kind=jam"),
+            ask("fault add to=db:6000 kind=down"),
+            ask("fault add to=6000 kind=down latency=1s"),
+            ask("fault rm 1"),
+            ask("fault rm 1"),
+            ask("fault ls"),
+        ]
+    })
+    .await
+    .unwrap();
+    let added = Response::Fault {
+        id: 1,
+        fault: "latency 200ms ± 0s to server:6000 from client (both)".into(),
+    };
+    assert_eq!(replies[0], [added.clone()]);
+    assert_eq!(replies[1], [added.clone()]);
+    for (i, want) in [
+        (2, "unknown fault kind"),
+        (3, "\"db\" is not a container"),
+        (4, "not a field of a down"),
+    ] {
+        assert!(
+            matches!(&replies[i][..], [Response::Error { message }] if message.contains(want)),
+            "{i}: {:?}",
+            replies[i]
+        );
+    }
+    assert_eq!(replies[5], [added]);
+    assert!(matches!(&replies[6][..], [Response::Error { .. }]), "{:?}", replies[6]);
+    assert!(replies[7].is_empty(), "{:?}", replies[7]);
+    assert!(pod.network().faults().is_empty());
+}

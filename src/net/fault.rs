@@ -258,6 +258,85 @@ impl Fault {
         }
     }
 
+    /// A fault from `key=value` fields, named as in a spec's `[[faults]]` table (the control
+    /// socket's `fault add`): `to`, `kind`, optional `from`, `direction`, `toxicity` and the
+    /// kind's own fields. The error says what to change.
+    pub fn from_fields(fields: &[(String, String)]) -> Result<Fault, String> {
+        let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let kind_name = get("kind").ok_or("a fault needs a kind")?;
+        let own = FaultKind::fields_of(kind_name).ok_or_else(|| {
+            format!(
+                "unknown fault kind {kind_name:?}; use one of: {}",
+                FaultKind::NAMES.join(", ")
+            )
+        })?;
+        for (key, _) in fields {
+            let common = ["to", "from", "kind", "direction", "toxicity"].contains(&key.as_str());
+            if !common && !own.contains(&key.as_str()) {
+                return Err(format!("`{key}` is not a field of a {kind_name} fault"));
+            }
+        }
+        let duration = |k: &str| -> Result<Duration, String> {
+            get(k).map_or(Ok(Duration::ZERO), |v| {
+                humantime::parse_duration(v).map_err(|e| format!("{k} {v:?} is not a duration ({e})"))
+            })
+        };
+        let number = |k: &str| -> Result<Option<u64>, String> {
+            get(k)
+                .map(|v| v.parse::<u64>().map_err(|_| format!("{k} {v:?} is not a whole number")))
+                .transpose()
+        };
+        let float = |k: &str| -> Result<Option<f64>, String> {
+            get(k)
+                .map(|v| v.parse::<f64>().map_err(|_| format!("{k} {v:?} is not a number")))
+                .transpose()
+        };
+        let needs = |k: &str| format!("a {kind_name} fault needs {k}");
+        let kind = match kind_name {
+            "latency" => FaultKind::Latency {
+                latency: get("latency")
+                    .ok_or_else(|| needs("latency"))
+                    .and(duration("latency"))?,
+                jitter: duration("jitter")?,
+            },
+            "bandwidth" => FaultKind::Bandwidth {
+                rate: number("rate")?.ok_or_else(|| needs("rate"))?,
+            },
+            "slow_close" => FaultKind::SlowClose {
+                delay: duration("delay")?,
+            },
+            "timeout" => FaultKind::Timeout {
+                timeout: duration("timeout")?,
+            },
+            "reset_peer" => FaultKind::ResetPeer {
+                timeout: duration("timeout")?,
+            },
+            "slicer" => FaultKind::Slicer {
+                average_size: number("average_size")?.unwrap_or(1024) as usize,
+                size_variation: number("size_variation")?.unwrap_or(0) as usize,
+                delay: duration("delay")?,
+            },
+            "limit_data" => FaultKind::LimitData {
+                bytes: number("bytes")?.ok_or_else(|| needs("bytes"))?,
+            },
+            "loss" => FaultKind::Loss {
+                probability: float("probability")?.ok_or_else(|| needs("probability"))?,
+            },
+            _ => FaultKind::Down,
+        };
+        let fault = Fault {
+            kind,
+            to: get("to").ok_or("a fault needs a target (to)")?.parse()?,
+            from: get("from").map(str::to_ascii_lowercase),
+            direction: get("direction").map_or(Ok(Direction::Both), str::parse)?,
+            toxicity: float("toxicity")?.unwrap_or(1.0),
+        };
+        match fault.problem() {
+            Some(problem) => Err(problem),
+            None => Ok(fault),
+        }
+    }
+
     fn matches_from(&self, from: Option<&str>) -> bool {
         match (&self.from, from) {
             (None, _) => true,
