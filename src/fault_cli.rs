@@ -3,52 +3,13 @@
 
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use wasmpod::control::{Request, Response};
 
 #[derive(Subcommand)]
 pub enum FaultCommand {
     /// Inject a fault on the links to a target, e.g. `--to db:5432 --kind latency --latency 200ms`.
-    Add {
-        /// The pod (optional when only one runs).
-        pod: Option<String>,
-        /// `CONTAINER:PORT`, `PORT` or, outside the pod, `HOST:PORT`.
-        #[arg(long)]
-        to: String,
-        /// latency, bandwidth, slow_close, timeout, reset_peer, slicer, limit_data, down, loss.
-        #[arg(long)]
-        kind: String,
-        /// Only links opened by this container.
-        #[arg(long)]
-        from: Option<String>,
-        /// upstream, downstream or both (default).
-        #[arg(long)]
-        direction: Option<String>,
-        /// Probability that a link is affected (default 1).
-        #[arg(long)]
-        toxicity: Option<String>,
-        #[arg(long)]
-        latency: Option<String>,
-        #[arg(long)]
-        jitter: Option<String>,
-        /// Bytes per second (bandwidth).
-        #[arg(long)]
-        rate: Option<String>,
-        #[arg(long)]
-        delay: Option<String>,
-        #[arg(long)]
-        timeout: Option<String>,
-        #[arg(long)]
-        bytes: Option<String>,
-        #[arg(long)]
-        average_size: Option<String>,
-        #[arg(long)]
-        size_variation: Option<String>,
-        #[arg(long)]
-        probability: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    Add(Box<AddArgs>),
     /// List the pod's faults.
     Ls {
         pod: Option<String>,
@@ -65,26 +26,69 @@ pub enum FaultCommand {
     },
 }
 
+#[derive(Args)]
+pub struct AddArgs {
+    /// The pod (optional when only one runs).
+    pod: Option<String>,
+    /// `CONTAINER:PORT`, `PORT` or, outside the pod, `HOST:PORT`.
+    #[arg(long)]
+    to: String,
+    /// latency, bandwidth, slow_close, timeout, reset_peer, slicer, limit_data, down, loss.
+    #[arg(long)]
+    kind: String,
+    /// Only links opened by this container.
+    #[arg(long)]
+    from: Option<String>,
+    /// upstream, downstream or both (default).
+    #[arg(long)]
+    direction: Option<String>,
+    /// Probability that a link is affected (default 1).
+    #[arg(long)]
+    toxicity: Option<String>,
+    #[arg(long)]
+    latency: Option<String>,
+    #[arg(long)]
+    jitter: Option<String>,
+    /// Bytes per second (bandwidth).
+    #[arg(long)]
+    rate: Option<String>,
+    #[arg(long)]
+    delay: Option<String>,
+    #[arg(long)]
+    timeout: Option<String>,
+    #[arg(long)]
+    bytes: Option<String>,
+    #[arg(long)]
+    average_size: Option<String>,
+    #[arg(long)]
+    size_variation: Option<String>,
+    #[arg(long)]
+    probability: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
 pub fn fault(command: FaultCommand) -> ExitCode {
     let (pod, request, json) = match command {
-        FaultCommand::Add {
-            pod,
-            to,
-            kind,
-            from,
-            direction,
-            toxicity,
-            latency,
-            jitter,
-            rate,
-            delay,
-            timeout,
-            bytes,
-            average_size,
-            size_variation,
-            probability,
-            json,
-        } => {
+        FaultCommand::Add(add) => {
+            let AddArgs {
+                pod,
+                to,
+                kind,
+                from,
+                direction,
+                toxicity,
+                latency,
+                jitter,
+                rate,
+                delay,
+                timeout,
+                bytes,
+                average_size,
+                size_variation,
+                probability,
+                json,
+            } = *add;
             let optional = [
                 ("from", from),
                 ("direction", direction),

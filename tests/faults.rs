@@ -429,8 +429,8 @@ async fn fault_add_ls_rm_over_the_control_socket() {
         id: 1,
         fault: "latency 200ms ± 0s to server:6000 from client (both)".into(),
     };
-    assert_eq!(replies[0], [added.clone()]);
-    assert_eq!(replies[1], [added.clone()]);
+    assert_eq!(replies[0], std::slice::from_ref(&added));
+    assert_eq!(replies[1], std::slice::from_ref(&added));
     for (i, want) in [
         (2, "unknown fault kind"),
         (3, "\"db\" is not a container"),
