@@ -447,3 +447,35 @@ async fn fault_add_ls_rm_over_the_control_socket() {
     assert!(replies[7].is_empty(), "{:?}", replies[7]);
     assert!(pod.network().faults().is_empty());
 }
+
+/// What the fault table costs a connect: host-side connect + accept with an empty table and
+/// with a fault on another port (the slow path: lock and filter). Prints numbers, asserts
+/// nothing about time (run with `--ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn measure_connect_cost_of_the_fault_table() {
+    let pod = PodNetwork::new();
+    let listener = pod.listen_host(7000, 1024).unwrap();
+    let n = 20_000u32;
+    let mut guard = None;
+    for label in [
+        "empty table (warm-up)",
+        "empty table",
+        "one fault on another port",
+        "empty again",
+    ] {
+        if label.starts_with("one fault") {
+            guard = Some(pod.faults().add_guarded(Fault::new(FaultKind::Down, to("7001"))));
+        } else if label == "empty again" {
+            guard = None;
+        }
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            let c = pod.connect(7000).unwrap();
+            let s = listener.accept().await.unwrap();
+            drop((c, s));
+        }
+        println!("{label}: {:?} per connect+accept", start.elapsed() / n);
+    }
+    drop(guard);
+}
