@@ -223,6 +223,45 @@ async fn timeout_holds_then_closes() {
     let _ = server.await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_links_take_latency_and_down() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A host echo server (loopback only) for two connections.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let echo = tokio::spawn(async move {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut b = [0u8; 1];
+            if s.read_exact(&mut b).await.is_ok() {
+                let _ = s.write_all(&b).await;
+            }
+        }
+    });
+    let pod = PodNetwork::new();
+    let target = format!("host.wasmpod.internal:{port}");
+    let rules = vec![target.clone()];
+    let hook: wasmpod::net::DeniedHook = Arc::new(|_| {});
+    let latency = Duration::from_millis(100);
+    let slow = pod.faults().add_guarded(Fault::new(
+        FaultKind::Latency {
+            latency,
+            jitter: Duration::ZERO,
+        },
+        to(&target),
+    ));
+    let script = format!("ping {target} 1");
+    let (code, out) = netcheck::run_with_egress(&pod, "app", &rules, hook.clone(), &script).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(nanos(&out, "pinged") >= 2 * latency.as_nanos(), "{out}");
+    drop(slow);
+    let _down = pod.faults().add_guarded(Fault::new(FaultKind::Down, to(&target)));
+    let script = format!("try-connect {target}");
+    let (code, out) = netcheck::run_with_egress(&pod, "app", &rules, hook, &script).await;
+    assert_eq!((code, out.as_str()), (0, "connect failed: ConnectionRefused\n"));
+    echo.abort();
+}
+
 // ---- the spec's `[[faults]]` and the pod ----------------------------------------------------
 
 fn netcheck_wasm() -> String {

@@ -12,6 +12,12 @@
 //! carried by a small relay (two tokio tasks between two pipe pairs) that applies the faults
 //! matching it *now* to every chunk, so removing a fault heals such a link and a fault added
 //! later applies to it too. Links opened while no fault matched stay plain pipes for good.
+//!
+//! Targets: `PORT` and `CONTAINER:PORT` match links to that pod port (the container part is
+//! checked by the spec, the pod has one port space); `HOST:PORT` matches egress dials to that
+//! IP address, or to `host.wasmpod.internal` by name (a dial knows only the address, so other
+//! names do not match yet). UDP datagrams take `down` and `loss` only; TCP links take every
+//! kind but `loss`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -571,14 +577,15 @@ impl FaultTable {
         match to {
             LinkTo::Pod(port) => !f.to.is_egress() && f.to.port == *port,
             LinkTo::Egress(dest) => {
-                f.to.is_egress()
-                    && f.to.port == dest.port()
-                    && f.to
-                        .host
-                        .as_deref()
-                        .map(|h| h.trim_matches(|c| c == '[' || c == ']'))
-                        .and_then(|h| h.parse::<std::net::IpAddr>().ok())
-                        .is_some_and(|ip| ip == dest.ip())
+                let host = f.to.host.as_deref().unwrap_or("");
+                // A dial knows only the address: an IP target, or the host's own loopback by
+                // its name (which always dials the gateway address).
+                let ip = match host.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>() {
+                    Ok(ip) => Some(ip),
+                    Err(_) if host == crate::egress::HOST_INTERNAL => Some(crate::egress::HOST_GATEWAY),
+                    Err(_) => None,
+                };
+                f.to.is_egress() && f.to.port == dest.port() && ip.is_some_and(|ip| ip == dest.ip())
             }
         }
     }

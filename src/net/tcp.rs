@@ -298,7 +298,8 @@ impl VTcpSocket {
         } else {
             net.pod().faults().open_link(fault::LinkInfo {
                 from: Some(net.name().to_string()),
-                to: fault::LinkTo::Egress(dest),
+                // The address the guest dialled (the gateway, not where it is forwarded).
+                to: fault::LinkTo::Egress(addr),
             })
         };
         let (ep, outcome) = match verdict {
