@@ -224,6 +224,22 @@ async fn timeout_holds_then_closes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_close_delays_the_end_of_stream() {
+    let pod = PodNetwork::new();
+    let server = spawn(&pod, "server", "listen 127.0.0.1:5600 && echo 1");
+    listening(&pod, 5600).await;
+    let delay = Duration::from_millis(150);
+    let _g = pod
+        .faults()
+        .add_guarded(Fault::new(FaultKind::SlowClose { delay }, to("5600")));
+    // Connect to end of stream: the client's FIN, then the server's, each held back.
+    let (code, out) = run(&pod, "client", "stream 127.0.0.1:5600 10").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(nanos(&out, "streamed") >= 2 * delay.as_nanos(), "{out}");
+    assert_eq!(server.await.unwrap().0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_links_take_latency_and_down() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A host echo server (loopback only) for two connections.
