@@ -132,6 +132,16 @@ pub enum Request {
         tail: Option<usize>,
         follow: bool,
     },
+    /// `fault add KEY=VALUE...`: inject a network fault (fields as in `[[faults]]`).
+    FaultAdd {
+        fields: Vec<(String, String)>,
+    },
+    /// `fault ls`.
+    FaultList,
+    /// `fault rm ID`.
+    FaultRemove {
+        id: u64,
+    },
 }
 
 impl Request {
@@ -139,6 +149,9 @@ impl Request {
     pub fn parse(line: &str) -> Result<Request, String> {
         let mut words = line.split_whitespace();
         let verb = words.next().ok_or("empty request; expected status, logs or events")?;
+        if verb == "fault" {
+            return Request::parse_fault(words);
+        }
         if !["status", "logs", "events"].contains(&verb) {
             return Err(format!("unknown request {verb:?}; expected status, logs or events"));
         }
@@ -173,6 +186,27 @@ impl Request {
         }
     }
 
+    fn parse_fault<'a>(mut words: impl Iterator<Item = &'a str>) -> Result<Request, String> {
+        match words.next() {
+            Some("add") => {
+                let fields = words
+                    .map(|w| {
+                        w.split_once('=')
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .ok_or_else(|| format!("{w:?} is not KEY=VALUE"))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Ok(Request::FaultAdd { fields })
+            }
+            Some("ls") if words.next().is_none() => Ok(Request::FaultList),
+            Some("rm") => match (words.next().map(str::parse::<u64>), words.next()) {
+                (Some(Ok(id)), None) => Ok(Request::FaultRemove { id }),
+                _ => Err("fault rm takes one fault id".into()),
+            },
+            _ => Err("expected fault add KEY=VALUE..., fault ls or fault rm ID".into()),
+        }
+    }
+
     /// The request line, without its newline.
     pub fn to_line(&self) -> String {
         let options = |tail: &Option<usize>, follow: bool| {
@@ -193,6 +227,15 @@ impl Request {
                 follow,
             } => format!("logs {container}{}", options(tail, *follow)),
             Request::Events { tail, follow } => format!("events{}", options(tail, *follow)),
+            Request::FaultAdd { fields } => {
+                let mut line = "fault add".to_string();
+                for (k, v) in fields {
+                    line.push_str(&format!(" {k}={v}"));
+                }
+                line
+            }
+            Request::FaultList => "fault ls".to_string(),
+            Request::FaultRemove { id } => format!("fault rm {id}"),
         }
     }
 
@@ -220,6 +263,9 @@ pub enum Response {
     Missed { count: u64 },
     #[serde(rename = "error")]
     Error { message: String },
+    /// An injected network fault (the reply to `fault add`, `fault ls`, `fault rm`).
+    #[serde(rename = "fault")]
+    Fault { id: u64, fault: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,6 +420,9 @@ pub fn event_kind_name(kind: &EventKind) -> &'static str {
         EventKind::RequestTimedOut { .. } => "request_timed_out",
         EventKind::RequestFailed { .. } => "request_failed",
         EventKind::Tier { .. } => "tier",
+        EventKind::FaultAdded { .. } => "fault_added",
+        EventKind::FaultRemoved { .. } => "fault_removed",
+        EventKind::FaultTriggered { .. } => "fault_triggered",
     }
 }
 
@@ -606,8 +655,53 @@ async fn serve_connection(stream: UnixStream, pod: &Pod, ended: &CancellationTok
             follow,
         }) => serve_logs(pod, &container, tail, follow, reader, &mut out, ended).await,
         Ok(Request::Events { tail, follow }) => serve_events(pod, tail, follow, reader, &mut out, ended).await,
+        Ok(request) => send(&mut out, &serve_fault(pod, request)).await,
     };
     let _ = out.shutdown().await;
+}
+
+/// `fault add/ls/rm` on the pod's fault table. A fault added here stays until `fault rm`.
+fn serve_fault(pod: &Pod, request: Request) -> Vec<Response> {
+    let faults = pod.network().faults();
+    let error = |message: String| vec![Response::Error { message }];
+    match request {
+        Request::FaultAdd { fields } => {
+            let fault = match crate::net::fault::Fault::from_fields(&fields) {
+                Ok(fault) => fault,
+                Err(message) => return error(message),
+            };
+            let unknown = [fault.to.container(), fault.from.as_deref()]
+                .into_iter()
+                .flatten()
+                .find(|name| !pod.network().has_name(name));
+            if let Some(name) = unknown {
+                return error(format!("{name:?} is not a container of this pod"));
+            }
+            let text = fault.to_string();
+            let id = faults.add(fault);
+            vec![Response::Fault { id, fault: text }]
+        }
+        Request::FaultList => faults
+            .list()
+            .into_iter()
+            .map(|(id, fault)| Response::Fault {
+                id,
+                fault: fault.to_string(),
+            })
+            .collect(),
+        Request::FaultRemove { id } => {
+            let text = faults
+                .list()
+                .into_iter()
+                .find(|(i, _)| *i == id)
+                .map(|(_, f)| f.to_string());
+            match text {
+                Some(fault) if faults.remove(id) => vec![Response::Fault { id, fault }],
+                _ => error(format!("no fault {id} in this pod (see `wasmpod fault ls`)")),
+            }
+        }
+        _ => error("not a fault request".into()),
+    }
 }
 
 /// The request line, or `None` if the client closed without sending anything.
@@ -879,6 +973,9 @@ mod tests {
             "logs app --follow",
             "events",
             "events --follow",
+            "fault add to=db:5432 kind=latency latency=200ms",
+            "fault ls",
+            "fault rm 3",
         ] {
             let request = Request::parse(line).unwrap();
             assert_eq!(Request::parse(&request.to_line()), Ok(request), "{line}");
@@ -984,6 +1081,9 @@ mod tests {
             EventKind::Tier {
                 notice: crate::engine::TierNotice::ServingBaseline,
             },
+            EventKind::FaultAdded { id: 1, fault: text() },
+            EventKind::FaultRemoved { id: 1, fault: text() },
+            EventKind::FaultTriggered { id: 1, link: text() },
         ];
         for kind in &kinds {
             assert_eq!(event_kind_name(kind), old_debug_name(kind), "{kind:?}");
@@ -1002,6 +1102,14 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&line).unwrap(),
             r#"{"type":"line","container":"web","stream":"stderr","text":"\u001b[2J\rforged","at":"1970-01-01T00:00:00.000Z"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::Fault {
+                id: 3,
+                fault: "down to 80 (both)".into()
+            })
+            .unwrap(),
+            r#"{"type":"fault","id":3,"fault":"down to 80 (both)"}"#
         );
         let event = Response::Event(EventView {
             at: "t".into(),

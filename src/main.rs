@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod fault_cli;
+
 use clap::{Parser, Subcommand};
 
 #[cfg(unix)]
@@ -123,6 +125,9 @@ enum Command {
         #[command(subcommand)]
         target: registry_cli::ExportTarget,
     },
+    /// Inject, list and remove network faults in a running pod.
+    #[command(subcommand)]
+    Fault(fault_cli::FaultCommand),
 }
 
 /// Limits of the front proxy (`wasmpod run`); defaults are [`ProxyLimits::default`]'s.
@@ -188,6 +193,7 @@ fn main() -> ExitCode {
         Command::Push { file, reference } => registry_cli::push(&file, &reference),
         Command::Pull { reference } => registry_cli::pull(&reference),
         Command::Export { target } => registry_cli::export(target),
+        Command::Fault(command) => fault_cli::fault(command),
         Command::Run {
             spec,
             no_color,

@@ -255,6 +255,21 @@ pub enum EventKind {
     Tier {
         notice: crate::engine::TierNotice,
     },
+    /// A network fault was injected (`[[faults]]`, `wasmpod fault add`, tests).
+    FaultAdded {
+        id: u64,
+        fault: String,
+    },
+    /// An injected fault was removed.
+    FaultRemoved {
+        id: u64,
+        fault: String,
+    },
+    /// An injected fault acted on a link for the first time.
+    FaultTriggered {
+        id: u64,
+        link: String,
+    },
 }
 
 impl fmt::Display for Event {
@@ -309,6 +324,9 @@ impl fmt::Display for Event {
             }
             EventKind::RequestFailed { message } => write!(f, "request failed: {message}"),
             EventKind::Tier { notice } => write!(f, "{notice}"),
+            EventKind::FaultAdded { id, fault } => write!(f, "fault {id} added: {fault}"),
+            EventKind::FaultRemoved { id, fault } => write!(f, "fault {id} removed: {fault}"),
+            EventKind::FaultTriggered { id, link } => write!(f, "fault {id} triggered on {link}"),
         }
     }
 }

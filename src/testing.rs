@@ -823,6 +823,12 @@ impl TestPod {
         &self.pod
     }
 
+    /// Injects a network fault on the pod's links; it is removed when the guard is dropped:
+    /// `let _slow = pod.fault(Fault::new(FaultKind::Down, "db:5432".parse()?));`
+    pub fn fault(&self, fault: crate::net::fault::Fault) -> crate::net::fault::FaultGuard {
+        self.pod.add_fault(fault)
+    }
+
     /// The deadline of this pod's waits.
     pub fn deadline(&self) -> Duration {
         self.deadline

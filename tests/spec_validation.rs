@@ -193,6 +193,7 @@ fn full_spec_parses_into_the_resolved_model() {
         containers: vec![writer, ContainerSpec::new("server", root.join("build/server.wasm"))],
         base_dir: root.to_path_buf(),
         source_file: Some(pod.spec_path()),
+        faults: Vec::new(),
     };
     assert_eq!(spec, expected);
     assert!(spec.base_dir.is_absolute());
@@ -902,6 +903,7 @@ fn rust_built_spec(pod: &PodDir) -> PodSpec {
         containers: vec![ContainerSpec::new("writer", Path::new("build/writer.wasm")), server],
         base_dir: pod.root().to_path_buf(),
         source_file: None,
+        faults: Vec::new(),
     }
 }
 

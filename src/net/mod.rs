@@ -22,6 +22,7 @@
 
 pub mod budget;
 pub mod egress;
+pub mod fault;
 pub mod lookup;
 pub mod p2;
 pub mod pipe;
@@ -146,6 +147,8 @@ pub struct PodNetwork {
     buffered_total: Arc<AtomicU64>,
     /// Pays for pipes between two host-side ends (see `budget.rs`).
     host_budget: Arc<SocketBudget>,
+    /// Faults injected on the pod's links (empty: one atomic load per link opened).
+    faults: Arc<fault::FaultTable>,
 }
 
 impl std::fmt::Debug for PodNetwork {
@@ -169,7 +172,14 @@ impl PodNetwork {
             pipe_capacity: pipe::DEFAULT_PIPE_CAPACITY,
             host_budget: SocketBudget::host(buffered_total.clone()),
             buffered_total,
+            faults: fault::FaultTable::new(),
         })
+    }
+
+    /// The pod's fault table: faults added here act on links opened from now on (and on
+    /// faulty links already open, see [`fault`]).
+    pub fn faults(&self) -> &Arc<fault::FaultTable> {
+        &self.faults
     }
 
     /// Bytes queued right now in the pod's connections and datagram inboxes, all containers
@@ -368,6 +378,15 @@ impl PodNetwork {
         true
     }
 
+    /// Like [`PodNetwork::send_datagram`], for a datagram sent by container `from`: the pod's
+    /// faults may drop it (it then counts as delivered: a lost datagram is not refused).
+    pub(crate) fn send_datagram_from(&self, from: &str, from_port: u16, to_port: u16, data: Vec<u8>) -> bool {
+        if !self.faults.is_empty() && !self.faults.deliver_datagram(from, from_port, to_port) {
+            return true;
+        }
+        self.send_datagram(from_port, to_port, data)
+    }
+
     /// Turns a bound port into a listener with a backlog of `backlog` connections, whose
     /// connections are paid for by `budget` (the listening container's, or the host's).
     pub(crate) fn listen(
@@ -405,6 +424,36 @@ impl PodNetwork {
         peer_port: u16,
         client: &Arc<SocketBudget>,
     ) -> Result<Endpoint, NetError> {
+        self.open_link(local_port, peer_port, client, None)
+    }
+
+    /// [`PodNetwork::open_connection`] for a link opened by container `from` (None: the host
+    /// side), through the pod's faults: a `down` fault refuses it, others put a relay on it.
+    pub(crate) fn open_link(
+        &self,
+        local_port: u16,
+        peer_port: u16,
+        client: &Arc<SocketBudget>,
+        from: Option<&str>,
+    ) -> Result<Endpoint, NetError> {
+        if self.faults.is_empty() {
+            return self.open_plain(local_port, peer_port, client);
+        }
+        let link = fault::LinkInfo {
+            from: from.map(str::to_string),
+            to: fault::LinkTo::Pod(peer_port),
+        };
+        match self.faults.open_link(link) {
+            fault::Verdict::Clear => self.open_plain(local_port, peer_port, client),
+            fault::Verdict::Refuse => Err(NetError::ConnectionRefused),
+            fault::Verdict::Relay(link) => {
+                let inner = self.open_plain(local_port, peer_port, client)?;
+                fault::interpose(link, inner, self.pipe_capacity, client, &self.host_budget)
+            }
+        }
+    }
+
+    fn open_plain(&self, local_port: u16, peer_port: u16, client: &Arc<SocketBudget>) -> Result<Endpoint, NetError> {
         let q = match self.lock().ports.get(&(Proto::Tcp, peer_port)) {
             Some(PortEntry {
                 kind: PortKind::Listening(q),

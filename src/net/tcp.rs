@@ -15,7 +15,8 @@
 
 use super::budget::SocketSlot;
 use super::egress::{self, DialOutcome};
-use super::pipe::{Pipe, PipeReader, PipeWriter};
+use super::fault;
+use super::pipe::{DEFAULT_PIPE_CAPACITY, Pipe, PipeReader, PipeWriter};
 use super::{ContainerNet, Endpoint, ListenQueue, NetError, PortLease, is_pod_address, loopback};
 use std::future::poll_fn;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -292,7 +293,25 @@ impl VTcpSocket {
     fn dial(&mut self, net: &ContainerNet, addr: SocketAddr) -> Result<Dialing, NetError> {
         net.check_attached()?;
         let dest = net.egress().authorize_connect(addr)?;
-        let (ep, outcome) = egress::dial(net, dest)?;
+        let verdict = if net.pod().faults().is_empty() {
+            fault::Verdict::Clear
+        } else {
+            net.pod().faults().open_link(fault::LinkInfo {
+                from: Some(net.name().to_string()),
+                // The address the guest dialled (the gateway, not where it is forwarded).
+                to: fault::LinkTo::Egress(addr),
+            })
+        };
+        let (ep, outcome) = match verdict {
+            fault::Verdict::Clear => egress::dial(net, dest)?,
+            fault::Verdict::Refuse => return Err(NetError::ConnectionRefused),
+            fault::Verdict::Relay(link) => {
+                let (inner, outcome) = egress::dial(net, dest)?;
+                let outer = fault::interpose(link, inner, DEFAULT_PIPE_CAPACITY, net.budget(), net.budget())?;
+                net.track(&outer);
+                (outer, outcome)
+            }
+        };
         let bound = match self.take_state() {
             State::Bound { addr, lease } => Some((SocketAddr::new(self.concrete(addr.ip()), lease.port()), lease)),
             _ => None,
@@ -312,7 +331,9 @@ impl VTcpSocket {
             // Implicit bind to an ephemeral port, as the kernel does on connect.
             _ => (loopback(self.is_v6()), net.pod().lease(0, net.owner())?),
         };
-        let ep = net.pod().open_connection(lease.port(), addr.port(), net.budget())?;
+        let ep = net
+            .pod()
+            .open_link(lease.port(), addr.port(), net.budget(), Some(net.name()))?;
         net.track(&ep);
         let local = SocketAddr::new(local_ip, lease.port());
         Ok(Conn::new(ep, local, addr, Some(lease)))

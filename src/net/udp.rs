@@ -450,7 +450,7 @@ impl UdpOutgoing {
         if !is_pod_address(to.ip()) {
             return Err(NetError::AccessDenied);
         }
-        let delivered = self.pod.send_datagram(self.from_port, to.port(), data);
+        let delivered = self.pod.send_datagram_from(net.name(), self.from_port, to.port(), data);
         if !delivered && self.remote.is_some() {
             self.own.refuse();
         }

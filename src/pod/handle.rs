@@ -175,6 +175,7 @@ impl Pod {
         for container in spec.all_containers() {
             network.register_name(&container.name);
         }
+        crate::net::fault::install(&network, &spec.faults, &events);
         Ok(Pod {
             parts: Arc::new(Parts {
                 spec,
@@ -194,6 +195,12 @@ impl Pod {
             http_limits: options.http_limits,
             bind_front_proxy: options.bind_front_proxy,
         })
+    }
+
+    /// Injects a network fault on the pod's links until the returned guard is dropped (see
+    /// [`crate::net::fault`]); `[[faults]]` of the spec are installed when the pod is made.
+    pub fn add_fault(&self, fault: crate::net::fault::Fault) -> crate::net::fault::FaultGuard {
+        self.parts.network.faults().add_guarded(fault)
     }
 
     /// The pod's spec.

@@ -41,6 +41,61 @@ pub(super) fn check_pod(spec: &PodSpec, report: &mut Report) {
     check_expose(spec, report);
     check_dependencies(spec, report);
     check_health_settings(spec, report);
+    check_faults(spec, report);
+}
+
+/// `[[faults]]`: the target's container and port exist (a pod port must be one a container
+/// lists in `ports`), `from` names a container, probabilities are within 0..=1.
+fn check_faults(spec: &PodSpec, report: &mut Report) {
+    for (index, fault) in spec.faults.iter().enumerate() {
+        let key = |k: &str| Field::Nested(Box::new(Field::Fault(index)), k.to_string());
+        if let Some(problem) = fault.problem() {
+            let at = if problem.starts_with("toxicity") {
+                "toxicity"
+            } else if problem.starts_with("probability") {
+                "probability"
+            } else {
+                "kind"
+            };
+            report.push(&key(at), problem);
+        }
+        if let Some(from) = &fault.from
+            && container_at(spec, from).is_none()
+        {
+            report.push(
+                &key("from"),
+                format!("`from` names {from:?}, which is not a container of this pod"),
+            );
+        }
+        if fault.to.is_egress() {
+            continue;
+        }
+        let port = fault.to.port;
+        match fault.to.container() {
+            Some(name) => match spec.all_containers().find(|c| c.name == name) {
+                None => report.push(
+                    &key("to"),
+                    format!(
+                        "`to` names {name:?}, which is not a container of this pod (an egress \
+                         destination is a host name with a dot or an IP address)"
+                    ),
+                ),
+                Some(c) if !c.ports.contains(&port) => report.push(
+                    &key("to"),
+                    format!("container {name:?} does not list port {port} in its `ports`"),
+                ),
+                Some(_) => {}
+            },
+            None => {
+                if !spec.all_containers().any(|c| c.ports.contains(&port)) {
+                    report.push(
+                        &key("to"),
+                        format!("no container of this pod lists port {port} in its `ports`"),
+                    );
+                }
+            }
+        }
+    }
 }
 
 pub(super) fn container_at(spec: &PodSpec, name: &str) -> Option<ContainerAt> {

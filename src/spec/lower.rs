@@ -15,10 +15,11 @@ use std::time::Duration;
 use toml::Spanned;
 
 use crate::egress::EgressPolicy;
+use crate::net::fault::Fault;
 
 use super::check;
 use super::raw::{
-    RawCondition, RawContainer, RawCount, RawExposeReady, RawHttp, RawPod, RawPort, RawProbe, RawQuantity,
+    RawCondition, RawContainer, RawCount, RawExposeReady, RawFault, RawHttp, RawPod, RawPort, RawProbe, RawQuantity,
     RawResources, RawRestartPolicy, RawVolume,
 };
 use super::report::{BackoffField, ContainerAt, ContainerField, Field, MountField, ProbeKind, Report, VolumeField};
@@ -129,6 +130,12 @@ pub(super) fn lower_pod(raw: RawPod, base_dir: &Path, blobs: Option<&Path>, repo
         super::DEFAULT_TERMINATION_GRACE_PERIOD,
     );
     let readiness_wait = optional_duration(Field::ReadinessWait, raw.readiness_wait, super::DEFAULT_READINESS_WAIT);
+    let faults = raw
+        .faults
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, fault)| lower_fault(index, fault, report))
+        .collect();
 
     PodSpec {
         name: raw.name.into_inner(),
@@ -143,7 +150,168 @@ pub(super) fn lower_pod(raw: RawPod, base_dir: &Path, blobs: Option<&Path>, repo
         containers,
         base_dir: base_dir.to_path_buf(),
         source_file: None,
+        faults,
     }
+}
+
+/// `[[faults]]` entry `index`: its kind, that kind's fields only, and the common ones. The
+/// target's container and port and the probabilities are `check`'s (recorded here).
+fn lower_fault(index: usize, raw: Spanned<RawFault>, report: &mut Report) -> Option<Fault> {
+    use crate::net::fault::{Direction, FaultKind, FaultTarget};
+    report.record(Field::Fault(index), raw.span());
+    let raw = raw.into_inner();
+    let key = |k: &str| Field::Nested(Box::new(Field::Fault(index)), k.to_string());
+    let kind_name = raw.kind.get_ref().as_str();
+    let Some(own) = FaultKind::fields_of(kind_name) else {
+        report.push_at_span(
+            raw.kind.span(),
+            format!(
+                "unknown fault kind {kind_name:?}; use one of: {}",
+                FaultKind::NAMES.join(", ")
+            ),
+        );
+        return None;
+    };
+    // Fields of another kind are mistakes (a `latency` on a `down` fault would do nothing).
+    let present: [(&str, Option<Range<usize>>); 9] = [
+        ("latency", raw.latency.as_ref().map(|v| v.span())),
+        ("jitter", raw.jitter.as_ref().map(|v| v.span())),
+        ("rate", raw.rate.as_ref().map(|v| v.span())),
+        ("delay", raw.delay.as_ref().map(|v| v.span())),
+        ("timeout", raw.timeout.as_ref().map(|v| v.span())),
+        ("bytes", raw.bytes.as_ref().map(|v| v.span())),
+        ("average_size", raw.average_size.as_ref().map(|v| v.span())),
+        ("size_variation", raw.size_variation.as_ref().map(|v| v.span())),
+        ("probability", raw.probability.as_ref().map(|v| v.span())),
+    ];
+    let mut ok = true;
+    for (name, span) in present {
+        if let Some(span) = span
+            && !own.contains(&name)
+        {
+            let takes = if own.is_empty() {
+                "no fields of its own".to_string()
+            } else {
+                format!("only {}", own.join(", "))
+            };
+            report.push_at_span(
+                span,
+                format!("`{name}` is not a field of a {kind_name} fault (it takes {takes})"),
+            );
+            ok = false;
+        }
+    }
+    let fault_field = Field::Fault(index);
+    let missing = |name: &str, report: &mut Report| {
+        report.push(&fault_field, format!("a {kind_name} fault needs `{name}`"));
+    };
+    let duration = |name: &str, written: &Option<Spanned<String>>, report: &mut Report| -> Option<Duration> {
+        written.as_ref().and_then(|w| lower_duration(key(name), w, report))
+    };
+    let size = |name: &str, written: &Option<Spanned<RawQuantity>>, report: &mut Report| -> Option<u64> {
+        let w = written.as_ref()?;
+        report.record(key(name), w.span());
+        match w.get_ref() {
+            RawQuantity::Bytes(b) => Some(*b),
+            RawQuantity::Text(t) => parse_bytes(t).or_else(|| {
+                report.push(
+                    &key(name),
+                    format!("`{t}` is not a size; write it like \"64KiB\" or a number of bytes"),
+                );
+                None
+            }),
+        }
+    };
+    let kind = match kind_name {
+        "latency" => match duration("latency", &raw.latency, report) {
+            Some(latency) => FaultKind::Latency {
+                latency,
+                jitter: duration("jitter", &raw.jitter, report).unwrap_or_default(),
+            },
+            None => {
+                if raw.latency.is_none() {
+                    missing("latency", report);
+                }
+                return None;
+            }
+        },
+        "bandwidth" => match size("rate", &raw.rate, report) {
+            Some(rate) => FaultKind::Bandwidth { rate },
+            None => {
+                if raw.rate.is_none() {
+                    missing("rate", report);
+                }
+                return None;
+            }
+        },
+        "slow_close" => FaultKind::SlowClose {
+            delay: duration("delay", &raw.delay, report).unwrap_or_default(),
+        },
+        "timeout" => FaultKind::Timeout {
+            timeout: duration("timeout", &raw.timeout, report).unwrap_or_default(),
+        },
+        "reset_peer" => FaultKind::ResetPeer {
+            timeout: duration("timeout", &raw.timeout, report).unwrap_or_default(),
+        },
+        "slicer" => FaultKind::Slicer {
+            average_size: size("average_size", &raw.average_size, report).unwrap_or(1024) as usize,
+            size_variation: size("size_variation", &raw.size_variation, report).unwrap_or(0) as usize,
+            delay: duration("delay", &raw.delay, report).unwrap_or_default(),
+        },
+        "limit_data" => match size("bytes", &raw.bytes, report) {
+            Some(bytes) => FaultKind::LimitData { bytes },
+            None => {
+                if raw.bytes.is_none() {
+                    missing("bytes", report);
+                }
+                return None;
+            }
+        },
+        "loss" => match &raw.probability {
+            Some(p) => {
+                report.record(key("probability"), p.span());
+                FaultKind::Loss {
+                    probability: *p.get_ref(),
+                }
+            }
+            None => {
+                missing("probability", report);
+                return None;
+            }
+        },
+        _ => FaultKind::Down,
+    };
+    report.record(key("to"), raw.to.span());
+    let to: FaultTarget = match raw.to.get_ref().parse() {
+        Ok(to) => to,
+        Err(message) => {
+            report.push(&key("to"), message);
+            return None;
+        }
+    };
+    let direction = match &raw.direction {
+        None => Direction::Both,
+        Some(d) => match d.get_ref().parse() {
+            Ok(d) => d,
+            Err(message) => {
+                report.push_at_span(d.span(), message);
+                return None;
+            }
+        },
+    };
+    if let Some(from) = &raw.from {
+        report.record(key("from"), from.span());
+    }
+    if let Some(t) = &raw.toxicity {
+        report.record(key("toxicity"), t.span());
+    }
+    ok.then(|| Fault {
+        kind,
+        to,
+        from: raw.from.map(|f| f.into_inner().to_ascii_lowercase()),
+        direction,
+        toxicity: raw.toxicity.map_or(1.0, |t| t.into_inner()),
+    })
 }
 
 pub(super) fn lower_duration(field: Field, written: &Spanned<String>, report: &mut Report) -> Option<Duration> {

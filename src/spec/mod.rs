@@ -55,6 +55,8 @@ pub struct PodSpec {
     pub base_dir: PathBuf,
     /// The spec file, when the spec came from one (used to name it in messages).
     pub source_file: Option<PathBuf>,
+    /// `[[faults]]`: network faults the pod installs when it starts (reproducible chaos).
+    pub faults: Vec<crate::net::fault::Fault>,
 }
 
 /// Kubernetes' `terminationGracePeriodSeconds` default.
@@ -348,6 +350,7 @@ impl PodSpec {
             containers: Vec::new(),
             base_dir: std::env::current_dir().unwrap_or_default(),
             source_file: None,
+            faults: Vec::new(),
         }
     }
 

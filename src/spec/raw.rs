@@ -29,6 +29,29 @@ pub(super) struct RawPod {
     pub(super) init_containers: Vec<RawContainer>,
     /// Optional here so that a pod without containers gets our message, not serde's.
     pub(super) containers: Option<Spanned<Vec<RawContainer>>>,
+    #[serde(default)]
+    pub(super) faults: Vec<Spanned<RawFault>>,
+}
+
+/// `[[faults]]`: one injected network fault. Every kind's own fields are listed here, all
+/// optional; `lower` reports a field that belongs to another kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFault {
+    pub(super) to: Spanned<String>,
+    pub(super) from: Option<Spanned<String>>,
+    pub(super) kind: Spanned<String>,
+    pub(super) direction: Option<Spanned<String>>,
+    pub(super) toxicity: Option<Spanned<f64>>,
+    pub(super) latency: Option<Spanned<String>>,
+    pub(super) jitter: Option<Spanned<String>>,
+    pub(super) rate: Option<Spanned<RawQuantity>>,
+    pub(super) delay: Option<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) bytes: Option<Spanned<RawQuantity>>,
+    pub(super) average_size: Option<Spanned<RawQuantity>>,
+    pub(super) size_variation: Option<Spanned<RawQuantity>>,
+    pub(super) probability: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize, Default)]

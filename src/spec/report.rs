@@ -100,6 +100,8 @@ pub(super) enum Field {
     ReadinessWait,
     /// A key inside another field's table, e.g. `containers[0].liveness_probe.period`.
     Nested(Box<Field>, String),
+    /// `faults[i]` (its keys are `Nested` under it).
+    Fault(usize),
 }
 
 /// Which probe of a container.
@@ -196,6 +198,7 @@ impl fmt::Display for Field {
             Field::TerminationGracePeriod => f.write_str("termination_grace_period"),
             Field::ReadinessWait => f.write_str("readiness_wait"),
             Field::Nested(parent, key) => write!(f, "{parent}.{key}"),
+            Field::Fault(index) => write!(f, "faults[{index}]"),
             Field::Volume(index, which) => {
                 write!(f, "volumes[{index}]")?;
                 match which {

@@ -30,6 +30,10 @@
 //!                              timeout); print `recv: N bytes` or `recv: error KIND`
 //! - `udp-unconnected ADDR`     bind, send_to ADDR, then a non-blocking receive; print
 //!                              `recv: N bytes` or `recv: error KIND`
+//! - `udp-blast ADDR N`         from a fresh socket, send N small datagrams to ADDR; print
+//!                              `udp blasted N`
+//! - `udp-drain`                non-blocking receives on the kept socket until none is left;
+//!                              print `udp drained N`
 //!
 //! Fidelity and limits steps:
 //! - `shut-read ADDR`           connect, shutdown(Read), read once (print `read after
@@ -403,6 +407,24 @@ fn udp_step(step: &[String], udp: &mut Option<UdpSocket>) -> Result<(), String> 
                 Ok((n, _)) => println!("recv: {n} bytes"),
                 Err(e) => println!("recv: error {:?}", e.kind()),
             }
+        }
+        "udp-blast" => {
+            let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+            let n: u64 = step.get(2).ok_or("missing count")?.parse().map_err(|e| format!("count: {e}"))?;
+            for i in 0..n {
+                s.send_to(&i.to_le_bytes(), arg(0)?).map_err(|e| format!("send: {e}"))?;
+            }
+            println!("udp blasted {n}");
+        }
+        "udp-drain" => {
+            let s = udp.as_ref().ok_or("no udp socket")?;
+            s.set_nonblocking(true).map_err(|e| format!("set_nonblocking: {e}"))?;
+            let mut buf = [0u8; 64];
+            let mut n = 0u64;
+            while s.recv_from(&mut buf).is_ok() {
+                n += 1;
+            }
+            println!("udp drained {n}");
         }
         other => return Err(format!("unknown step {other:?}")),
     }
