@@ -372,6 +372,7 @@ pub fn event_kind_name(kind: &EventKind) -> &'static str {
         EventKind::RequestTrapped { .. } => "request_trapped",
         EventKind::RequestTimedOut { .. } => "request_timed_out",
         EventKind::RequestFailed { .. } => "request_failed",
+        EventKind::Updated { .. } => "updated",
     }
 }
 
@@ -974,6 +975,11 @@ mod tests {
             EventKind::RequestTrapped { message: text() },
             EventKind::RequestTimedOut { after: ms },
             EventKind::RequestFailed { message: text() },
+            EventKind::Updated {
+                from: text(),
+                to: text(),
+                took: ms,
+            },
         ];
         for kind in &kinds {
             assert_eq!(event_kind_name(kind), old_debug_name(kind), "{kind:?}");

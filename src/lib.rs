@@ -37,6 +37,6 @@ pub mod volume;
 pub use container::{ContainerKind, Exit, HttpContainer, HttpLimits};
 pub use engine::Engine;
 pub use logs::{LogLine, Logs, Stream};
-pub use pod::{Pod, PodError, PodOptions};
+pub use pod::{ContainerUpdate, Pod, PodError, PodOptions, UpdateReport};
 pub use spec::{PodSpec, RestartPolicy, SpecError};
 pub use status::{ContainerState, ContainerStatus, Event, EventKind, PodPhase, PodStatus, WaitingReason};

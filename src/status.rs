@@ -244,6 +244,14 @@ pub enum EventKind {
     RequestFailed {
         message: String,
     },
+    /// The container was swapped to a new version by an update ([`crate::Pod::update`]):
+    /// the digests (`sha256:<hex>`) of the old and new component, and the time from the update
+    /// call to the new version serving.
+    Updated {
+        from: String,
+        to: String,
+        took: Duration,
+    },
 }
 
 impl fmt::Display for Event {
@@ -253,6 +261,9 @@ impl fmt::Display for Event {
         }
         match &self.kind {
             EventKind::Compiling => f.write_str("compiling"),
+            EventKind::Updated { from, to, took } => {
+                write!(f, "updated ({} → {}) in {took:.0?}", short_digest(from), short_digest(to))
+            }
             EventKind::Compiled { cached: true, took } => {
                 write!(f, "loaded compiled component from cache in {took:.0?}")
             }
@@ -447,4 +458,10 @@ mod tests {
             "the log holds two; the first of three was dropped"
         );
     }
+}
+
+/// `sha256:ab12cd34…`: enough of a digest to tell versions apart in a line.
+fn short_digest(digest: &str) -> String {
+    let shown: String = digest.chars().take("sha256:".len() + 8).collect();
+    if shown.len() < digest.len() { format!("{shown}…") } else { shown }
 }

@@ -47,6 +47,15 @@ pub enum PodError {
     AlreadyStarted,
     #[error("cannot set up the wasmtime engine: {0}")]
     Engine(String),
+    /// The update changes what cannot change in a running pod; nothing was changed.
+    #[error("cannot update the pod in place: {0}; recreate the pod to apply it")]
+    NotUpdatable(String),
+    /// The update could not be applied to a container; nothing was changed.
+    #[error("container {container:?}: the update was not applied: {message}")]
+    UpdateFailed { container: String, message: String },
+    /// Only a running pod can be updated.
+    #[error("the pod is not running; only a running pod can be updated")]
+    NotRunning,
 }
 
 /// Knobs of a pod that are not part of its spec.
@@ -84,10 +93,10 @@ impl Default for PodOptions {
 /// Dropping a `Pod` stops it.
 pub struct Pod {
     pub(super) parts: Arc<Parts>,
-    state: Arc<PodState>,
-    controls: Controls,
+    pub(super) state: Arc<PodState>,
+    pub(super) controls: Controls,
     /// What the pod owns on the host while it runs; released when it ends.
-    held: Arc<Held>,
+    pub(super) held: Arc<Held>,
     /// The task that supervises the pod and then releases what it held.
     run: Mutex<Option<JoinHandle<()>>>,
     /// Cancelled when the pod is asked to stop.
@@ -95,6 +104,10 @@ pub struct Pod {
     listen: Option<std::net::SocketAddr>,
     proxy_limits: ProxyLimits,
     pub(super) http_limits: HttpLimits,
+    /// What each container runs now, by container id (filled at start, changed by updates).
+    pub(super) versions: Mutex<Vec<super::update::Version>>,
+    /// One update at a time.
+    pub(super) updating: tokio::sync::Mutex<()>,
 }
 
 /// What a pod is made of, fixed when it is created: the spec and what every container of it
@@ -112,8 +125,8 @@ pub(super) struct Parts {
 
 /// The pod's host resources while it runs.
 #[derive(Default)]
-struct Held {
-    volumes: Mutex<Option<Volumes>>,
+pub(super) struct Held {
+    pub(super) volumes: Mutex<Option<Volumes>>,
     /// Forwards the exposed port.
     proxy: Mutex<Option<FrontProxy>>,
 }
@@ -177,10 +190,13 @@ impl Pod {
             listen: options.listen,
             proxy_limits: options.proxy_limits,
             http_limits: options.http_limits,
+            versions: Mutex::new(Vec::new()),
+            updating: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// The pod's spec.
+    /// The spec the pod was created from (see [`Pod::current_spec`] for the one it runs after
+    /// updates).
     pub fn spec(&self) -> &PodSpec {
         &self.parts.spec
     }
@@ -261,7 +277,11 @@ impl Pod {
             .iter()
             .find_map(|runnable| match runnable {
                 Runnable::Http { container, port } if *port == expose.port => {
-                    Some(ProxyTarget::Http(container.clone()))
+                    Some(ProxyTarget::Http {
+                        container: container.clone(),
+                        ports: parts.http_ports.clone(),
+                        port: *port,
+                    })
                 }
                 _ => None,
             })
@@ -393,7 +413,7 @@ impl Drop for StartClaim<'_> {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Critical sections only assign whole values, so a poisoned lock still holds a valid state.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
