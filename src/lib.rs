@@ -33,6 +33,7 @@ pub mod status;
 mod supervisor;
 pub mod testing;
 pub mod volume;
+pub mod watch;
 
 pub use container::{ContainerKind, Exit, HttpContainer, HttpLimits};
 pub use engine::Engine;

@@ -262,7 +262,12 @@ impl fmt::Display for Event {
         match &self.kind {
             EventKind::Compiling => f.write_str("compiling"),
             EventKind::Updated { from, to, took } => {
-                write!(f, "updated ({} → {}) in {took:.0?}", short_digest(from), short_digest(to))
+                write!(
+                    f,
+                    "updated ({} → {}) in {took:.0?}",
+                    short_digest(from),
+                    short_digest(to)
+                )
             }
             EventKind::Compiled { cached: true, took } => {
                 write!(f, "loaded compiled component from cache in {took:.0?}")
@@ -463,5 +468,9 @@ mod tests {
 /// `sha256:ab12cd34…`: enough of a digest to tell versions apart in a line.
 fn short_digest(digest: &str) -> String {
     let shown: String = digest.chars().take("sha256:".len() + 8).collect();
-    if shown.len() < digest.len() { format!("{shown}…") } else { shown }
+    if shown.len() < digest.len() {
+        format!("{shown}…")
+    } else {
+        shown
+    }
 }

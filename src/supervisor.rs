@@ -78,7 +78,10 @@ impl ContainerControl {
     }
 
     fn take_update(&self) -> Option<Replacement> {
-        self.update.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+        self.update
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
     }
 }
 

@@ -29,7 +29,8 @@ async fn web_pod(name: &str) -> TestPod {
 
 /// The `VERSION` a hello-http `/env` answer reports.
 fn version_of(body: &str) -> Option<u32> {
-    body.lines().find_map(|line| line.strip_prefix("VERSION=")?.parse().ok())
+    body.lines()
+        .find_map(|line| line.strip_prefix("VERSION=")?.parse().ok())
 }
 
 /// One keep-alive HTTP/1.1 connection to the front proxy.
@@ -188,7 +189,10 @@ async fn a_broken_component_leaves_the_old_version_serving() {
     let TestPodError::Update { source, .. } = &error else {
         panic!("not an update error: {error}");
     };
-    assert!(matches!(source, PodError::Compile { container, .. } if container == "web"), "{source}");
+    assert!(
+        matches!(source, PodError::Compile { container, .. } if container == "web"),
+        "{source}"
+    );
 
     assert_eq!(pod.get("/").await.unwrap().text(), "hello from wasmpod\n");
     assert!(
@@ -237,7 +241,10 @@ async fn a_pod_level_change_is_refused_and_changes_nothing() {
     let TestPodError::Update { source, .. } = &error else {
         panic!("not an update error: {error}");
     };
-    assert!(matches!(source, PodError::NotUpdatable(why) if why.contains("restart_policy")), "{source}");
+    assert!(
+        matches!(source, PodError::NotUpdatable(why) if why.contains("restart_policy")),
+        "{source}"
+    );
     assert!(pod.get("/env").await.unwrap().text().contains("VERSION=0"));
 }
 

@@ -276,13 +276,11 @@ impl Pod {
         let target = prepared
             .iter()
             .find_map(|runnable| match runnable {
-                Runnable::Http { container, port } if *port == expose.port => {
-                    Some(ProxyTarget::Http {
-                        container: container.clone(),
-                        ports: parts.http_ports.clone(),
-                        port: *port,
-                    })
-                }
+                Runnable::Http { container, port } if *port == expose.port => Some(ProxyTarget::Http {
+                    container: container.clone(),
+                    ports: parts.http_ports.clone(),
+                    port: *port,
+                }),
                 _ => None,
             })
             .unwrap_or(ProxyTarget::PodPort {

@@ -109,8 +109,7 @@ impl Pod {
                     (true, _) => {
                         return Err(ContainerError::Unsupported {
                             container: name,
-                            message: "an init container must be a command (`wasi:cli/run`), not an http handler"
-                                .into(),
+                            message: "an init container must be a command (`wasi:cli/run`), not an http handler".into(),
                         }
                         .into());
                     }

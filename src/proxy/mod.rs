@@ -360,7 +360,15 @@ impl Forwarder {
                 let stop = self.stop.clone().cancelled_owned();
                 // Errors are per connection (a client that hung up or was too slow): nothing
                 // to report.
-                let _ = serve_current(ports.clone(), *port, container.clone(), guard.watch(client), stop, &builder).await;
+                let _ = serve_current(
+                    ports.clone(),
+                    *port,
+                    container.clone(),
+                    guard.watch(client),
+                    stop,
+                    &builder,
+                )
+                .await;
                 return;
             }
             ProxyTarget::PodPort { network, port } => (network, *port),
