@@ -436,6 +436,16 @@ impl EventTail {
     }
 }
 
+/// `sha256:ab12cd34…`: enough of a digest to tell versions apart in a line.
+fn short_digest(digest: &str) -> String {
+    let shown: String = digest.chars().take("sha256:".len() + 8).collect();
+    if shown.len() < digest.len() {
+        format!("{shown}…")
+    } else {
+        shown
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,15 +472,5 @@ mod tests {
             (2, 1),
             "the log holds two; the first of three was dropped"
         );
-    }
-}
-
-/// `sha256:ab12cd34…`: enough of a digest to tell versions apart in a line.
-fn short_digest(digest: &str) -> String {
-    let shown: String = digest.chars().take("sha256:".len() + 8).collect();
-    if shown.len() < digest.len() {
-        format!("{shown}…")
-    } else {
-        shown
     }
 }

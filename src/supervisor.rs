@@ -365,41 +365,44 @@ impl Supervisor {
                 liveness: current.spec().liveness_probe.as_ref(),
             };
             // The run's own stop signal: the pod's (through the parent token), or an update's.
-            let run_stop = control.terminating.child_token();
-            let run = current.run(&run_stop);
-            tokio::pin!(run);
-            let mut replacement = None;
-            let exit = tokio::select! {
-                exit = &mut run => exit,
-                () = control.kill.cancelled() => Exit::Stopped,
-                () = control.restart.notified() => Exit::Restarted,
-                () = control.updated.notified(), if !init => {
-                    replacement = control.take_update();
-                    // Stopped as in a normal stop: stdin closes, the grace period, then cancel.
-                    run_stop.cancel();
-                    let grace = self.policy.termination_grace_period;
-                    tokio::select! {
-                        _ = &mut run => {}
-                        () = tokio::time::sleep(grace) => {
-                            let message = format!(
-                                "did not exit within the {} grace period for its update; cancelled",
-                                humantime::format_duration(grace)
-                            );
-                            self.state.warn(Some(id), message);
+            // In a block of its own, so the old run (its instance and its ports) is gone before
+            // a new version starts.
+            let (exit, replacement) = {
+                let run_stop = control.terminating.child_token();
+                let run = current.run(&run_stop);
+                tokio::pin!(run);
+                let mut replacement = None;
+                let exit = tokio::select! {
+                    exit = &mut run => exit,
+                    () = control.kill.cancelled() => Exit::Stopped,
+                    () = control.restart.notified() => Exit::Restarted,
+                    () = control.updated.notified(), if !init => {
+                        replacement = control.take_update();
+                        // Stopped as in a normal stop: stdin closes, the grace period, then cancel.
+                        run_stop.cancel();
+                        let grace = self.policy.termination_grace_period;
+                        tokio::select! {
+                            _ = &mut run => {}
+                            () = tokio::time::sleep(grace) => {
+                                let message = format!(
+                                    "did not exit within the {} grace period for its update; cancelled",
+                                    humantime::format_duration(grace)
+                                );
+                                self.state.warn(Some(id), message);
+                            }
+                            () = control.kill.cancelled() => {}
                         }
-                        () = control.kill.cancelled() => {}
+                        Exit::Restarted
                     }
-                    Exit::Restarted
-                }
-                // Init containers run to completion: no probes, no readiness (validation refuses
-                // probes on them).
-                failure = probe::watch(probes, &target, |ready, why| self.state.set_ready(id, ready, why)), if !init => {
-                    self.state.unhealthy(id, failure.to_string());
-                    Exit::Killed(failure.to_string())
-                }
+                    // Init containers run to completion: no probes, no readiness (validation refuses
+                    // probes on them).
+                    failure = probe::watch(probes, &target, |ready, why| self.state.set_ready(id, ready, why)), if !init => {
+                        self.state.unhealthy(id, failure.to_string());
+                        Exit::Killed(failure.to_string())
+                    }
+                };
+                (exit, replacement)
             };
-            // The old run (and its instance) is gone before the new version starts.
-            drop(run);
             if let Some(Replacement {
                 runnable: Runnable::Command(new),
                 serving: told,

@@ -240,8 +240,9 @@ pub enum TestPodError {
     #[error("test pod {pod:?}: the update failed: {source}{}", section(explanation))]
     Update {
         pod: String,
+        /// Boxed: the error stays small enough to return by value.
         #[source]
-        source: PodError,
+        source: Box<PodError>,
         explanation: String,
     },
     /// An HTTP request to the pod failed (no response, not a non-2xx status: that is a response).
@@ -1101,7 +1102,7 @@ impl TestPod {
             Ok(report) => Ok(report),
             Err(source) => Err(TestPodError::Update {
                 pod: self.name().to_string(),
-                source,
+                source: Box::new(source),
                 explanation: self.explained(),
             }),
         }

@@ -178,7 +178,7 @@ async fn a_broken_component_leaves_the_old_version_serving() {
     let TestPodError::Update { source, .. } = &error else {
         panic!("not an update error: {error}");
     };
-    assert!(matches!(source, PodError::Spec(_)), "{source}");
+    assert!(matches!(**source, PodError::Spec(_)), "{source}");
 
     // A component cut in half (a half-written file): it does not compile.
     let whole = std::fs::read(guest("hello_http")).unwrap();
@@ -190,7 +190,7 @@ async fn a_broken_component_leaves_the_old_version_serving() {
         panic!("not an update error: {error}");
     };
     assert!(
-        matches!(source, PodError::Compile { container, .. } if container == "web"),
+        matches!(**source, PodError::Compile { ref container, .. } if container == "web"),
         "{source}"
     );
 
@@ -242,7 +242,7 @@ async fn a_pod_level_change_is_refused_and_changes_nothing() {
         panic!("not an update error: {error}");
     };
     assert!(
-        matches!(source, PodError::NotUpdatable(why) if why.contains("restart_policy")),
+        matches!(**source, PodError::NotUpdatable(ref why) if why.contains("restart_policy")),
         "{source}"
     );
     assert!(pod.get("/env").await.unwrap().text().contains("VERSION=0"));

@@ -52,7 +52,7 @@ pub enum PodError {
     NotUpdatable(String),
     /// The update could not be applied to a container; nothing was changed.
     #[error("container {container:?}: the update was not applied: {message}")]
-    UpdateFailed { container: String, message: String },
+    UpdateFailed { container: Box<str>, message: Box<str> },
     /// Only a running pod can be updated.
     #[error("the pod is not running; only a running pod can be updated")]
     NotRunning,

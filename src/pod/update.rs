@@ -109,8 +109,8 @@ impl Pod {
                 .await
                 .map_err(|e| PodError::Engine(format!("reading a component panicked: {e}")))?
                 .map_err(|message| PodError::UpdateFailed {
-                    container: spec.name.clone(),
-                    message,
+                    container: spec.name.as_str().into(),
+                    message: message.into(),
                 })?;
             if *spec == old.spec && digest == old.digest {
                 unchanged.push(spec.name.clone());
@@ -178,14 +178,17 @@ impl Pod {
             if !swapped {
                 // The container ended (or the pod stops) before it took its new version.
                 failure.get_or_insert(PodError::UpdateFailed {
-                    container: name,
+                    container: name.into(),
                     message: "the container is not running any more".into(),
                 });
                 continue;
             }
             let took = began.elapsed();
             let to = version.digest.clone();
-            let from = std::mem::replace(&mut lock(&self.versions)[index], version).digest;
+            let from = match lock(&self.versions).get_mut(index) {
+                Some(slot) => std::mem::replace(slot, version).digest,
+                None => String::new(),
+            };
             self.parts.events.emit(
                 Some(&name),
                 EventKind::Updated {
@@ -260,8 +263,8 @@ impl Pod {
             }
         }
         Err(PodError::UpdateFailed {
-            container: new.name().to_string(),
-            message: format!("the new version failed its readiness probe: {last}"),
+            container: new.name().into(),
+            message: format!("the new version failed its readiness probe: {last}").into(),
         })
     }
 }
