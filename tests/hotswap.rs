@@ -256,3 +256,68 @@ async fn wait_for_answers(mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Numbers for BENCHMARKS.md, not a check: `cargo test --test hotswap -- --ignored --nocapture
+/// swap_numbers`. Latency of `GET /env` through the front proxy (4 keep-alive clients) while
+/// nothing happens and while the container is swapped 20 times, and the time from each update
+/// call to the new version serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "measurement, run by hand"]
+async fn swap_numbers() {
+    let pod = web_pod("swap-numbers").await;
+    pod.wait_ready().await.unwrap();
+    let addr = pod.proxy_addr().expect("exposed");
+
+    async fn load(addr: std::net::SocketAddr, done: Arc<AtomicBool>) -> Vec<Duration> {
+        let mut sender = connection(addr).await;
+        let mut took = Vec::new();
+        while !done.load(Ordering::Acquire) {
+            let started = std::time::Instant::now();
+            get_version(&mut sender, addr).await.expect("answered");
+            took.push(started.elapsed());
+        }
+        took
+    }
+    fn percentiles(mut all: Vec<Duration>) -> String {
+        all.sort();
+        let at = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+        format!(
+            "{} requests, p50 {:?}, p99 {:?}, max {:?}",
+            all.len(),
+            at(0.5),
+            at(0.99),
+            all[all.len() - 1]
+        )
+    }
+    async fn run_clients(addr: std::net::SocketAddr, during: impl std::future::Future<Output = ()>) -> String {
+        let done = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..4).map(|_| tokio::spawn(load(addr, done.clone()))).collect();
+        during.await;
+        done.store(true, Ordering::Release);
+        let mut all = Vec::new();
+        for client in clients {
+            all.extend(client.await.unwrap());
+        }
+        percentiles(all)
+    }
+
+    let steady = run_clients(addr, tokio::time::sleep(Duration::from_secs(3))).await;
+    let mut swaps = Vec::new();
+    let during = run_clients(addr, async {
+        for version in 1..=20u32 {
+            let mut spec = pod.pod().current_spec();
+            spec.containers[0].env.insert("VERSION".into(), version.to_string());
+            let report = pod.update(spec).await.expect("update applies");
+            swaps.push(report.updated[0].took);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    swaps.sort();
+    eprintln!("steady:      {steady}");
+    eprintln!("during swaps: {during}");
+    eprintln!(
+        "update call to new version serving (20 swaps): min {:?}, median {:?}, max {:?}",
+        swaps[0], swaps[10], swaps[19]
+    );
+}
