@@ -408,7 +408,8 @@ impl Supervisor {
                 serving: told,
             }) = replacement
             {
-                self.exited(id, Exit::Restarted);
+                // The old version stopped as in a normal stop; `Pod::update` reports the swap.
+                self.exited(id, Exit::Stopped);
                 if control.terminating.is_cancelled() {
                     return Exit::Stopped;
                 }

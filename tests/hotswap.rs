@@ -321,3 +321,29 @@ async fn swap_numbers() {
         swaps[0], swaps[10], swaps[19]
     );
 }
+
+#[tokio::test]
+async fn a_new_version_that_fails_its_readiness_probe_is_not_swapped_in() {
+    let pod = web_pod("swap-unready").await;
+    pod.wait_ready().await.unwrap();
+    let mut spec = pod.pod().current_spec();
+    let mut probe = wasmpod::spec::Probe::new(wasmpod::spec::ProbeAction::HttpGet {
+        port: 8080,
+        path: "/no-such-route".into(),
+    });
+    probe.period = Duration::from_millis(10);
+    probe.failure_threshold = 2;
+    spec.containers[0].readiness_probe = Some(probe);
+    spec.containers[0].env.insert("VERSION".into(), "1".into());
+
+    let error = pod.update(spec).await.expect_err("the new version is not ready");
+
+    let TestPodError::Update { source, .. } = &error else {
+        panic!("not an update error: {error}");
+    };
+    assert!(
+        matches!(**source, PodError::UpdateFailed { ref message, .. } if message.contains("readiness")),
+        "{source}"
+    );
+    assert!(pod.get("/env").await.unwrap().text().contains("VERSION=0"));
+}
