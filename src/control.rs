@@ -423,6 +423,7 @@ pub fn event_kind_name(kind: &EventKind) -> &'static str {
         EventKind::FaultAdded { .. } => "fault_added",
         EventKind::FaultRemoved { .. } => "fault_removed",
         EventKind::FaultTriggered { .. } => "fault_triggered",
+        EventKind::Updated { .. } => "updated",
     }
 }
 
@@ -1084,6 +1085,11 @@ mod tests {
             EventKind::FaultAdded { id: 1, fault: text() },
             EventKind::FaultRemoved { id: 1, fault: text() },
             EventKind::FaultTriggered { id: 1, link: text() },
+            EventKind::Updated {
+                from: text(),
+                to: text(),
+                took: ms,
+            },
         ];
         for kind in &kinds {
             assert_eq!(event_kind_name(kind), old_debug_name(kind), "{kind:?}");

@@ -37,10 +37,11 @@ pub mod status;
 mod supervisor;
 pub mod testing;
 pub mod volume;
+pub mod watch;
 
 pub use container::{ContainerKind, Exit, HttpContainer, HttpLimits};
 pub use engine::Engine;
 pub use logs::{LogLine, Logs, Stream};
-pub use pod::{Pod, PodError, PodOptions};
+pub use pod::{ContainerUpdate, Pod, PodError, PodOptions, UpdateReport};
 pub use spec::{PodSpec, RestartPolicy, SpecError};
 pub use status::{ContainerState, ContainerStatus, Event, EventKind, PodPhase, PodStatus, WaitingReason};

@@ -53,6 +53,9 @@ enum Command {
         /// The host address of the front proxy (default 127.0.0.1:PORT for `[expose] port`).
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
+        /// Watch the spec and component files and swap changed containers in place.
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         proxy: ProxyFlags,
     },
@@ -198,6 +201,7 @@ fn main() -> ExitCode {
             spec,
             no_color,
             listen,
+            watch,
             proxy,
         } => {
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -208,7 +212,7 @@ fn main() -> ExitCode {
                 }
             };
             let color = !no_color && std::io::stdout().is_terminal();
-            runtime.block_on(run(&spec, color, listen, proxy.limits()))
+            runtime.block_on(run(&spec, color, listen, watch, proxy.limits()))
         }
     }
 }
@@ -226,7 +230,13 @@ fn validate(spec: &Path) -> ExitCode {
     }
 }
 
-async fn run(spec: &Path, color: bool, listen: Option<std::net::SocketAddr>, proxy_limits: ProxyLimits) -> ExitCode {
+async fn run(
+    spec: &Path,
+    color: bool,
+    listen: Option<std::net::SocketAddr>,
+    watch: bool,
+    proxy_limits: ProxyLimits,
+) -> ExitCode {
     // Every client of the front proxy is a file descriptor: raise the soft limit as servers do.
     let file_limit = raise_open_file_limit();
     let options = PodOptions {
@@ -314,12 +324,22 @@ async fn run(spec: &Path, color: bool, listen: Option<std::net::SocketAddr>, pro
         }
         None => None,
     };
+    // Notes of `--watch` (swaps themselves are events); never yields without it.
+    let mut watch_notes = match watch.then(|| wasmpod::watch::watch(pod.clone(), spec)) {
+        Some(Ok(notes)) => Some(notes),
+        Some(Err(e)) => {
+            printer.note(&format!("warning: not watching: {e}")).await;
+            None
+        }
+        None => None,
+    };
     let status = {
         let wait = pod.wait();
         tokio::pin!(wait);
         loop {
             tokio::select! {
                 status = &mut wait => break status,
+                Some(note) = async { watch_notes.as_mut()?.recv().await } => printer.note(&note).await,
                 Some(line) = output.recv() => printer.line(&line).await,
                 Some(event) = events.recv() => printer.event(&event).await,
                 () = signal.received() => {

@@ -270,6 +270,14 @@ pub enum EventKind {
         id: u64,
         link: String,
     },
+    /// The container was swapped to a new version by an update ([`crate::Pod::update`]):
+    /// the digests (`sha256:<hex>`) of the old and new component, and the time from the update
+    /// call to the new version serving.
+    Updated {
+        from: String,
+        to: String,
+        took: Duration,
+    },
 }
 
 impl fmt::Display for Event {
@@ -282,6 +290,14 @@ impl fmt::Display for Event {
             EventKind::ImageResolved { image, digest, cached } => {
                 let from = if *cached { "the image cache" } else { "the registry" };
                 write!(f, "image {image} is {digest} (from {from})")
+            }
+            EventKind::Updated { from, to, took } => {
+                write!(
+                    f,
+                    "updated ({} → {}) in {took:.0?}",
+                    short_digest(from),
+                    short_digest(to)
+                )
             }
             EventKind::Compiled { cached: true, took } => {
                 write!(f, "loaded compiled component from cache in {took:.0?}")
@@ -451,6 +467,16 @@ impl EventTail {
                 std::future::pending::<()>().await;
             }
         }
+    }
+}
+
+/// `sha256:ab12cd34…`: enough of a digest to tell versions apart in a line.
+fn short_digest(digest: &str) -> String {
+    let shown: String = digest.chars().take("sha256:".len() + 8).collect();
+    if shown.len() < digest.len() {
+        format!("{shown}…")
+    } else {
+        shown
     }
 }
 

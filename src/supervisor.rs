@@ -13,9 +13,10 @@
 //! its transitions; it knows nothing of the `Pod` handle, which prepares what it runs and
 //! releases the pod's volumes and front proxy when it returns.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +29,7 @@ use crate::spec::{Backoff, ContainerSpec, DependencyCondition, RestartPolicy};
 use crate::status::{ContainerState, ContainerStatus, Exit, PodPhase};
 
 /// A container ready to run: a command run to its end, or an http handler served per request.
+#[derive(Clone)]
 pub(crate) enum Runnable {
     Command(Arc<CommandContainer>),
     Http { container: Arc<HttpContainer>, port: u16 },
@@ -53,6 +55,34 @@ pub(crate) struct ContainerControl {
     pub(crate) kill: CancellationToken,
     /// The container will not run again.
     pub(crate) finished: CancellationToken,
+    /// A new version waiting to replace the running one ([`crate::Pod::update`]).
+    update: Mutex<Option<Replacement>>,
+    /// Wakes the container's run when `update` holds a new version.
+    updated: tokio::sync::Notify,
+}
+
+/// A new version of a container, handed to its supervisor task; `serving` fires once the new
+/// version serves (an http container: new requests reach it; a command: its new run started).
+pub(crate) struct Replacement {
+    pub(crate) runnable: Runnable,
+    pub(crate) serving: oneshot::Sender<()>,
+}
+
+impl ContainerControl {
+    /// Hands a new version to the container's run; a version handed earlier and not yet taken
+    /// is dropped (its updater learns so from its `serving` channel).
+    pub(crate) fn replace(&self, replacement: Replacement) {
+        *self.update.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(replacement);
+        // A stored permit: a run that is between two waits still sees it.
+        self.updated.notify_one();
+    }
+
+    fn take_update(&self) -> Option<Replacement> {
+        self.update
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
 }
 
 /// One control per container, by [`ContainerId`].
@@ -214,9 +244,11 @@ impl Supervisor {
     }
 
     /// Serves an http container on its pod port until the pod stops: every connection from a
-    /// container of the pod (or the host side) gets HTTP/1.1, each request a fresh instance.
-    /// Restart policies do not apply: a request that traps fails alone, the container keeps
-    /// serving.
+    /// container of the pod (or the host side) gets HTTP/1.1, each request a fresh instance of
+    /// whichever version serves the port at that moment (so a swapped-in version takes over
+    /// new requests, also on open keep-alive connections, while requests in flight finish on
+    /// the old one). Restart policies do not apply: a request that traps fails alone, the
+    /// container keeps serving.
     async fn serve_http(
         &self,
         id: ContainerId,
@@ -229,34 +261,56 @@ impl Supervisor {
             Err(e) => return self.exited(id, Exit::Failed(format!("cannot serve pod port {port}: {e}"))),
         };
         self.state.started(id);
-        let target = self.probe_target(Some(container.health_check()));
-        let spec = container.spec();
-        let probes = Probes {
-            startup: spec.startup_probe.as_ref(),
-            readiness: spec.readiness_probe.as_ref(),
-            liveness: spec.liveness_probe.as_ref(),
-        };
-        let watch = probe::watch(probes, &target, |ready, why| self.state.set_ready(id, ready, why));
-        tokio::pin!(watch);
+        // The version serving now; this task holds it strongly, the port table weakly.
+        let mut container = container.clone();
         let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                () = control.terminating.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(stream) => {
-                        let stop = control.terminating.clone().cancelled_owned();
-                        connections.spawn(container.clone().serve_connection_until(stream, stop));
+        'versions: loop {
+            let current = container.clone();
+            let target = self.probe_target(Some(current.health_check()));
+            let spec = current.spec();
+            let probes = Probes {
+                startup: spec.startup_probe.as_ref(),
+                readiness: spec.readiness_probe.as_ref(),
+                liveness: spec.liveness_probe.as_ref(),
+            };
+            let watch = probe::watch(probes, &target, |ready, why| self.state.set_ready(id, ready, why));
+            tokio::pin!(watch);
+            loop {
+                tokio::select! {
+                    () = control.terminating.cancelled() => break 'versions,
+                    accepted = listener.accept() => match accepted {
+                        Ok(stream) => {
+                            let stop = control.terminating.clone().cancelled_owned();
+                            let (ports, fallback) = (self.http_ports.clone(), current.clone());
+                            connections.spawn(async move {
+                                let builder = crate::proxy::http_builder();
+                                crate::proxy::serve_current(ports, port, fallback, stream, stop, &builder).await
+                            });
+                        }
+                        Err(_) => break 'versions,
+                    },
+                    () = control.updated.notified() => {
+                        let Some(replacement) = control.take_update() else { continue };
+                        let Runnable::Http { container: new, .. } = replacement.runnable else {
+                            // `Pod::update` refuses a change of kind; nothing to swap.
+                            continue;
+                        };
+                        // One write to the port table: from here on new requests (front proxy,
+                        // routes, probes, this listener's connections) resolve to the new version.
+                        self.http_ports.insert(port, &new);
+                        container = new;
+                        let _ = replacement.serving.send(());
+                        continue 'versions;
                     }
-                    Err(_) => break,
-                },
-                failure = &mut watch => {
-                    // Per-request instances have nothing to restart; say so and keep serving.
-                    self.state.unhealthy(id, failure.to_string());
-                    self.state.set_ready(id, false, Some(failure.to_string()));
-                    break;
+                    failure = &mut watch => {
+                        // Per-request instances have nothing to restart; say so and keep serving.
+                        self.state.unhealthy(id, failure.to_string());
+                        self.state.set_ready(id, false, Some(failure.to_string()));
+                        break 'versions;
+                    }
+                    // Reap finished connections so the set stays as small as the live ones.
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 }
-                // Reap finished connections so the set stays as small as the live ones.
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
         drop(listener);
@@ -293,26 +347,76 @@ impl Supervisor {
     ) -> Exit {
         let backoff = self.policy.backoff;
         let mut restarts_in_a_row = 0u32;
-        let target = self.probe_target(Some(container.health_check()));
+        // The version that runs; a replacement handed in by `Pod::update` takes its place.
+        let mut container = container.clone();
+        // Told once the run of a new version has started.
+        let mut serving: Option<oneshot::Sender<()>> = None;
         loop {
+            let current = container.clone();
+            let target = self.probe_target(Some(current.health_check()));
             let started_at = Instant::now();
             self.state.started(id);
+            if let Some(serving) = serving.take() {
+                let _ = serving.send(());
+            }
             let probes = Probes {
-                startup: container.spec().startup_probe.as_ref(),
-                readiness: container.spec().readiness_probe.as_ref(),
-                liveness: container.spec().liveness_probe.as_ref(),
+                startup: current.spec().startup_probe.as_ref(),
+                readiness: current.spec().readiness_probe.as_ref(),
+                liveness: current.spec().liveness_probe.as_ref(),
             };
-            let exit = tokio::select! {
-                exit = container.run(&control.terminating) => exit,
-                () = control.kill.cancelled() => Exit::Stopped,
-                () = control.restart.notified() => Exit::Restarted,
-                // Init containers run to completion: no probes, no readiness (validation refuses
-                // probes on them).
-                failure = probe::watch(probes, &target, |ready, why| self.state.set_ready(id, ready, why)), if !init => {
-                    self.state.unhealthy(id, failure.to_string());
-                    Exit::Killed(failure.to_string())
+            // The run's own stop signal: the pod's (through the parent token), or an update's.
+            // In a block of its own, so the old run (its instance and its ports) is gone before
+            // a new version starts.
+            let (exit, replacement) = {
+                let run_stop = control.terminating.child_token();
+                let run = current.run(&run_stop);
+                tokio::pin!(run);
+                let mut replacement = None;
+                let exit = tokio::select! {
+                    exit = &mut run => exit,
+                    () = control.kill.cancelled() => Exit::Stopped,
+                    () = control.restart.notified() => Exit::Restarted,
+                    () = control.updated.notified(), if !init => {
+                        replacement = control.take_update();
+                        // Stopped as in a normal stop: stdin closes, the grace period, then cancel.
+                        run_stop.cancel();
+                        let grace = self.policy.termination_grace_period;
+                        tokio::select! {
+                            _ = &mut run => {}
+                            () = tokio::time::sleep(grace) => {
+                                let message = format!(
+                                    "did not exit within the {} grace period for its update; cancelled",
+                                    humantime::format_duration(grace)
+                                );
+                                self.state.warn(Some(id), message);
+                            }
+                            () = control.kill.cancelled() => {}
+                        }
+                        Exit::Restarted
+                    }
+                    // Init containers run to completion: no probes, no readiness (validation refuses
+                    // probes on them).
+                    failure = probe::watch(probes, &target, |ready, why| self.state.set_ready(id, ready, why)), if !init => {
+                        self.state.unhealthy(id, failure.to_string());
+                        Exit::Killed(failure.to_string())
+                    }
+                };
+                (exit, replacement)
+            };
+            if let Some(Replacement {
+                runnable: Runnable::Command(new),
+                serving: told,
+            }) = replacement
+            {
+                // The old version stopped as in a normal stop; `Pod::update` reports the swap.
+                self.exited(id, Exit::Stopped);
+                if control.terminating.is_cancelled() {
+                    return Exit::Stopped;
                 }
-            };
+                container = new;
+                serving = Some(told);
+                continue;
+            }
             // A container asked to stop that exits on its own in time has stopped, whatever code.
             let exit = if control.terminating.is_cancelled() && !matches!(exit, Exit::Stopped) {
                 self.exited(id, exit);
@@ -345,6 +449,14 @@ impl Supervisor {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = control.restart.notified() => {}
+                // A new version waiting out a back-off starts at once.
+                () = control.updated.notified(), if !init => {
+                    if let Some(Replacement { runnable: Runnable::Command(new), serving: told }) = control.take_update() {
+                        container = new;
+                        serving = Some(told);
+                        continue;
+                    }
+                }
                 () = control.terminating.cancelled() => {
                     self.state.stopped_waiting(id, &exit);
                     return exit;

@@ -88,7 +88,7 @@ use crate::container::ContainerKind;
 use crate::engine::{Engine, default_cache_dir};
 use crate::logs::{LogLine, Stream};
 use crate::net::{NetError, PodStream};
-use crate::pod::{Pod, PodError, PodOptions};
+use crate::pod::{Pod, PodError, PodOptions, UpdateReport};
 use crate::spec::{
     Backoff, ComponentSource, ContainerSpec, Dependency, DependencyCondition, Expose, MountSpec, PodSpec, Probe,
     RestartPolicy, SpecError, VolumeSource, VolumeSpec,
@@ -235,6 +235,16 @@ pub enum TestPodError {
         source: NetError,
         explanation: String,
     },
+    /// An update of the running pod was refused or failed ([`TestPod::update`]); the pod runs
+    /// as before.
+    #[error("test pod {pod:?}: the update failed: {source}{}", section(explanation))]
+    Update {
+        pod: String,
+        /// Boxed: the error stays small enough to return by value.
+        #[source]
+        source: Box<PodError>,
+        explanation: String,
+    },
     /// An HTTP request to the pod failed (no response, not a non-2xx status: that is a response).
     #[error("test pod {pod:?}: {request} failed: {message}{}", section(explanation))]
     Http {
@@ -254,6 +264,7 @@ impl TestPodError {
             | TestPodError::Timeout { explanation, .. }
             | TestPodError::Impossible { explanation, .. }
             | TestPodError::Connect { explanation, .. }
+            | TestPodError::Update { explanation, .. }
             | TestPodError::Http { explanation, .. } => Some(explanation),
         }
     }
@@ -1089,6 +1100,38 @@ impl TestPod {
             .and_then(|compiled| ContainerKind::of(self.engine.wasmtime(), &compiled.component));
         lock(&self.kinds).insert(container.to_string(), kind);
         kind
+    }
+
+    /// Applies a new spec to the running pod ([`Pod::update`]): unchanged containers are
+    /// untouched, changed ones swapped; returns once every new version serves. A refused or
+    /// failed update changes nothing and says why.
+    pub async fn update(&self, spec: PodSpec) -> Result<UpdateReport, TestPodError> {
+        match self.pod.update(spec).await {
+            Ok(report) => Ok(report),
+            Err(source) => Err(TestPodError::Update {
+                pod: self.name().to_string(),
+                source: Box::new(source),
+                explanation: self.explained(),
+            }),
+        }
+    }
+
+    /// Swaps one container's component (a path or bytes, as in the builder) and leaves the rest
+    /// of the spec the pod runs as it is. Panics if the pod has no such container.
+    pub async fn replace_component(
+        &self,
+        container: &str,
+        component: impl IntoComponent,
+    ) -> Result<UpdateReport, TestPodError> {
+        self.expect_container(container, "replace the component of");
+        let mut spec = self.pod.current_spec();
+        let source = component.into_component();
+        for slot in spec.init_containers.iter_mut().chain(spec.containers.iter_mut()) {
+            if slot.name == container {
+                slot.component = source.clone();
+            }
+        }
+        self.update(spec).await
     }
 
     /// The host directory behind a volume while the pod runs (`empty_dir`s and secrets are

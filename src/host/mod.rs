@@ -233,7 +233,7 @@ impl Host {
             let others = pods
                 .iter()
                 .filter(|(other, _)| other.as_str() != name)
-                .map(|(_, deployed)| memory_of(deployed.pod.spec()).unwrap_or(0))
+                .map(|(_, deployed)| memory_of(&deployed.pod.current_spec()).unwrap_or(0))
                 .sum::<u64>();
             check_memory(&spec, others, cap)?;
         }
@@ -246,11 +246,27 @@ impl Host {
             pod: name.to_string(),
             source,
         };
+        // A running pod swaps only the containers whose spec or component changed, the rest
+        // keep running with their connections; what an update cannot change in place (volumes,
+        // expose, the set of containers, ...) falls back to replacing the whole pod.
+        if let Some(running) = pods.get(name).map(|deployed| deployed.pod.clone()) {
+            match running.update(spec.clone()).await {
+                Ok(_) => {
+                    if persist {
+                        store.put_pod(name, text)?;
+                    }
+                    if let Some(deployed) = pods.get_mut(name) {
+                        deployed.text = text.to_string();
+                    }
+                    return Ok(Applied::Updated);
+                }
+                Err(PodError::NotUpdatable(_) | PodError::NotRunning) => {}
+                Err(source) => return Err(start_error(source)),
+            }
+        }
         let pod = Arc::new(Pod::with_options(spec, options).map_err(start_error)?);
         // The new pod starts before the old one stops: a spec that compiles nowhere never
         // takes the running pod down, and http traffic moves over without a gap.
-        // TODO(hotswap): for an existing pod this becomes `existing.pod.update(spec)`, which
-        // restarts only the containers whose spec or component changed.
         pod.start().await.map_err(start_error)?;
         if persist && let Err(e) = store.put_pod(name, text) {
             pod.stop().await;

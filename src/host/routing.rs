@@ -89,7 +89,10 @@ pub async fn route(host: &Host, request: Request<Incoming>) -> Reply {
         }
     }
     match target {
-        ProxyTarget::Http(container) => container
+        // The container serving the port now (an update may have swapped it).
+        ProxyTarget::Http { container, ports, port } => ports
+            .get(port)
+            .unwrap_or(container)
             .handle(request)
             .await
             .map(|body| body.map_err(Into::into).boxed_unsync()),

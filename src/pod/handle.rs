@@ -54,6 +54,15 @@ pub enum PodError {
     AlreadyStarted,
     #[error("cannot set up the wasmtime engine: {0}")]
     Engine(String),
+    /// The update changes what cannot change in a running pod; nothing was changed.
+    #[error("cannot update the pod in place: {0}; recreate the pod to apply it")]
+    NotUpdatable(String),
+    /// The update could not be applied to a container; nothing was changed.
+    #[error("container {container:?}: the update was not applied: {message}")]
+    UpdateFailed { container: Box<str>, message: Box<str> },
+    /// Only a running pod can be updated.
+    #[error("the pod is not running; only a running pod can be updated")]
+    NotRunning,
 }
 
 /// Knobs of a pod that are not part of its spec.
@@ -95,10 +104,10 @@ impl Default for PodOptions {
 /// Dropping a `Pod` stops it.
 pub struct Pod {
     pub(super) parts: Arc<Parts>,
-    state: Arc<PodState>,
-    controls: Controls,
+    pub(super) state: Arc<PodState>,
+    pub(super) controls: Controls,
     /// What the pod owns on the host while it runs; released when it ends.
-    held: Arc<Held>,
+    pub(super) held: Arc<Held>,
     /// The task that supervises the pod and then releases what it held.
     run: Mutex<Option<JoinHandle<()>>>,
     /// Cancelled when the pod is asked to stop.
@@ -107,6 +116,10 @@ pub struct Pod {
     proxy_limits: ProxyLimits,
     pub(super) http_limits: HttpLimits,
     bind_front_proxy: bool,
+    /// What each container runs now, by container id (filled at start, changed by updates).
+    pub(super) versions: Mutex<Vec<super::update::Version>>,
+    /// One update at a time.
+    pub(super) updating: tokio::sync::Mutex<()>,
 }
 
 /// What a pod is made of, fixed when it is created: the spec and what every container of it
@@ -124,8 +137,8 @@ pub(super) struct Parts {
 
 /// The pod's host resources while it runs.
 #[derive(Default)]
-struct Held {
-    volumes: Mutex<Option<Volumes>>,
+pub(super) struct Held {
+    pub(super) volumes: Mutex<Option<Volumes>>,
     /// Forwards the exposed port.
     proxy: Mutex<Option<FrontProxy>>,
     /// What the exposed port leads to, for entrances other than the front proxy.
@@ -194,6 +207,8 @@ impl Pod {
             proxy_limits: options.proxy_limits,
             http_limits: options.http_limits,
             bind_front_proxy: options.bind_front_proxy,
+            versions: Mutex::new(Vec::new()),
+            updating: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -203,7 +218,8 @@ impl Pod {
         self.parts.network.faults().add_guarded(fault)
     }
 
-    /// The pod's spec.
+    /// The spec the pod was created from (see [`Pod::current_spec`] for the one it runs after
+    /// updates).
     pub fn spec(&self) -> &PodSpec {
         &self.parts.spec
     }
@@ -283,9 +299,11 @@ impl Pod {
         let target = prepared
             .iter()
             .find_map(|runnable| match runnable {
-                Runnable::Http { container, port } if *port == expose.port => {
-                    Some(ProxyTarget::Http(container.clone()))
-                }
+                Runnable::Http { container, port } if *port == expose.port => Some(ProxyTarget::Http {
+                    container: container.clone(),
+                    ports: parts.http_ports.clone(),
+                    port: *port,
+                }),
                 _ => None,
             })
             .unwrap_or(ProxyTarget::PodPort {
@@ -427,7 +445,7 @@ impl Drop for StartClaim<'_> {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Critical sections only assign whole values, so a poisoned lock still holds a valid state.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

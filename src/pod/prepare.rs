@@ -42,69 +42,119 @@ impl Pod {
                 );
             }
         }
-        let http_ports = shared.http_ports.clone();
-        let services = PodServices {
-            engine: shared.engine.clone(),
-            logs: shared.logs.clone(),
-            events: shared.events.clone(),
-            network: shared.network.clone(),
-            routes: Arc::new(PodRoutes::new(shared.network.clone(), http_ports.clone())),
-        };
+        let services = self.services();
         let mut prepared = Vec::new();
+        let mut versions = Vec::new();
         for (index, container_spec) in shared.spec.all_containers().enumerate() {
             let init = index < shared.spec.init_containers.len();
             let compiled = self.compile(container_spec).await?;
             let mounts = volumes.mounts_for(container_spec)?;
-            let name = container_spec.name.clone();
-            let runtime = ContainerRuntime::new(container_spec.clone(), mounts, services.clone());
-            let runnable = match ContainerKind::require(shared.engine.wasmtime(), &compiled, &name)? {
-                ContainerKind::Command => {
-                    Runnable::Command(Arc::new(CommandContainer::new(runtime, &linker, &compiled)?))
-                }
-                ContainerKind::Http => {
-                    let port = match (init, container_spec.ports.as_slice()) {
-                        (false, [port]) => *port,
-                        (true, _) => {
-                            return Err(ContainerError::Unsupported {
-                                container: name,
-                                message: "an init container must be a command (`wasi:cli/run`), not an http handler"
-                                    .into(),
-                            }
-                            .into());
-                        }
-                        (false, ports) => {
-                            return Err(ContainerError::Unsupported {
-                                container: name,
-                                message: format!(
-                                    "an http container serves exactly one port; list it in `ports` (it lists {})",
-                                    ports.len()
-                                ),
-                            }
-                            .into());
-                        }
-                    };
-                    let http = HttpContainer::in_pod(runtime, &linker, &compiled)
-                        .map_err(|e| ContainerError::Link {
-                            container: name.clone(),
-                            message: e.to_string(),
-                        })?
-                        .with_limits(http_limits(&self.http_limits, &container_spec.http));
-                    let http = Arc::new(http);
-                    http_ports.insert(port, &http);
-                    Runnable::Http { container: http, port }
-                }
-            };
+            let runnable = self.build(container_spec, init, &compiled, mounts, &services, &linker)?;
+            if let Runnable::Http { container, port } = &runnable {
+                shared.http_ports.insert(*port, container);
+            }
+            // What the update compares against. The compiled component came from these bytes
+            // unless the file changed in between; then the next update sees a change and swaps.
+            let source = container_spec.component.clone();
+            let version = tokio::task::spawn_blocking(move || super::update::read_component(&source))
+                .await
+                .map_err(|e| PodError::Engine(format!("reading a component panicked: {e}")))?
+                .map(|(_, digest)| digest)
+                .unwrap_or_default();
+            versions.push(super::update::Version {
+                spec: container_spec.clone(),
+                digest: version,
+                http_port: match &runnable {
+                    Runnable::Http { port, .. } => Some(*port),
+                    Runnable::Command(_) => None,
+                },
+            });
             prepared.push(runnable);
         }
+        *super::handle::lock(&self.versions) = versions;
         Ok((volumes, prepared))
     }
 
-    async fn compile(&self, container: &ContainerSpec) -> Result<wasmtime::component::Component, PodError> {
+    /// What the pod gives each of its containers (the same for every version of them).
+    pub(super) fn services(&self) -> PodServices {
         let shared = &self.parts;
-        let name = container.name.clone();
+        PodServices {
+            engine: shared.engine.clone(),
+            logs: shared.logs.clone(),
+            events: shared.events.clone(),
+            network: shared.network.clone(),
+            routes: Arc::new(PodRoutes::new(shared.network.clone(), shared.http_ports.clone())),
+        }
+    }
+
+    /// One container made runnable from its compiled component: a command, or an http handler
+    /// on its one port (not yet in the pod's port table: the caller decides when it serves).
+    pub(super) fn build(
+        &self,
+        container_spec: &ContainerSpec,
+        init: bool,
+        compiled: &wasmtime::component::Component,
+        mounts: Vec<crate::volume::Mount>,
+        services: &PodServices,
+        linker: &wasmtime::component::Linker<container::ContainerData>,
+    ) -> Result<Runnable, PodError> {
+        let shared = &self.parts;
+        let name = container_spec.name.clone();
+        let runtime = ContainerRuntime::new(container_spec.clone(), mounts, services.clone());
+        let runnable = match ContainerKind::require(shared.engine.wasmtime(), compiled, &name)? {
+            ContainerKind::Command => Runnable::Command(Arc::new(CommandContainer::new(runtime, linker, compiled)?)),
+            ContainerKind::Http => {
+                let port = match (init, container_spec.ports.as_slice()) {
+                    (false, [port]) => *port,
+                    (true, _) => {
+                        return Err(ContainerError::Unsupported {
+                            container: name,
+                            message: "an init container must be a command (`wasi:cli/run`), not an http handler".into(),
+                        }
+                        .into());
+                    }
+                    (false, ports) => {
+                        return Err(ContainerError::Unsupported {
+                            container: name,
+                            message: format!(
+                                "an http container serves exactly one port; list it in `ports` (it lists {})",
+                                ports.len()
+                            ),
+                        }
+                        .into());
+                    }
+                };
+                let http = HttpContainer::in_pod(runtime, linker, compiled)
+                    .map_err(|e| ContainerError::Link {
+                        container: name.clone(),
+                        message: e.to_string(),
+                    })?
+                    .with_limits(http_limits(&self.http_limits, &container_spec.http));
+                Runnable::Http {
+                    container: Arc::new(http),
+                    port,
+                }
+            }
+        };
+        Ok(runnable)
+    }
+
+    pub(super) async fn compile(&self, container: &ContainerSpec) -> Result<wasmtime::component::Component, PodError> {
+        // A registry image becomes its verified file in the image cache first.
+        let source = self.resolve_image(container).await?;
+        self.compile_source(&container.name, source).await
+    }
+
+    /// Compiles one container's component (or loads it from the cache), with its events.
+    pub(super) async fn compile_source(
+        &self,
+        name: &str,
+        source: ComponentSource,
+    ) -> Result<wasmtime::component::Component, PodError> {
+        let shared = &self.parts;
+        let name = name.to_string();
         shared.events.emit(Some(&name), EventKind::Compiling);
         let engine = shared.engine.clone();
-        let source = self.resolve_image(container).await?;
         let what = match &source {
             ComponentSource::File(path) => format!("{} (container {name:?})", path.display()),
             ComponentSource::Bytes(_) => format!("the component bytes of container {name:?}"),
@@ -140,7 +190,7 @@ impl Pod {
 impl Pod {
     /// A container's `image` as its verified file in the image cache (pulled when missing),
     /// with its digest in an event; any other source as it is.
-    async fn resolve_image(&self, container: &ContainerSpec) -> Result<ComponentSource, PodError> {
+    pub(super) async fn resolve_image(&self, container: &ContainerSpec) -> Result<ComponentSource, PodError> {
         let ComponentSource::Image(reference) = &container.component else {
             return Ok(container.component.clone());
         };

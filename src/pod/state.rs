@@ -132,6 +132,12 @@ impl PodState {
         (0..self.lock().status.containers.len()).map(ContainerId)
     }
 
+    /// Whether the supervisor runs the pod now (started and not ended): what an update needs.
+    pub(crate) fn is_running(&self) -> bool {
+        let inner = self.lock();
+        inner.lifecycle == Lifecycle::Started && !inner.status.phase.is_terminal()
+    }
+
     /// Whether the front proxy may forward now, and every change of it.
     pub(crate) fn front_ready(&self) -> watch::Receiver<bool> {
         self.front_ready.subscribe()

@@ -12,6 +12,7 @@
 //! ([`report`]), never one line per connection.
 
 mod copy;
+mod current;
 mod file_limit;
 mod report;
 mod slow_client;
@@ -27,8 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::container::HttpContainer;
 use crate::net::{NetError, PodNetwork};
+use crate::route::HttpPorts;
 use crate::status::Events;
 
+pub(crate) use current::{http_builder, serve_current};
 pub use file_limit::{FileLimit, raise_open_file_limit};
 use report::{Refusal, Reporter, count};
 
@@ -90,15 +93,21 @@ pub enum ProxyError {
 pub enum ProxyTarget {
     /// Bytes, both ways, to whatever listens on a pod port (any TCP protocol).
     PodPort { network: Arc<PodNetwork>, port: u16 },
-    /// HTTP served by an http container directly, with no extra hop through the pod network.
-    Http(Arc<HttpContainer>),
+    /// HTTP served by an http container directly, with no extra hop through the pod network:
+    /// each request goes to the version that serves `port` in `ports` when it arrives (so a
+    /// swapped container takes over at once), `container` (the first version) if none does.
+    Http {
+        container: Arc<HttpContainer>,
+        ports: Arc<HttpPorts>,
+        port: u16,
+    },
 }
 
 impl ProxyTarget {
     fn describe(&self) -> String {
         match self {
             ProxyTarget::PodPort { port, .. } => format!("pod port {port}"),
-            ProxyTarget::Http(container) => format!("http container {}", container.name()),
+            ProxyTarget::Http { container, .. } => format!("http container {}", container.name()),
         }
     }
 }
@@ -331,7 +340,7 @@ impl Forwarder {
             }
         }
         let (network, port) = match &self.target {
-            ProxyTarget::Http(container) => {
+            ProxyTarget::Http { container, ports, port } => {
                 // hyper allocates its read and write buffers (8 KiB each) as soon as it serves a
                 // connection; a client that has sent nothing yet costs only its socket and this
                 // task until its first byte. Silence counts against the keep-alive timeout.
@@ -351,10 +360,15 @@ impl Forwarder {
                 let stop = self.stop.clone().cancelled_owned();
                 // Errors are per connection (a client that hung up or was too slow): nothing
                 // to report.
-                let _ = container
-                    .clone()
-                    .serve_connection_with(guard.watch(client), stop, &builder)
-                    .await;
+                let _ = serve_current(
+                    ports.clone(),
+                    *port,
+                    container.clone(),
+                    guard.watch(client),
+                    stop,
+                    &builder,
+                )
+                .await;
                 return;
             }
             ProxyTarget::PodPort { network, port } => (network, *port),
