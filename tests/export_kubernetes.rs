@@ -365,6 +365,11 @@ ports = [6379]
 volume_mounts = [{ volume = "scratch", mount_path = "/data" }]
 depends_on = [{ container = "web", condition = "ready" }]
 startup_probe = { tcp_socket = { port = 6379 } }
+
+[[faults]]
+to = "cache:6379"
+kind = "latency"
+latency = "50ms"
 "#,
     )
     .unwrap();
@@ -382,6 +387,7 @@ startup_probe = { tcp_socket = { port = 6379 } }
         ("health probe", "`health = {}`"),
         ("egress", "allowed_outbound_hosts [api.example.com:443]"),
         ("start order", "depends_on \"web\""),
+        ("faults", "[[faults]]"),
     ] {
         assert!(
             stderr.lines().any(|l| l.starts_with("warning: ") && l.contains(field)),

@@ -4,7 +4,7 @@
 //! container joins the pod's network namespace, so `localhost` between containers still works.
 //!
 //! Every container must name an `image`: a cluster cannot read a local component file. What
-//! has no Kubernetes equivalent (`health = {}` probes, `allowed_outbound_hosts`, `depends_on`,
+//! has no Kubernetes equivalent (`health = {}` probes, `allowed_outbound_hosts`, `[[faults]]`, `depends_on`,
 //! the per-request `[http]` limits, restart back-off) is listed in the YAML's leading comment
 //! and in [`KubernetesExport::warnings`].
 
@@ -208,6 +208,13 @@ pub fn export(spec: &PodSpec, options: &KubernetesOptions) -> Result<KubernetesE
             "pod: restart_backoff has no Kubernetes equivalent (the kubelet's back-off is fixed: 10s doubling to 5m)"
                 .into(),
         );
+    }
+    if !spec.faults.is_empty() {
+        warnings.push(format!(
+            "pod: {} [[faults]] have no Kubernetes equivalent (network chaos there needs a tool such \
+             as Chaos Mesh); they are not exported",
+            spec.faults.len()
+        ));
     }
     if let Some(expose) = &spec.expose
         && !options.deployment
