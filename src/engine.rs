@@ -1016,10 +1016,7 @@ impl<P> TieredCode<P> {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The maps hold only finished values, so a panic elsewhere cannot leave one half-written.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use crate::sync::lock;
 
 /// Writes a compiled component atomically (temp file + rename), so readers never see half a file.
 fn store_cached(component: &Component, path: &Path) -> std::io::Result<()> {

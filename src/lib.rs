@@ -35,6 +35,7 @@ pub mod runtime_dir;
 pub mod spec;
 pub mod status;
 mod supervisor;
+mod sync;
 pub mod testing;
 pub mod volume;
 pub mod watch;

@@ -187,10 +187,7 @@ impl Logs {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section here is a plain push or clone; a poisoned lock still holds valid data.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use crate::sync::lock;
 
 /// A cursor into one container's output, from [`Logs::tail`].
 pub struct LogTail {

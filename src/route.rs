@@ -190,19 +190,11 @@ pub struct HttpPorts(RwLock<HashMap<u16, Weak<HttpContainer>>>);
 
 impl HttpPorts {
     pub fn insert(&self, port: u16, container: &Arc<HttpContainer>) {
-        // The table holds only finished entries; a panic elsewhere cannot leave one half-written.
-        self.0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(port, Arc::downgrade(container));
+        crate::sync::write(&self.0).insert(port, Arc::downgrade(container));
     }
 
     pub fn get(&self, port: u16) -> Option<Arc<HttpContainer>> {
-        self.0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&port)
-            .and_then(Weak::upgrade)
+        crate::sync::read(&self.0).get(&port).and_then(Weak::upgrade)
     }
 }
 

@@ -429,7 +429,7 @@ impl Events {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, EventsInner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.inner)
     }
 }
 

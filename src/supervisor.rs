@@ -72,16 +72,13 @@ impl ContainerControl {
     /// Hands a new version to the container's run; a version handed earlier and not yet taken
     /// is dropped (its updater learns so from its `serving` channel).
     pub(crate) fn replace(&self, replacement: Replacement) {
-        *self.update.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(replacement);
+        *crate::sync::lock(&self.update) = Some(replacement);
         // A stored permit: a run that is between two waits still sees it.
         self.updated.notify_one();
     }
 
     fn take_update(&self) -> Option<Replacement> {
-        self.update
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
+        crate::sync::lock(&self.update).take()
     }
 }
 

@@ -1518,7 +1518,4 @@ fn format_duration(duration: Duration) -> String {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Critical sections only insert whole values, so a poisoned lock still holds a valid map.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use crate::sync::lock;

@@ -175,17 +175,13 @@ impl Host {
                 problems.push(format!("pod {name}: not started: {e}"));
             }
         }
-        *host.inner.load_problems.lock().unwrap_or_else(|p| p.into_inner()) = problems;
+        *crate::sync::lock(&host.inner.load_problems) = problems;
         Ok(host)
     }
 
     /// What was wrong in the state directory at open (torn files, pods that would not start).
     pub fn load_problems(&self) -> Vec<String> {
-        self.inner
-            .load_problems
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.inner.load_problems).clone()
     }
 
     /// The state directory's blob store.
@@ -441,18 +437,7 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    // Writers only swap whole entries, so a poisoned lock still holds a valid map.
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use crate::sync::{lock, read, write};
 
 #[cfg(test)]
 mod tests {

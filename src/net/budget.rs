@@ -184,7 +184,7 @@ impl SocketBudget {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| Some(b.saturating_sub(n)));
         self.account.release(n);
         let waiting = {
-            let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = crate::sync::lock(&self.waiters);
             std::mem::take(&mut *w)
         };
         for pipe in waiting {
@@ -197,7 +197,7 @@ impl SocketBudget {
     /// Remembers a pipe whose writer waits for room; called with that pipe's lock held
     /// (lock order: pipe, then this list).
     pub(crate) fn wait(&self, pipe: Weak<Pipe>) {
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).push(pipe);
+        crate::sync::lock(&self.waiters).push(pipe);
     }
 
     /// Takes a socket slot; `None` at the limit.

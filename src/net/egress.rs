@@ -150,7 +150,7 @@ impl Egress {
     }
 
     fn names_of(&self, ip: IpAddr) -> Vec<String> {
-        let r = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        let r = crate::sync::lock(&self.remembered);
         r.names.get(&ip.to_canonical()).cloned().unwrap_or_default()
     }
 
@@ -221,7 +221,7 @@ impl Egress {
             return Err(NetError::NameUnresolvable);
         }
         {
-            let mut r = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = crate::sync::lock(&self.remembered);
             // Pod addresses and the gateway keep their fixed meaning whatever DNS says.
             for ip in addrs
                 .iter()

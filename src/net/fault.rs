@@ -484,7 +484,7 @@ impl FaultTable {
     }
 
     fn lock(&self) -> MutexGuard<'_, TableState> {
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.st)
     }
 
     /// True when no fault is installed (the hot-path check).
@@ -495,11 +495,11 @@ impl FaultTable {
 
     /// Sets who is told about added, removed and triggered faults.
     pub fn set_observer(&self, observer: FaultObserver) {
-        *self.observer.lock().unwrap_or_else(|p| p.into_inner()) = Some(observer);
+        *crate::sync::lock(&self.observer) = Some(observer);
     }
 
     fn notify(&self, notice: FaultNotice) {
-        let observer = self.observer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let observer = crate::sync::lock(&self.observer).clone();
         if let Some(o) = observer {
             o(notice);
         }
@@ -732,7 +732,7 @@ impl FaultLink {
             return Vec::new();
         }
         let faults: Vec<Arc<Installed>> = table.lock().faults.clone();
-        let mut decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
+        let mut decided = crate::sync::lock(&self.decided);
         let mut out = Vec::new();
         for f in faults {
             if !(f.fault.direction.covers(way)

@@ -189,7 +189,7 @@ impl PodNetwork {
     }
 
     fn lock(&self) -> MutexGuard<'_, NetState> {
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.st)
     }
 
     /// Attaches a container that reaches nothing outside the pod (no egress, no reports):
@@ -620,7 +620,7 @@ impl ListenQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, ListenState> {
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.st)
     }
 
     /// Queues a server half; gives it back when the backlog is full or the listener closed.
@@ -796,7 +796,7 @@ impl ContainerNet {
 
     /// Remembers a connection end owned by this container, for [`ContainerNet::shutdown`].
     pub(crate) fn track(&self, ep: &Endpoint) {
-        let mut reg = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reg = crate::sync::lock(&self.conns);
         if reg.conns.len() >= reg.high_water {
             reg.conns
                 .retain(|c| c.inbound.strong_count() > 0 || c.outbound.strong_count() > 0);
@@ -817,7 +817,7 @@ impl ContainerNet {
         }
         self.net.release_owner(self.owner);
         let conns = {
-            let mut reg = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            let mut reg = crate::sync::lock(&self.conns);
             std::mem::take(&mut reg.conns)
         };
         for c in conns {
@@ -834,7 +834,7 @@ impl ContainerNet {
     /// peers see `connection-reset` (used for a kill, not a clean exit).
     pub fn abort(&self) {
         let conns = {
-            let mut reg = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            let mut reg = crate::sync::lock(&self.conns);
             std::mem::take(&mut reg.conns)
         };
         for c in conns {

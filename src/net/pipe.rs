@@ -232,7 +232,7 @@ impl Pipe {
     fn lock(&self) -> MutexGuard<'_, PipeState> {
         // A panic while holding this lock cannot leave the state half-updated in a way that
         // matters more than losing the connection, so recover instead of poisoning every peer.
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.st)
     }
 
     /// Marks end-of-stream from the writer side (FIN), keeping buffered bytes readable.

@@ -81,7 +81,7 @@ impl UdpInbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, InboxState> {
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.st)
     }
 
     pub(crate) fn push(&self, from_port: u16, data: Vec<u8>) {

@@ -445,7 +445,4 @@ impl Drop for StartClaim<'_> {
     }
 }
 
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Critical sections only assign whole values, so a poisoned lock still holds a valid state.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+pub(super) use crate::sync::lock;

@@ -408,7 +408,7 @@ impl PodState {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every critical section leaves a whole, valid status, so a poisoned lock still holds one.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.inner)
     }
 }
 

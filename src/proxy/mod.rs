@@ -405,7 +405,7 @@ impl AddressTable {
     /// A slot for one more connection from `ip`, or `None` when it holds `cap` already.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
         let key = client_key(ip);
-        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut open = crate::sync::lock(&self.open);
         let held = open.entry(key).or_insert(0);
         if *held >= self.cap {
             return None;
@@ -426,7 +426,7 @@ struct AddressSlot {
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut open = self.table.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut open = crate::sync::lock(&self.table.open);
         if let Some(held) = open.get_mut(&self.key) {
             *held = held.saturating_sub(1);
             if *held == 0 {

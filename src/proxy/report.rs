@@ -158,7 +158,7 @@ impl Reporter {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, [Tally; KINDS.len()]> {
         // Plain counters: a panic elsewhere cannot leave them inconsistent.
-        self.tallies.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.tallies)
     }
 }
 
