@@ -288,12 +288,20 @@ async fn run(
     let mut events = pod.events().follow();
 
     let mut start = Box::pin(pod.start());
+    let mut progress = CompileProgress::new(printer.color);
+    let mut tick = tokio::time::interval(CompileProgress::TICK);
     let started = loop {
         tokio::select! {
             result = &mut start => break result,
-            Some(event) = events.recv() => printer.event(&event).await,
+            Some(event) = events.recv() => {
+                progress.clear().await;
+                progress.follow(&event);
+                printer.event(&event).await;
+            }
+            _ = tick.tick() => progress.show(&printer).await,
         }
     };
+    progress.clear().await;
     drop(start);
     if let Err(e) = started {
         while let Ok(event) = events.try_recv() {
@@ -604,6 +612,81 @@ impl StopSignal {
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Shows that a compile is still running once it takes longer than a moment: a spinner with the
+/// elapsed time, rewritten in place, on a terminal; otherwise a plain line every few seconds.
+/// (Components compile one after another, so one compile is shown at a time.)
+struct CompileProgress {
+    terminal: bool,
+    /// Shorter compiles (a cached component loads in milliseconds) show nothing;
+    /// `WASMPOD_PROGRESS_AFTER` (e.g. `0s`) changes it.
+    after: std::time::Duration,
+    compiling: Option<(String, std::time::Instant)>,
+    /// A spinner line is on the screen (to be cleared before anything else is printed).
+    drawn: bool,
+    frame: usize,
+    last_line: Option<std::time::Instant>,
+}
+
+impl CompileProgress {
+    const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+    const MOMENT: std::time::Duration = std::time::Duration::from_secs(1);
+    /// How often a plain line repeats when output is not a terminal.
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+
+    fn new(terminal: bool) -> CompileProgress {
+        let after = std::env::var("WASMPOD_PROGRESS_AFTER")
+            .ok()
+            .and_then(|text| humantime::parse_duration(&text).ok())
+            .unwrap_or(Self::MOMENT);
+        CompileProgress {
+            terminal,
+            after,
+            compiling: None,
+            drawn: false,
+            frame: 0,
+            last_line: None,
+        }
+    }
+
+    /// A `compiling` event starts the clock for its container; any later event of it stops it.
+    fn follow(&mut self, event: &Event) {
+        let Some(container) = &event.container else { return };
+        if matches!(event.kind, EventKind::Compiling) {
+            self.compiling = Some((container.clone(), std::time::Instant::now()));
+            self.last_line = None;
+        } else if self.compiling.as_ref().is_some_and(|(name, _)| name == container) {
+            self.compiling = None;
+        }
+    }
+
+    async fn show(&mut self, printer: &Printer) {
+        let Some((name, since)) = &self.compiling else { return };
+        let elapsed = since.elapsed();
+        if elapsed < self.after {
+            return;
+        }
+        let text = format!("{name}: compiling {:.1}s", elapsed.as_secs_f64());
+        if self.terminal {
+            self.frame = (self.frame + 1) % Self::FRAMES.len();
+            let line = printer.prefixed(&format!("{} {text}", Self::FRAMES[self.frame]));
+            let line = format!("\r\x1b[2K{}", line.trim_end_matches('\n'));
+            write_all(&mut tokio::io::stderr(), line.as_bytes()).await;
+            self.drawn = true;
+        } else if self.last_line.is_none_or(|at| at.elapsed() >= Self::EVERY) {
+            self.last_line = Some(std::time::Instant::now());
+            printer.note(&format!("{text} (still running)")).await;
+        }
+    }
+
+    /// Removes the spinner line, so the next output starts on a clean line.
+    async fn clear(&mut self) {
+        if std::mem::take(&mut self.drawn) {
+            write_all(&mut tokio::io::stderr(), b"\r\x1b[2K").await;
+        }
     }
 }
 

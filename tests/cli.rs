@@ -203,6 +203,34 @@ fn a_second_start_loads_compiled_components_from_the_disk_cache() {
 }
 
 #[test]
+fn a_compile_that_runs_longer_than_a_moment_shows_its_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        "name = \"slowcompile\"\nrestart_policy = \"never\"\n[[containers]]\nname = \"app\"\ncomponent = \"TOOLBOX\"\nargs = [\"print\", \"hi\"]\n",
+    );
+    let mut command = wasmpod();
+    // An empty cache and Cranelift only: a real compile, well over the 100 ms a progress tick
+    // takes in this debug build; progress is shown from the first tick on.
+    command
+        .arg("run")
+        .arg(&spec)
+        .env("WASMPOD_CACHE_DIR", dir.path().join("cache"))
+        .env("WASMPOD_COMPILER", "cranelift")
+        .env("WASMPOD_PROGRESS_AFTER", "0s");
+    let (ok, stdout, stderr) = run_to_end(command);
+    assert!(ok, "{stdout}\n{stderr}");
+    let progress = stderr
+        .lines()
+        .position(|l| l.contains("app: compiling") && l.ends_with("(still running)"));
+    let compiled = stderr.lines().position(|l| l.contains("app: compiled in"));
+    assert!(
+        progress.is_some() && progress < compiled,
+        "a plain progress line before the compiled line when not on a terminal:\n{stderr}"
+    );
+}
+
+#[test]
 fn a_missing_component_names_the_container_and_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let spec = write_spec(
