@@ -5,7 +5,7 @@
 //! a port served by an http container is called in-process) or in-process
 //! ([`ProbeAction::Health`], the component's `wasmpod:health/check` export). This module owns
 //! the checks and the state machine that turns their results into "ready", "not ready" and
-//! "restart it"; the supervisor ([`crate::pod`]) owns what happens then.
+//! "restart it"; the supervisor (`crate::supervisor`) owns what happens then.
 
 use std::future::Future;
 use std::pin::Pin;
