@@ -374,8 +374,13 @@ fn logs_prints_a_containers_lines_and_tail_the_last_ones() {
 #[test]
 fn logs_follow_streams_new_lines() {
     let pod = RunningPod::start("followed", BUSY_POD);
-    let last = pod.stdout(&["logs", "server", "--tail", "1"]);
-    let before = alive_number(last.trim()).expect("an alive line");
+    // The pod runs before its server has printed anything: wait for a first line.
+    let mut before = None;
+    pod.wait_until("a first alive line", || {
+        before = alive_number(pod.stdout(&["logs", "server", "--tail", "1"]).trim());
+        before.is_some()
+    });
+    let before = before.expect("an alive line");
     let follower = Follower::start(pod.dir(), &["logs", "--follow", "server", "--tail", "1"]);
     let first = follower.wait_for_line("line", |_| true);
     assert!(alive_number(&first).is_some_and(|n| n >= before), "{first}");
