@@ -154,25 +154,22 @@ pub fn host(args: HostArgs) -> ExitCode {
 
 /// `wasmpod apply -f SPEC`: prints created / updated / unchanged.
 pub fn apply(spec: &Path, flag: &HostFlag) -> ExitCode {
-    let client = match flag.client() {
-        Ok(client) => client,
-        Err(e) => return fail(e),
-    };
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    match runtime.block_on(client.apply(spec)) {
-        Ok(word) => {
-            println!("{word}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
-    }
+    with_client(flag, |client| async move { client.apply(spec).await })
 }
 
 /// `wasmpod delete POD`.
 pub fn delete(pod: &str, flag: &HostFlag) -> ExitCode {
+    with_client(flag, |client| async move {
+        client.delete(pod).await.map(|()| "deleted".to_string())
+    })
+}
+
+/// Runs one request against the host the flags name and prints its one-word answer.
+fn with_client<F, E>(flag: &HostFlag, request: impl FnOnce(Client) -> F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<String, E>>,
+    E: std::fmt::Display,
+{
     let client = match flag.client() {
         Ok(client) => client,
         Err(e) => return fail(e),
@@ -181,9 +178,9 @@ pub fn delete(pod: &str, flag: &HostFlag) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    match runtime.block_on(client.delete(pod)) {
-        Ok(()) => {
-            println!("deleted");
+    match runtime.block_on(request(client)) {
+        Ok(word) => {
+            println!("{word}");
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
