@@ -428,7 +428,8 @@ impl PodNetwork {
     }
 
     /// [`PodNetwork::open_connection`] for a link opened by container `from` (None: the host
-    /// side), through the pod's faults: a `down` fault refuses it, others put a relay on it.
+    /// side), through the pod's faults: a `down` fault refuses it, others put a relay on it,
+    /// and a plain link is watched so faults added while it is open reach it (see [`fault`]).
     pub(crate) fn open_link(
         &self,
         local_port: u16,
@@ -436,24 +437,35 @@ impl PodNetwork {
         client: &Arc<SocketBudget>,
         from: Option<&str>,
     ) -> Result<Endpoint, NetError> {
-        if self.faults.is_empty() {
-            return self.open_plain(local_port, peer_port, client);
-        }
-        let link = fault::LinkInfo {
+        let generation = self.faults.generation();
+        let link = || fault::LinkInfo {
             from: from.map(str::to_string),
             to: fault::LinkTo::Pod(peer_port),
         };
-        match self.faults.open_link(link) {
-            fault::Verdict::Clear => self.open_plain(local_port, peer_port, client),
+        let verdict = if self.faults.is_empty() {
+            fault::Verdict::Clear
+        } else {
+            self.faults.open_link(link())
+        };
+        match verdict {
+            fault::Verdict::Clear => self.open_plain(local_port, peer_port, client, Some((generation, link()))),
             fault::Verdict::Refuse => Err(NetError::ConnectionRefused),
             fault::Verdict::Relay(link) => {
-                let inner = self.open_plain(local_port, peer_port, client)?;
+                let inner = self.open_plain(local_port, peer_port, client, None)?;
                 fault::interpose(link, inner, self.pipe_capacity, client, &self.host_budget)
             }
         }
     }
 
-    fn open_plain(&self, local_port: u16, peer_port: u16, client: &Arc<SocketBudget>) -> Result<Endpoint, NetError> {
+    /// A link with no relay; `watch` (table generation, link) registers it with the fault
+    /// table before the server can see it.
+    fn open_plain(
+        &self,
+        local_port: u16,
+        peer_port: u16,
+        client: &Arc<SocketBudget>,
+        watch: Option<(u64, fault::LinkInfo)>,
+    ) -> Result<Endpoint, NetError> {
         let q = match self.lock().ports.get(&(Proto::Tcp, peer_port)) {
             Some(PortEntry {
                 kind: PortKind::Listening(q),
@@ -462,6 +474,9 @@ impl PodNetwork {
             _ => return Err(NetError::ConnectionRefused),
         };
         let (client, server) = Endpoint::pair(self.pipe_capacity, (client, local_port), (&q.budget, peer_port));
+        if let Some((generation, link)) = watch {
+            self.faults.watch(generation, link, &client);
+        }
         // The net lock is released before the queue lock is taken: no lock-order question.
         match q.push(server) {
             Ok(()) => Ok(client),

@@ -16,6 +16,11 @@
 //! - `half-close ADDR TEXT`     connect, send TEXT, half-close, read to EOF; print `got: TEXT`
 //! - `read-until-closed ADDR [TEXT]`  connect (then send TEXT, if given) and read until EOF
 //!                              or error; print `closed: eof` or `closed: error KIND`
+//! - `hold-ping ADDR`           connect, send `p` and read its 1-byte echo (print `warm`), send
+//!                              `r` (ready: the echo arrived), then wait for a 1-byte go (print `go` or
+//!                              `go: eof` / `go: error KIND`), then time one more `p` and its
+//!                              echo on the same connection (print `rtt NANOS ns` or
+//!                              `rtt: error KIND`): faults added while a connection is open
 //! - `try-bind ADDR`            print `bind ok PORT` or `bind failed: KIND`
 //! - `try-connect ADDR`         print `connect ok` or `connect failed: KIND`
 //! - `lookup NAME`              print `addr: IP` per address or `lookup failed: KIND`
@@ -179,6 +184,32 @@ fn run_step(step: &[String], listener: &mut Option<TcpListener>, held: &mut Vec<
                         break;
                     }
                 }
+            }
+        }
+        "hold-ping" => {
+            let mut s = TcpStream::connect(arg(0)?).map_err(|e| format!("connect: {e}"))?;
+            let mut b = [0u8; 1];
+            s.write_all(b"p").map_err(|e| format!("write: {e}"))?;
+            s.read_exact(&mut b).map_err(|e| format!("read: {e}"))?;
+            println!("warm");
+            s.write_all(b"r").map_err(|e| format!("write ready: {e}"))?;
+            let _ = std::io::stdout().flush();
+            match s.read(&mut b) {
+                Ok(0) => {
+                    println!("go: eof");
+                    return Ok(());
+                }
+                Ok(_) => println!("go"),
+                Err(e) => {
+                    println!("go: error {:?}", e.kind());
+                    return Ok(());
+                }
+            }
+            let _ = std::io::stdout().flush();
+            let start = std::time::Instant::now();
+            match s.write_all(b"p").and_then(|()| s.read_exact(&mut b)) {
+                Ok(()) => println!("rtt {} ns", start.elapsed().as_nanos()),
+                Err(e) => println!("rtt: error {:?}", e.kind()),
             }
         }
         "try-bind" => match TcpListener::bind(arg(0)?) {
