@@ -737,3 +737,76 @@ async fn held_back_bytes_keep_their_order_and_the_end_of_stream_waits_behind_the
         .collect();
     assert_eq!(got, expected);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Outgoing HTTP answered in-process (an http container called by a sibling over wasi:http
+// never touches a socket): `latency`, `down` and `reset_peer` act on the request. The caller
+// is hello-http's `/fetch`, which answers `502 error: CODE` when its request fails.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_act_on_http_requests_routed_in_process() -> Result<(), wasmpod::testing::TestPodError> {
+    use wasmpod::testing::TestPod;
+    let guests = std::path::Path::new(env!("WASMPOD_GUESTS_DIR"));
+    let pod = TestPod::builder("chain")
+        .container("web", guests.join("hello_http.wasm"))
+        .port(8080)
+        .container("api", guests.join("hello_http.wasm"))
+        .port(8081)
+        .start()
+        .await?;
+    pod.wait_ready().await?;
+    let fetch = |query: &'static str| pod.get_port(8080, query);
+    let healthy = |r: &wasmpod::testing::TestResponse| r.status() == 200 && r.text() == "hello from wasmpod\n";
+    let r = fetch("/fetch?url=http://api:8081/").await?;
+    assert!(healthy(&r), "{} {}", r.status(), r.text());
+
+    // down: refused, as a connect to a partitioned port would be; heals when removed.
+    let down = pod.fault(Fault::new(FaultKind::Down, to("api:8081")));
+    let r = fetch("/fetch?url=http://api:8081/").await?;
+    assert_eq!(r.status(), 502, "{}", r.text());
+    assert!(r.text().contains("ConnectionRefused"), "{}", r.text());
+    drop(down);
+    let r = fetch("/fetch?url=http://localhost:8081/").await?;
+    assert!(healthy(&r), "{} {}", r.status(), r.text());
+
+    // A fault from another container, or on another port, leaves web's requests alone.
+    let _other = pod.fault(Fault::new(FaultKind::Down, to("8081")).from("api"));
+    let _elsewhere = pod.fault(Fault::new(FaultKind::Down, to("8082")));
+    let r = fetch("/fetch?url=http://api:8081/").await?;
+    assert!(healthy(&r), "{} {}", r.status(), r.text());
+    drop((_other, _elsewhere));
+
+    // latency: the guest's own first-byte timeout (50 ms) fires before the delayed answer,
+    // while a generous one sees it through.
+    let slow = pod.fault(Fault::new(
+        FaultKind::Latency {
+            latency: Duration::from_millis(300),
+            jitter: Duration::ZERO,
+        },
+        to("8081"),
+    ));
+    let r = fetch("/fetch?url=http://api:8081/&first_byte_ms=50").await?;
+    assert_eq!(r.status(), 502, "{}", r.text());
+    assert!(r.text().contains("ConnectionReadTimeout"), "{}", r.text());
+    let r = fetch("/fetch?url=http://api:8081/&first_byte_ms=60000").await?;
+    assert!(healthy(&r), "{} {}", r.status(), r.text());
+    drop(slow);
+
+    // reset_peer: the exchange fails as a dropped connection does.
+    let reset = pod.fault(
+        Fault::new(
+            FaultKind::ResetPeer {
+                timeout: Duration::ZERO,
+            },
+            to("api:8081"),
+        )
+        .from("web"),
+    );
+    let r = fetch("/fetch?url=http://api:8081/").await?;
+    assert_eq!(r.status(), 502, "{}", r.text());
+    assert!(r.text().contains("ConnectionTerminated"), "{}", r.text());
+    drop(reset);
+    let r = fetch("/fetch?url=http://api:8081/").await?;
+    assert!(healthy(&r), "{} {}", r.status(), r.text());
+    Ok(())
+}

@@ -715,6 +715,57 @@ impl FaultTable {
         }
     }
 
+    /// What the faults do to one HTTP request that container `from` sends to pod port `port`
+    /// and that is answered in-process (no link is made: an http container called by a
+    /// sibling). Each request is its own connection: toxicity is rolled per request. Only
+    /// `latency`, `down` and `reset_peer` act on a request. Call only when `!is_empty()`.
+    pub fn on_request(&self, from: Option<&str>, port: u16) -> RequestFaults {
+        let link = LinkInfo {
+            from: from.map(str::to_string),
+            to: LinkTo::Pod(port),
+        };
+        let matching: Vec<Arc<Installed>> = self
+            .lock()
+            .faults
+            .iter()
+            .filter(|f| f.fault.matches_from(from) && Self::targets(&f.fault, &link.to))
+            .cloned()
+            .collect();
+        let mut out = RequestFaults::default();
+        for f in matching {
+            let acts = match f.fault.kind {
+                FaultKind::Latency { .. } | FaultKind::Down | FaultKind::ResetPeer { .. } => {
+                    self.chance(f.fault.toxicity)
+                }
+                _ => false,
+            };
+            if !acts {
+                continue;
+            }
+            self.triggered(&f, &link);
+            match f.fault.kind {
+                FaultKind::Down => out.refuse = true,
+                FaultKind::ResetPeer { timeout } => {
+                    out.reset_after = Some(out.reset_after.map_or(timeout, |t: Duration| t.min(timeout)))
+                }
+                FaultKind::Latency { latency, jitter } => {
+                    let draw = || {
+                        let j = jitter.as_secs_f64() * (self.random() * 2.0 - 1.0);
+                        Duration::from_secs_f64((latency.as_secs_f64() + j).max(0.0))
+                    };
+                    if f.fault.direction.covers(Direction::Upstream) {
+                        out.request_delay = out.request_delay.max(draw());
+                    }
+                    if f.fault.direction.covers(Direction::Downstream) {
+                        out.response_delay = out.response_delay.max(draw());
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// Whether a datagram from `from_port` to `to_port`, sent by `from`, is delivered.
     /// Call only when `!is_empty()`.
     pub(crate) fn deliver_datagram(&self, from: &str, from_port: u16, to_port: u16) -> bool {
@@ -748,6 +799,19 @@ impl FaultTable {
         }
         true
     }
+}
+
+/// What the faults do to one in-process HTTP request ([`FaultTable::on_request`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestFaults {
+    /// `down`: the request fails as a refused connection would.
+    pub refuse: bool,
+    /// `reset_peer`: the request fails as a reset connection would, this long after it is sent.
+    pub reset_after: Option<Duration>,
+    /// `latency` upstream: the request reaches the container this much later.
+    pub request_delay: Duration,
+    /// `latency` downstream: the response head reaches the caller this much later.
+    pub response_delay: Duration,
 }
 
 /// Installs a pod's `[[faults]]` in its network and reports every fault notice as a pod

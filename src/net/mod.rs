@@ -530,6 +530,20 @@ impl PodNetwork {
         })
     }
 
+    /// Host-side connect on behalf of container `from` (its outgoing HTTP to a port a
+    /// command container serves): the pod's faults treat the link as opened by `from`.
+    pub fn connect_from(self: &Arc<Self>, port: u16, from: &str) -> Result<PodStream, NetError> {
+        if port == 0 {
+            return Err(NetError::InvalidArgument);
+        }
+        let lease = self.lease(0, Owner::Host)?;
+        let ep = self.open_link(lease.port, port, &self.host_budget, Some(from))?;
+        Ok(PodStream {
+            ep,
+            _lease: Some(lease),
+        })
+    }
+
     /// Host-side listener on `port` (0 = ephemeral): a way to serve a pod port from host code,
     /// e.g. an in-process HTTP handler or a test double.
     pub fn listen_host(self: &Arc<Self>, port: u16, backlog: u32) -> Result<PodListener, NetError> {
