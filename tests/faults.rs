@@ -810,3 +810,34 @@ async fn faults_act_on_http_requests_routed_in_process() -> Result<(), wasmpod::
     assert!(healthy(&r), "{} {}", r.status(), r.text());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_latency_delivers_late_in_order() {
+    let pod = PodNetwork::new();
+    // The TCP listener tells the test the UDP socket is bound (it is bound first).
+    let server = spawn(
+        &pod,
+        "server",
+        "udp-bind 127.0.0.1:5700 && listen 127.0.0.1:5701 && udp-echo 20",
+    );
+    listening(&pod, 5701).await;
+    let latency = Duration::from_millis(60);
+    let _g = pod.faults().add_guarded(Fault::new(
+        FaultKind::Latency {
+            latency,
+            jitter: Duration::from_millis(50),
+        },
+        to("server:5700"),
+    ));
+    let (code, out) = run(&pod, "client", "udp-rtt 127.0.0.1:5700 20").await;
+    assert_eq!(code, 0, "{out}");
+    // Each datagram is held back at least latency - jitter on the way there and back, and
+    // jitter never reorders a link.
+    let nanos: u128 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("udp rtt 20 in ")?.strip_suffix(" ns")?.parse().ok())
+        .expect(&out);
+    assert!(nanos >= 2 * Duration::from_millis(10).as_nanos(), "{out}");
+    assert!(out.contains("order ok"), "{out}");
+    assert_eq!(server.await.expect("server").0, 0);
+}

@@ -28,11 +28,13 @@
 //! blackhole (`timeout` with 0) is there for guests that should wait it out, so `down` picks
 //! the unambiguous signal, the one a stateful middlebox gives when it drops a flow.
 //!
+//! UDP: `down` and `loss` drop datagrams, `latency` holds them back (per port pair, in send
+//! order, a bounded number pod-wide); the other kinds are for streams.
+//!
 //! Targets: `PORT` and `CONTAINER:PORT` match links to that pod port (the container part is
 //! checked by the spec, the pod has one port space); `HOST:PORT` matches egress dials to that
 //! IP address, or to `host.wasmpod.internal` by name (a dial knows only the address, so other
-//! names do not match yet). UDP datagrams take `down` and `loss` only; TCP links take every
-//! kind but `loss`.
+//! names do not match yet). TCP links take every kind but `loss`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -466,6 +468,7 @@ pub struct FaultTable {
     generation: AtomicU64,
     st: Mutex<TableState>,
     links: Mutex<OpenLinks>,
+    held: Mutex<HeldDatagrams>,
     observer: Mutex<Option<FaultObserver>>,
     rng: AtomicU64,
 }
@@ -766,38 +769,152 @@ impl FaultTable {
         out
     }
 
-    /// Whether a datagram from `from_port` to `to_port`, sent by `from`, is delivered.
+    /// What becomes of a datagram from `from_port` to `to_port`, sent by `from`: None when a
+    /// fault drops it (`down`, `loss`), else how long `latency` holds it back (usually zero).
     /// Call only when `!is_empty()`.
-    pub(crate) fn deliver_datagram(&self, from: &str, from_port: u16, to_port: u16) -> bool {
-        let matching: Vec<Arc<Installed>> = self
+    pub(crate) fn datagram(&self, from: &str, from_port: u16, to_port: u16) -> Option<Duration> {
+        let matching: Vec<(Arc<Installed>, Direction)> = self
             .lock()
             .faults
             .iter()
-            .filter(|f| {
-                !f.fault.to.is_egress()
-                    && f.fault.matches_from(Some(from))
-                    && ((f.fault.to.port == to_port && f.fault.direction.covers(Direction::Upstream))
-                        || (f.fault.to.port == from_port && f.fault.direction.covers(Direction::Downstream)))
+            .filter(|f| !f.fault.to.is_egress() && f.fault.matches_from(Some(from)))
+            .filter_map(|f| {
+                let way = if f.fault.to.port == to_port {
+                    Direction::Upstream
+                } else if f.fault.to.port == from_port {
+                    Direction::Downstream
+                } else {
+                    return None;
+                };
+                f.fault.direction.covers(way).then(|| (f.clone(), way))
             })
-            .cloned()
             .collect();
-        for f in matching {
-            let drop = match f.fault.kind {
+        let link = || LinkInfo {
+            from: Some(from.to_string()),
+            to: LinkTo::Pod(to_port),
+        };
+        let mut delay = Duration::ZERO;
+        for (f, _) in matching {
+            let acts = match f.fault.kind {
                 FaultKind::Down => self.chance(f.fault.toxicity),
                 FaultKind::Loss { probability } => self.chance(f.fault.toxicity) && self.chance(probability),
+                FaultKind::Latency { latency, jitter } if self.chance(f.fault.toxicity) => {
+                    let j = jitter.as_secs_f64() * (self.random() * 2.0 - 1.0);
+                    delay = delay.max(Duration::from_secs_f64((latency.as_secs_f64() + j).max(0.0)));
+                    self.triggered(&f, &link());
+                    false
+                }
                 // Stream faults do not apply to datagrams.
                 _ => false,
             };
-            if drop {
-                let link = LinkInfo {
-                    from: Some(from.to_string()),
-                    to: LinkTo::Pod(to_port),
-                };
-                self.triggered(&f, &link);
-                return false;
+            if acts {
+                self.triggered(&f, &link());
+                return None;
             }
         }
-        true
+        Some(delay)
+    }
+
+    /// Whether a datagram from `from_port` to `to_port`, sent by `from`, is delivered (not
+    /// dropped by `down` or `loss`). Call only when `!is_empty()`.
+    #[cfg(test)]
+    pub(crate) fn deliver_datagram(&self, from: &str, from_port: u16, to_port: u16) -> bool {
+        self.datagram(from, from_port, to_port).is_some()
+    }
+
+    /// Delivers a datagram to `inbox` after `delay`, behind the ones held back before on the
+    /// same (from, to) port pair, so a link keeps its order. Bounded: past
+    /// [`HELD_DATAGRAMS`] datagrams or [`HELD_DATAGRAM_BYTES`] bytes held in the pod, a
+    /// datagram is dropped, as a full queue drops it.
+    pub(crate) fn hold_datagram(
+        self: &Arc<Self>,
+        inbox: Arc<super::udp::UdpInbox>,
+        from_port: u16,
+        to_port: u16,
+        delay: Duration,
+        data: Vec<u8>,
+    ) {
+        let due = tokio::time::Instant::now() + delay;
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime,
+            // No runtime to wait on: deliver at once rather than never.
+            Err(_) => return inbox.push(from_port, data),
+        };
+        let mut held = crate::sync::lock(&self.held);
+        if held.count >= HELD_DATAGRAMS || held.bytes + data.len() > HELD_DATAGRAM_BYTES {
+            return;
+        }
+        held.count += 1;
+        held.bytes += data.len();
+        let key = (from_port, to_port);
+        let line = held.lines.entry(key).or_default();
+        let due = line.back().map_or(due, |d| due.max(d.due));
+        let start = line.is_empty();
+        line.push_back(HeldDatagram {
+            due,
+            inbox,
+            from_port,
+            data,
+        });
+        drop(held);
+        if start {
+            runtime.spawn(deliver_held_datagrams(Arc::downgrade(self), key));
+        }
+    }
+}
+
+/// Datagrams a pod holds back for `latency` faults at most, all links together.
+pub const HELD_DATAGRAMS: usize = 4096;
+/// Payload bytes a pod holds back for `latency` faults at most, all links together.
+pub const HELD_DATAGRAM_BYTES: usize = 4 * 1024 * 1024;
+
+struct HeldDatagram {
+    due: tokio::time::Instant,
+    inbox: Arc<super::udp::UdpInbox>,
+    from_port: u16,
+    data: Vec<u8>,
+}
+
+/// Datagrams held back by `latency`, per (from, to) port pair, in send order.
+#[derive(Default)]
+struct HeldDatagrams {
+    lines: std::collections::HashMap<(u16, u16), std::collections::VecDeque<HeldDatagram>>,
+    count: usize,
+    bytes: usize,
+}
+
+/// Delivers one port pair's held-back datagrams as they fall due; ends (and forgets the pair)
+/// when none are left.
+async fn deliver_held_datagrams(table: Weak<FaultTable>, key: (u16, u16)) {
+    loop {
+        let Some(t) = table.upgrade() else { return };
+        let now = tokio::time::Instant::now();
+        let mut due = Vec::new();
+        let next = {
+            let mut held = crate::sync::lock(&t.held);
+            let held = &mut *held;
+            let Some(line) = held.lines.get_mut(&key) else { return };
+            while line.front().is_some_and(|d| d.due <= now) {
+                if let Some(d) = line.pop_front() {
+                    held.count -= 1;
+                    held.bytes -= d.data.len();
+                    due.push(d);
+                }
+            }
+            let next = line.front().map(|d| d.due);
+            if next.is_none() {
+                held.lines.remove(&key);
+            }
+            next
+        };
+        drop(t);
+        for d in due {
+            d.inbox.push(d.from_port, d.data);
+        }
+        match next {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => return,
+        }
     }
 }
 

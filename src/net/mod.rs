@@ -367,24 +367,46 @@ impl PodNetwork {
     /// queue is full, as UDP does. False when nothing is bound there (the "port unreachable"
     /// a kernel would answer with).
     pub(crate) fn send_datagram(&self, from_port: u16, to_port: u16, data: Vec<u8>) -> bool {
-        let inbox = match self.lock().ports.get(&(Proto::Udp, to_port)) {
+        match self.inbox(to_port) {
+            Some(inbox) => {
+                inbox.push(from_port, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn inbox(&self, port: u16) -> Option<Arc<udp::UdpInbox>> {
+        match self.lock().ports.get(&(Proto::Udp, port)) {
             Some(PortEntry {
                 kind: PortKind::Datagram(q),
                 ..
-            }) => q.clone(),
-            _ => return false,
-        };
-        inbox.push(from_port, data);
-        true
+            }) => Some(q.clone()),
+            _ => None,
+        }
     }
 
     /// Like [`PodNetwork::send_datagram`], for a datagram sent by container `from`: the pod's
-    /// faults may drop it (it then counts as delivered: a lost datagram is not refused).
+    /// faults may drop it (it then counts as delivered: a lost datagram is not refused) or hold
+    /// it back (delivered later to the inbox bound now).
     pub(crate) fn send_datagram_from(&self, from: &str, from_port: u16, to_port: u16, data: Vec<u8>) -> bool {
-        if !self.faults.is_empty() && !self.faults.deliver_datagram(from, from_port, to_port) {
-            return true;
+        if self.faults.is_empty() {
+            return self.send_datagram(from_port, to_port, data);
         }
-        self.send_datagram(from_port, to_port, data)
+        let delay = match self.faults.datagram(from, from_port, to_port) {
+            None => return true,
+            Some(delay) => delay,
+        };
+        if delay.is_zero() {
+            return self.send_datagram(from_port, to_port, data);
+        }
+        match self.inbox(to_port) {
+            Some(inbox) => {
+                self.faults.hold_datagram(inbox, from_port, to_port, delay, data);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Turns a bound port into a listener with a backlog of `backlog` connections, whose

@@ -37,6 +37,9 @@
 //!                              `recv: N bytes` or `recv: error KIND`
 //! - `udp-blast ADDR N`         from a fresh socket, send N small datagrams to ADDR; print
 //!                              `udp blasted N`
+//! - `udp-rtt ADDR N`           from a fresh socket, send N datagrams (`0`..`N-1`), then receive
+//!                              N replies; print `udp rtt N in NANOS ns` and `order ok` or
+//!                              `order: LIST` (serve it with `udp-echo N`)
 //! - `udp-drain`                non-blocking receives on the kept socket until none is left;
 //!                              print `udp drained N`
 //!
@@ -446,6 +449,27 @@ fn udp_step(step: &[String], udp: &mut Option<UdpSocket>) -> Result<(), String> 
                 s.send_to(&i.to_le_bytes(), arg(0)?).map_err(|e| format!("send: {e}"))?;
             }
             println!("udp blasted {n}");
+        }
+        "udp-rtt" => {
+            let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+            let n: u64 = step.get(2).ok_or("missing count")?.parse().map_err(|e| format!("count: {e}"))?;
+            let start = std::time::Instant::now();
+            for i in 0..n {
+                s.send_to(i.to_string().as_bytes(), arg(0)?).map_err(|e| format!("send: {e}"))?;
+            }
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            for _ in 0..n {
+                let (len, _) = s.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
+                got.push(String::from_utf8_lossy(&buf[..len]).to_string());
+            }
+            println!("udp rtt {n} in {} ns", start.elapsed().as_nanos());
+            let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+            if got == want {
+                println!("order ok");
+            } else {
+                println!("order: {}", got.join(","));
+            }
         }
         "udp-drain" => {
             let s = udp.as_ref().ok_or("no udp socket")?;
