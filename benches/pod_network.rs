@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use wasmpod::net::p2::{NetCtxView, NetView};
 use wasmpod::net::fault::{Fault, FaultKind};
+use wasmpod::net::p2::{NetCtxView, NetView};
 use wasmpod::net::{ContainerNet, PodNetwork};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
