@@ -841,3 +841,47 @@ async fn udp_latency_delivers_late_in_order() {
     assert!(out.contains("order ok"), "{out}");
     assert_eq!(server.await.expect("server").0, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_reaches_an_open_egress_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pod = PodNetwork::new();
+    let target = format!("host.wasmpod.internal:{port}");
+    let rules = vec![target.clone()];
+    let hook: wasmpod::net::DeniedHook = Arc::new(|_| {});
+    let script = format!("hold-ping {target}");
+    let client = {
+        let pod = pod.clone();
+        tokio::spawn(async move { netcheck::run_with_egress(&pod, "app", &rules, hook, &script).await })
+    };
+    let (mut s, _) = tokio::time::timeout(DEADLINE, listener.accept())
+        .await
+        .expect("dialled in time")
+        .unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    s.write_all(b"p").await.unwrap();
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"r");
+    let latency = Duration::from_millis(100);
+    let slow = pod.faults().add_guarded(Fault::new(
+        FaultKind::Latency {
+            latency,
+            jitter: Duration::ZERO,
+        },
+        to(&target),
+    ));
+    s.write_all(b"g").await.unwrap();
+    s.read_exact(&mut b).await.unwrap();
+    s.write_all(b"p").await.unwrap();
+    let (code, out) = client.await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    let rtt: u128 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("rtt ")?.strip_suffix(" ns")?.parse().ok())
+        .expect(&out);
+    assert!(rtt >= 2 * latency.as_nanos(), "{out}");
+    drop(slow);
+}
