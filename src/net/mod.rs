@@ -367,24 +367,46 @@ impl PodNetwork {
     /// queue is full, as UDP does. False when nothing is bound there (the "port unreachable"
     /// a kernel would answer with).
     pub(crate) fn send_datagram(&self, from_port: u16, to_port: u16, data: Vec<u8>) -> bool {
-        let inbox = match self.lock().ports.get(&(Proto::Udp, to_port)) {
+        match self.inbox(to_port) {
+            Some(inbox) => {
+                inbox.push(from_port, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn inbox(&self, port: u16) -> Option<Arc<udp::UdpInbox>> {
+        match self.lock().ports.get(&(Proto::Udp, port)) {
             Some(PortEntry {
                 kind: PortKind::Datagram(q),
                 ..
-            }) => q.clone(),
-            _ => return false,
-        };
-        inbox.push(from_port, data);
-        true
+            }) => Some(q.clone()),
+            _ => None,
+        }
     }
 
     /// Like [`PodNetwork::send_datagram`], for a datagram sent by container `from`: the pod's
-    /// faults may drop it (it then counts as delivered: a lost datagram is not refused).
+    /// faults may drop it (it then counts as delivered: a lost datagram is not refused) or hold
+    /// it back (delivered later to the inbox bound now).
     pub(crate) fn send_datagram_from(&self, from: &str, from_port: u16, to_port: u16, data: Vec<u8>) -> bool {
-        if !self.faults.is_empty() && !self.faults.deliver_datagram(from, from_port, to_port) {
-            return true;
+        if self.faults.is_empty() {
+            return self.send_datagram(from_port, to_port, data);
         }
-        self.send_datagram(from_port, to_port, data)
+        let delay = match self.faults.datagram(from, from_port, to_port) {
+            None => return true,
+            Some(delay) => delay,
+        };
+        if delay.is_zero() {
+            return self.send_datagram(from_port, to_port, data);
+        }
+        match self.inbox(to_port) {
+            Some(inbox) => {
+                self.faults.hold_datagram(inbox, from_port, to_port, delay, data);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Turns a bound port into a listener with a backlog of `backlog` connections, whose
@@ -428,7 +450,8 @@ impl PodNetwork {
     }
 
     /// [`PodNetwork::open_connection`] for a link opened by container `from` (None: the host
-    /// side), through the pod's faults: a `down` fault refuses it, others put a relay on it.
+    /// side), through the pod's faults: a `down` fault refuses it, others put a relay on it,
+    /// and a plain link is watched so faults added while it is open reach it (see [`fault`]).
     pub(crate) fn open_link(
         &self,
         local_port: u16,
@@ -436,24 +459,35 @@ impl PodNetwork {
         client: &Arc<SocketBudget>,
         from: Option<&str>,
     ) -> Result<Endpoint, NetError> {
-        if self.faults.is_empty() {
-            return self.open_plain(local_port, peer_port, client);
-        }
-        let link = fault::LinkInfo {
+        let generation = self.faults.generation();
+        let link = || fault::LinkInfo {
             from: from.map(str::to_string),
             to: fault::LinkTo::Pod(peer_port),
         };
-        match self.faults.open_link(link) {
-            fault::Verdict::Clear => self.open_plain(local_port, peer_port, client),
+        let verdict = if self.faults.is_empty() {
+            fault::Verdict::Clear
+        } else {
+            self.faults.open_link(link())
+        };
+        match verdict {
+            fault::Verdict::Clear => self.open_plain(local_port, peer_port, client, Some((generation, link()))),
             fault::Verdict::Refuse => Err(NetError::ConnectionRefused),
             fault::Verdict::Relay(link) => {
-                let inner = self.open_plain(local_port, peer_port, client)?;
+                let inner = self.open_plain(local_port, peer_port, client, None)?;
                 fault::interpose(link, inner, self.pipe_capacity, client, &self.host_budget)
             }
         }
     }
 
-    fn open_plain(&self, local_port: u16, peer_port: u16, client: &Arc<SocketBudget>) -> Result<Endpoint, NetError> {
+    /// A link with no relay; `watch` (table generation, link) registers it with the fault
+    /// table before the server can see it.
+    fn open_plain(
+        &self,
+        local_port: u16,
+        peer_port: u16,
+        client: &Arc<SocketBudget>,
+        watch: Option<(u64, fault::LinkInfo)>,
+    ) -> Result<Endpoint, NetError> {
         let q = match self.lock().ports.get(&(Proto::Tcp, peer_port)) {
             Some(PortEntry {
                 kind: PortKind::Listening(q),
@@ -462,6 +496,9 @@ impl PodNetwork {
             _ => return Err(NetError::ConnectionRefused),
         };
         let (client, server) = Endpoint::pair(self.pipe_capacity, (client, local_port), (&q.budget, peer_port));
+        if let Some((generation, link)) = watch {
+            self.faults.watch(generation, link, &client);
+        }
         // The net lock is released before the queue lock is taken: no lock-order question.
         match q.push(server) {
             Ok(()) => Ok(client),
@@ -509,6 +546,20 @@ impl PodNetwork {
         }
         let lease = self.lease(0, Owner::Host)?;
         let ep = self.open_connection(lease.port, port, &self.host_budget)?;
+        Ok(PodStream {
+            ep,
+            _lease: Some(lease),
+        })
+    }
+
+    /// Host-side connect on behalf of container `from` (its outgoing HTTP to a port a
+    /// command container serves): the pod's faults treat the link as opened by `from`.
+    pub fn connect_from(self: &Arc<Self>, port: u16, from: &str) -> Result<PodStream, NetError> {
+        if port == 0 {
+            return Err(NetError::InvalidArgument);
+        }
+        let lease = self.lease(0, Owner::Host)?;
+        let ep = self.open_link(lease.port, port, &self.host_budget, Some(from))?;
         Ok(PodStream {
             ep,
             _lease: Some(lease),
