@@ -247,6 +247,7 @@ impl PodNetwork {
             detached: AtomicBool::new(false),
             egress: Arc::new(egress::Egress::new(container_name, policy, on_denied)),
             budget: SocketBudget::new(account, limits, self.buffered_total.clone()),
+            counters: None,
         }
     }
 
@@ -713,6 +714,8 @@ pub struct ContainerNet {
     egress: Arc<egress::Egress>,
     /// What its sockets may hold in the host, and how many it may have.
     budget: Arc<SocketBudget>,
+    /// Where its sockets count their bytes (`None`: not counted).
+    counters: Option<Arc<crate::counters::ContainerCounters>>,
 }
 
 impl std::fmt::Debug for ContainerNet {
@@ -724,6 +727,17 @@ impl std::fmt::Debug for ContainerNet {
 }
 
 impl ContainerNet {
+    /// Counts the bytes of this attachment's sockets into the container's counters.
+    pub fn counting_into(mut self, counters: Arc<crate::counters::ContainerCounters>) -> ContainerNet {
+        self.counters = Some(counters);
+        self
+    }
+
+    /// The counters its sockets count their bytes into, if any.
+    pub fn counters(&self) -> Option<&Arc<crate::counters::ContainerCounters>> {
+        self.counters.as_ref()
+    }
+
     /// The pod network this container is attached to.
     pub fn pod(&self) -> &Arc<PodNetwork> {
         &self.net
