@@ -1,7 +1,7 @@
 //! Per-container traffic and resource counters: what a container did since its pod started —
 //! http requests by status class and their latency, bytes through its pod-network sockets
-//! (inside the pod and out through egress), egress denials, the time spent running its guest
-//! code — and the memory it holds now.
+//! (inside the pod and out through egress, outgoing `wasi:http` to the outside included),
+//! egress denials, the time spent running its guest code — and the memory it holds now.
 //!
 //! One [`ContainerCounters`] per container of a pod, kept in the pod's [`PodCounters`] by
 //! container name: the container's runtime ([`crate::container::ContainerRuntime`]) takes it
@@ -258,7 +258,8 @@ pub struct ContainerMetrics {
     pub guest_seconds: f64,
     /// Its requests, when it is an http container.
     pub http: Option<HttpMetrics>,
-    /// Bytes through its `wasi:sockets` streams and datagrams.
+    /// Bytes through its `wasi:sockets` streams and datagrams, and of its outgoing
+    /// `wasi:http` connections to the outside.
     pub network: NetworkBytes,
     pub egress_denials: EgressDenials,
 }
@@ -305,9 +306,10 @@ pub struct NetworkBytes {
     pub pod_received: u64,
     /// Written to peers inside the pod.
     pub pod_sent: u64,
-    /// Read from hosts outside the pod (egress).
+    /// Read from hosts outside the pod (egress): sockets, and outgoing `wasi:http`
+    /// connections as they cross the host socket (TLS included).
     pub egress_received: u64,
-    /// Written to hosts outside the pod (egress).
+    /// Written to hosts outside the pod (egress), as for `egress_received`.
     pub egress_sent: u64,
 }
 

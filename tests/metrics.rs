@@ -433,13 +433,33 @@ async fn counters_outlive_a_hot_swap_and_a_restart_and_count_egress_bytes() {
             });
         }
     });
+    // A host HTTP server on loopback for web's outgoing request: one answer, then close.
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_port = http_listener.local_addr().unwrap().port();
+    let http_server = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let Ok((mut stream, _)) = http_listener.accept().await else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.is_ok_and(|n| n == 1) {
+            head.push(byte[0]);
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
+            .await;
+        let _ = stream.shutdown().await;
+    });
     let target = format!("host.wasmpod.internal:{port}");
+    let http_target = format!("host.wasmpod.internal:{http_port}");
     const BYTES: u64 = 100_000;
     let pod = TestPod::builder("counted")
         .engine(engine())
         .container("web", guest("hello_http"))
         .port(8080)
         .env("VERSION", "1")
+        .allow_outbound(&http_target)
         .done()
         .container("app", guest("netcheck"))
         .args([
@@ -485,8 +505,15 @@ async fn counters_outlive_a_hot_swap_and_a_restart_and_count_egress_bytes() {
     .await
     .unwrap();
 
+    // Outgoing HTTP through egress counts as web's egress bytes, on the wire.
+    let fetched = pod.get(&format!("/fetch?url=http://{http_target}/")).await.unwrap();
+    assert_eq!((fetched.status(), fetched.text().as_str()), (200, "ok\n"));
+    let network = web(pod.pod()).network;
+    assert!(network.egress_sent > 0 && network.egress_received >= 3, "{network:?}");
+    assert_eq!((network.pod_sent, network.pod_received), (0, 0), "{network:?}");
+
     // A hot swap of web: requests before and after count together.
-    for _ in 0..3 {
+    for _ in 0..2 {
         assert_eq!(pod.get("/").await.unwrap().status(), 200);
     }
     let mut spec = pod.pod().current_spec();
@@ -504,4 +531,5 @@ async fn counters_outlive_a_hot_swap_and_a_restart_and_count_egress_bytes() {
     assert!(web(pod.pod()).guest_seconds > 0.0);
     pod.stop().await;
     echo.abort();
+    http_server.abort();
 }

@@ -215,7 +215,8 @@ impl HttpContainer {
     /// Serves one request in a fresh instance. Never fails: problems become 4xx/5xx answers
     /// (and events for traps, timeouts and host failures). The response body streams from the
     /// guest while it runs; the instance lives until its handler returns or the timeout. Every
-    /// answer is counted with its status and its time to the response head.
+    /// answer is counted with its status and its time to the response head (HTTP probes and
+    /// in-pod requests included; a request whose caller gave up before the head is not).
     pub async fn handle<B>(&self, request: hyper::Request<B>) -> hyper::Response<ResponseBody>
     where
         B: Body<Data = Bytes> + Send + 'static,

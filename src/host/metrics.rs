@@ -270,13 +270,17 @@ const NETWORK_FAMILIES: [NetworkFamily; 2] = [
     (
         "wasmpod_container_network_receive_bytes",
         "Bytes the container read from its wasi:sockets connections and datagrams, by peer: \
-         inside the pod (siblings, clients forwarded into the pod) or outside it (egress).",
+         inside the pod (siblings, clients forwarded into the pod) or outside it (egress, which \
+         also counts its outgoing wasi:http connections to the outside as they cross the host \
+         socket, TLS included).",
         |m| (m.network.pod_received, m.network.egress_received),
     ),
     (
         "wasmpod_container_network_transmit_bytes",
         "Bytes the container wrote to its wasi:sockets connections and datagrams, by peer: \
-         inside the pod (siblings, clients forwarded into the pod) or outside it (egress).",
+         inside the pod (siblings, clients forwarded into the pod) or outside it (egress, which \
+         also counts its outgoing wasi:http connections to the outside as they cross the host \
+         socket, TLS included).",
         |m| (m.network.pod_sent, m.network.egress_sent),
     ),
 ];

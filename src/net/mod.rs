@@ -762,7 +762,8 @@ impl ContainerNet {
     /// [`egress::Egress::dial_outside`]. `what` names the request in a denial report.
     pub async fn dial_outside(&self, host: &str, port: u16, what: &str) -> Result<egress::OutsideConnection, NetError> {
         self.check_attached()?;
-        self.egress.clone().dial_outside(host, port, what).await
+        let connection = self.egress.clone().dial_outside(host, port, what).await?;
+        Ok(connection.counting_into(self.counters.clone()))
     }
 
     pub(crate) fn owner(&self) -> Owner {
