@@ -18,6 +18,7 @@
 pub mod container;
 #[cfg(unix)]
 pub mod control;
+pub mod counters;
 pub mod egress;
 pub mod engine;
 pub mod export;
@@ -42,6 +43,7 @@ pub mod volume;
 pub mod watch;
 
 pub use container::{ContainerKind, Exit, HttpContainer, HttpLimits};
+pub use counters::ContainerMetrics;
 pub use engine::Engine;
 pub use logs::{LogLine, Logs, Stream};
 pub use pod::{ContainerUpdate, Pod, PodError, PodOptions, UpdateReport};

@@ -247,6 +247,7 @@ impl PodNetwork {
             detached: AtomicBool::new(false),
             egress: Arc::new(egress::Egress::new(container_name, policy, on_denied)),
             budget: SocketBudget::new(account, limits, self.buffered_total.clone()),
+            counters: None,
         }
     }
 
@@ -764,6 +765,8 @@ pub struct ContainerNet {
     egress: Arc<egress::Egress>,
     /// What its sockets may hold in the host, and how many it may have.
     budget: Arc<SocketBudget>,
+    /// Where its sockets count their bytes (`None`: not counted).
+    counters: Option<Arc<crate::counters::ContainerCounters>>,
 }
 
 impl std::fmt::Debug for ContainerNet {
@@ -775,6 +778,17 @@ impl std::fmt::Debug for ContainerNet {
 }
 
 impl ContainerNet {
+    /// Counts the bytes of this attachment's sockets into the container's counters.
+    pub fn counting_into(mut self, counters: Arc<crate::counters::ContainerCounters>) -> ContainerNet {
+        self.counters = Some(counters);
+        self
+    }
+
+    /// The counters its sockets count their bytes into, if any.
+    pub fn counters(&self) -> Option<&Arc<crate::counters::ContainerCounters>> {
+        self.counters.as_ref()
+    }
+
     /// The pod network this container is attached to.
     pub fn pod(&self) -> &Arc<PodNetwork> {
         &self.net
@@ -799,7 +813,8 @@ impl ContainerNet {
     /// [`egress::Egress::dial_outside`]. `what` names the request in a denial report.
     pub async fn dial_outside(&self, host: &str, port: u16, what: &str) -> Result<egress::OutsideConnection, NetError> {
         self.check_attached()?;
-        self.egress.clone().dial_outside(host, port, what).await
+        let connection = self.egress.clone().dial_outside(host, port, what).await?;
+        Ok(connection.counting_into(self.counters.clone()))
     }
 
     pub(crate) fn owner(&self) -> Owner {
