@@ -738,3 +738,103 @@ async fn the_shared_entrance_closes_idle_keep_alive_connections() {
     assert!(answer.contains("hello from wasmpod\n"), "{answer}");
     serving.shutdown().await;
 }
+
+/// The hello pod named `name` with `[expose] host_port` set as written (or left out), and
+/// `env` on its container.
+fn host_port_spec(dir: &Path, name: &str, host_port: Option<&str>, env: &str) -> PathBuf {
+    let host_port = host_port
+        .map(|port| format!("host_port = {port}\n"))
+        .unwrap_or_default();
+    let text = format!(
+        "name = \"{name}\"\n\n[expose]\nport = 8080\n{host_port}\n[[containers]]\nname = \"web\"\n\
+         component = \"{}\"\nports = [8080]\nenv = {{ GREETING = \"{env}\" }}\n",
+        guest("hello_http").display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The `host_addr` the API reports for pod `name`.
+async fn host_addr_of(client: &Client, name: &str) -> Option<SocketAddr> {
+    let view = client
+        .call(Method::GET, &format!("/v1/pods/{name}"), Bytes::new())
+        .await
+        .unwrap();
+    view["host_addr"].as_str().map(|addr| addr.parse().unwrap())
+}
+
+/// Waits until nothing listens on `addr` any more.
+async fn until_released(addr: SocketAddr) {
+    let deadline = Instant::now() + DEADLINE;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "{addr} is still listening");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// `[expose] host_port`: a pod run by the host keeps a TCP port of its own (any `Host`
+/// header), through updates; `0` picks a free port, reported as `host_addr`; a port another
+/// pod holds is refused; the port is released when the spec drops it and on delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_keeps_its_own_host_port_until_it_gives_it_up() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let serving = start_host(state.path()).await;
+    let client = api_client(&serving);
+
+    let first = host_port_spec(work.path(), "first", Some("0"), "a");
+    assert_eq!(client.apply(&first).await.unwrap(), "created");
+    let addr = host_addr_of(&client, "first")
+        .await
+        .expect("a host_addr for host_port = 0");
+    assert_ne!(addr.port(), 0);
+    let (status, body) = get(addr, "anything.example", "/").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from wasmpod\n"));
+    // The shared entrance still routes it too.
+    let (status, _) = get(serving.http_addr.unwrap(), "first.localhost", "/").await;
+    assert_eq!(status, StatusCode::OK);
+    let exposed = serving.host().pod("first").unwrap().events().all();
+    assert!(
+        exposed
+            .iter()
+            .any(|event| event.to_string().contains(&addr.to_string())),
+        "{exposed:?}"
+    );
+
+    // An update keeps the listener (same port, still answering).
+    let changed = host_port_spec(work.path(), "first", Some("0"), "b");
+    assert_eq!(client.apply(&changed).await.unwrap(), "updated");
+    assert_eq!(host_addr_of(&client, "first").await, Some(addr));
+    assert_eq!(get(addr, "x", "/").await.0, StatusCode::OK);
+
+    // Another pod may not claim that port.
+    let port = addr.port().to_string();
+    let second = host_port_spec(work.path(), "second", Some(&port), "a");
+    let refused = client.apply(&second).await.unwrap_err().to_string();
+    assert!(
+        refused.contains(&format!("host_port {port} is already claimed by pod \"first\"")),
+        "{refused}"
+    );
+    assert!(serving.host().pod("second").is_none());
+
+    // `first` gives the port up; then `second` gets it, and on delete it is released.
+    let without = host_port_spec(work.path(), "first", None, "b");
+    assert_eq!(client.apply(&without).await.unwrap(), "updated");
+    assert_eq!(host_addr_of(&client, "first").await, None);
+    until_released(addr).await;
+    assert_eq!(client.apply(&second).await.unwrap(), "created");
+    assert_eq!(host_addr_of(&client, "second").await, Some(addr));
+    assert_eq!(get(addr, "x", "/").await.0, StatusCode::OK);
+    client.delete("second").await.unwrap();
+    until_released(addr).await;
+
+    // Out of range: a located spec error, nothing created.
+    let bad = host_port_spec(work.path(), "third", Some("70000"), "a");
+    let refused = client.apply(&bad).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("third.toml:5:") && refused.contains("host_port 70000 is out of range"),
+        "{refused}"
+    );
+    serving.shutdown().await;
+}
