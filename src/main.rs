@@ -156,6 +156,9 @@ struct ProxyFlags {
     /// [default: 5m].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     idle_timeout: Option<std::time::Duration>,
+    /// HTTP: a request head reaching this many bytes gets 431 [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    max_header_size: Option<usize>,
 }
 
 impl ProxyFlags {
@@ -170,6 +173,7 @@ impl ProxyFlags {
             header_read_timeout: self.header_read_timeout.unwrap_or(default.header_read_timeout),
             keep_alive_timeout: self.keep_alive_timeout.unwrap_or(default.keep_alive_timeout),
             idle_timeout: self.idle_timeout.unwrap_or(default.idle_timeout),
+            max_header_bytes: self.max_header_size.unwrap_or(default.max_header_bytes),
             ..default
         }
     }

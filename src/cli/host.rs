@@ -37,6 +37,13 @@ pub struct HostArgs {
     /// `resources.memory` [default: no cap].
     #[arg(long, value_name = "BYTES")]
     max_total_memory: Option<u64>,
+    /// The address `[expose] host_port` listeners bind [default: 127.0.0.1].
+    #[arg(long, value_name = "IP")]
+    host_port_ip: Option<std::net::IpAddr>,
+    /// Limits of the shared entrance and of every `[expose] host_port` (as `wasmpod run`'s
+    /// front proxy).
+    #[command(flatten)]
+    proxy: super::ProxyFlags,
 }
 
 /// Where a client finds the host.
@@ -106,9 +113,11 @@ pub fn host(args: HostArgs) -> ExitCode {
                 max_pods: args.max_pods.unwrap_or(defaults.max_pods),
                 max_blob_bytes: args.max_blob_bytes.unwrap_or(defaults.max_blob_bytes),
                 max_total_memory: args.max_total_memory,
+                entrance: args.proxy.limits(),
                 ..defaults
             },
             engine: None,
+            host_port_ip: args.host_port_ip,
         };
         let _ = wasmpod::proxy::raise_open_file_limit();
         #[cfg(unix)]
@@ -124,6 +133,14 @@ pub fn host(args: HostArgs) -> ExitCode {
         for problem in host.load_problems() {
             eprintln!("wasmpod host: warning: {problem}");
         }
+        // What the doors refuse or hold back (one line per kind and interval, never one per
+        // connection).
+        let mut host_events = host.events().follow();
+        tokio::spawn(async move {
+            while let Some(event) = host_events.recv().await {
+                eprintln!("wasmpod host: {}", wasmpod::logs::escape_control(&event.to_string()));
+            }
+        });
         let serving = match serve(host.clone(), api, args.http).await {
             Ok(serving) => serving,
             Err(e) => return fail(e),

@@ -47,6 +47,9 @@ pub struct PodSpec {
     /// `[expose] hostnames`: the `Host` names an edge host routes to this pod, besides
     /// `NAME.localhost` (lowercase; each label a DNS label).
     pub hostnames: Vec<String>,
+    /// `[expose] host_port`: on an edge host, the pod also keeps a host TCP port of its own
+    /// (as `wasmpod run --listen` gives), besides the shared entrance; 0 picks a free port.
+    pub host_port: Option<u16>,
     pub volumes: Vec<VolumeSpec>,
     /// Run one after another, each to exit 0, before `containers` start.
     pub init_containers: Vec<ContainerSpec>,
@@ -345,6 +348,7 @@ impl PodSpec {
             readiness_wait: DEFAULT_READINESS_WAIT,
             expose: None,
             hostnames: Vec::new(),
+            host_port: None,
             volumes: Vec::new(),
             init_containers: Vec::new(),
             containers: Vec::new(),

@@ -80,6 +80,8 @@ pub(super) struct RawExpose {
     /// Host names an edge host routes to this pod (besides `NAME.localhost`).
     #[serde(default)]
     pub(super) hostnames: Vec<Spanned<String>>,
+    /// On an edge host, a host TCP port of the pod's own (0: any free port).
+    pub(super) host_port: Option<Spanned<RawPort>>,
 }
 
 /// `[expose] ready`: whose readiness opens the front proxy.
