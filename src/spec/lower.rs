@@ -20,12 +20,12 @@ use crate::net::fault::Fault;
 use super::check;
 use super::raw::{
     RawCondition, RawContainer, RawCount, RawExposeReady, RawFault, RawHttp, RawPod, RawPort, RawProbe, RawQuantity,
-    RawResources, RawRestartPolicy, RawVolume,
+    RawResources, RawRestartPolicy, RawUpdateStrategy, RawVolume,
 };
 use super::report::{BackoffField, ContainerAt, ContainerField, Field, MountField, ProbeKind, Report, VolumeField};
 use super::{
     Backoff, ComponentSource, ContainerSpec, Dependency, DependencyCondition, Expose, ExposeReady, HttpSettings,
-    MountSpec, PodSpec, Probe, ProbeAction, Resources, RestartPolicy, VolumeSource, VolumeSpec,
+    MountSpec, PodSpec, Probe, ProbeAction, Resources, RestartPolicy, UpdateStrategy, VolumeSource, VolumeSpec,
 };
 
 /// `blobs`: the edge host's blob directory, where `component = "sha256:HEX"` resolves to the file
@@ -548,6 +548,10 @@ pub(super) fn lower_container(
         readiness_probe,
         liveness_probe,
         http,
+        update_strategy: match container.update_strategy {
+            None | Some(RawUpdateStrategy::Surge) => UpdateStrategy::Surge,
+            Some(RawUpdateStrategy::Recreate) => UpdateStrategy::Recreate,
+        },
     }
 }
 

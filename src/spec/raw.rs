@@ -132,6 +132,15 @@ pub(super) struct RawContainer {
     pub(super) readiness_probe: Option<Spanned<RawProbe>>,
     pub(super) liveness_probe: Option<Spanned<RawProbe>>,
     pub(super) http: Option<RawHttp>,
+    /// Parsed by serde, so a bad value is reported at its position with the allowed ones.
+    pub(super) update_strategy: Option<RawUpdateStrategy>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum RawUpdateStrategy {
+    Surge,
+    Recreate,
 }
 
 #[derive(Deserialize)]
