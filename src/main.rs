@@ -345,6 +345,7 @@ async fn run(
         }
         None => None,
     };
+    let mut stopped = false;
     let status = {
         let wait = pod.wait();
         tokio::pin!(wait);
@@ -356,6 +357,7 @@ async fn run(
                 Some(event) = events.recv() => printer.event(&event).await,
                 () = signal.received() => {
                     printer.note("stopping the pod").await;
+                    stopped = true;
                     break pod.stop().await;
                 }
             }
@@ -377,7 +379,49 @@ async fn run(
     }
     // Dropping the pod removes its volumes before the process exits.
     drop(pod);
+    finish_tier_up(stopped, &mut signal, &printer).await;
     code
+}
+
+/// Optimized code still compiling in the background when the pod ends: a pod that ended on
+/// its own waits for it (bounded; Ctrl-C skips), so the next start finds it in the cache; a
+/// stopped pod exits at once and the compile is abandoned (the next start compiles again).
+async fn finish_tier_up(stopped: bool, signal: &mut StopSignal, printer: &Printer) {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+    let Ok(engine) = wasmpod::Engine::shared() else { return };
+    let pending = engine.tier_up_pending();
+    if pending == 0 || engine.cache_dir().is_none() {
+        return;
+    }
+    let mut left = pending;
+    if !stopped {
+        printer
+            .note(&format!(
+                "finishing the optimized compile of {pending} component(s) for the cache (up to {}s; Ctrl-C skips)",
+                WAIT.as_secs()
+            ))
+            .await;
+        // A thread of its own, not `spawn_blocking`: dropping the runtime would wait for it.
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let waiting = engine.clone();
+        if std::thread::Builder::new()
+            .name("wasmpod-exit-wait".into())
+            .spawn(move || done.send(waiting.finish_tier_up(WAIT)))
+            .is_ok()
+        {
+            tokio::select! {
+                still = finished => left = still.unwrap_or(left),
+                () = signal.received() => {}
+            }
+        }
+    }
+    if left > 0 {
+        printer
+            .note(&format!(
+                "optimized compile of {left} component(s) abandoned; the next start compiles again"
+            ))
+            .await;
+    }
 }
 
 /// Prints `message` as an error and fails.
