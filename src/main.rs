@@ -72,6 +72,9 @@ enum Command {
         /// Print the pod's status as JSON (one line).
         #[arg(long)]
         json: bool,
+        #[cfg(unix)]
+        #[command(flatten)]
+        host: host_cli::HostFlag,
     },
     /// Print a container's kept output lines, and with --follow every new one.
     #[command(override_usage = "wasmpod logs [OPTIONS] [POD] <CONTAINER>")]
@@ -88,6 +91,9 @@ enum Command {
         /// Print each line as a JSON object (stream, text, time).
         #[arg(long)]
         json: bool,
+        #[cfg(unix)]
+        #[command(flatten)]
+        host: host_cli::HostFlag,
     },
     /// Print a running pod's events, and with --follow every new one.
     Events {
@@ -99,6 +105,9 @@ enum Command {
         /// Print each event as a JSON object.
         #[arg(long)]
         json: bool,
+        #[cfg(unix)]
+        #[command(flatten)]
+        host: host_cli::HostFlag,
     },
     /// Run an edge host in the foreground: many pods, an API, one shared HTTP entrance.
     #[cfg(unix)]
@@ -183,13 +192,45 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { spec } => validate(&spec),
+        // Host pods first (`--host`, `WASMPOD_HOST` or a local host); `None`: not the host's.
+        #[cfg(unix)]
+        Command::Ps { pod, json, host } => {
+            host_cli::ps(pod.as_deref(), json, &host).unwrap_or_else(|| ps(pod.as_deref(), json))
+        }
+        #[cfg(unix)]
+        Command::Logs {
+            names,
+            tail,
+            follow,
+            json,
+            host,
+        } => {
+            let (pod, container) = match names.as_slice() {
+                [pod, container] => (Some(pod.as_str()), container.as_str()),
+                [container] => (None, container.as_str()),
+                _ => return fail("usage: wasmpod logs [POD] CONTAINER"),
+            };
+            host_cli::logs(pod, container, tail, follow, json, &host)
+                .unwrap_or_else(|| logs(&names, tail, follow, json))
+        }
+        #[cfg(unix)]
+        Command::Events {
+            pod,
+            follow,
+            json,
+            host,
+        } => host_cli::events(pod.as_deref(), follow, json, &host)
+            .unwrap_or_else(|| events(pod.as_deref(), follow, json)),
+        #[cfg(not(unix))]
         Command::Ps { pod, json } => ps(pod.as_deref(), json),
+        #[cfg(not(unix))]
         Command::Logs {
             names,
             tail,
             follow,
             json,
         } => logs(&names, tail, follow, json),
+        #[cfg(not(unix))]
         Command::Events { pod, follow, json } => events(pod.as_deref(), follow, json),
         #[cfg(unix)]
         Command::Host(args) => host_cli::host(args),
@@ -572,13 +613,27 @@ fn logs(names: &[String], tail: Option<usize>, follow: bool, json: bool) -> Exit
         follow,
     };
     print_replies(pod, &request, json, |reply| match reply {
-        Response::Line(line) if line.stream == "stderr" => {
-            eprintln!("{}", escape_control(&line.text));
-            true
-        }
-        Response::Line(line) => out(&escape_control(&line.text)),
+        Response::Line(line) => print_line(line),
         _ => true,
     })
+}
+
+/// One container output line: stderr's to stderr. False once stdout is gone.
+fn print_line(line: &control::LineView) -> bool {
+    if line.stream == "stderr" {
+        eprintln!("{}", escape_control(&line.text));
+        return true;
+    }
+    out(&escape_control(&line.text))
+}
+
+/// One event per line: a multi-line message (a trap's backtrace) shows its `\n`s.
+fn print_event(event: &control::EventView) -> bool {
+    let (at, message) = (escape_control(&event.at), escape_control(&event.message));
+    match &event.container {
+        Some(container) => out(&format!("{at}  {}: {message}", escape_control(container))),
+        None => out(&format!("{at}  {message}")),
+    }
 }
 
 fn events(pod: Option<&str>, follow: bool, json: bool) -> ExitCode {
@@ -587,14 +642,7 @@ fn events(pod: Option<&str>, follow: bool, json: bool) -> ExitCode {
         &Request::Events { tail: None, follow },
         json,
         |reply| match reply {
-            // One event per line: a multi-line message (a trap's backtrace) shows its `\n`s.
-            Response::Event(event) => {
-                let (at, message) = (escape_control(&event.at), escape_control(&event.message));
-                match &event.container {
-                    Some(container) => out(&format!("{at}  {}: {message}", escape_control(container))),
-                    None => out(&format!("{at}  {message}")),
-                }
-            }
+            Response::Event(event) => print_event(event),
             _ => true,
         },
     )

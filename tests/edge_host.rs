@@ -326,11 +326,16 @@ impl Drop for HostProcess {
 }
 
 fn spawn_host(state: &Path, socket: &Path) -> HostProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmpod"))
+    let command = Command::new(env!("CARGO_BIN_EXE_wasmpod"));
+    spawn_host_with(state, command, &["--socket".as_ref(), socket.as_os_str()])
+}
+
+/// `command` (`wasmpod`, with its environment) running `host` on `state` with `extra` options.
+fn spawn_host_with(state: &Path, mut command: Command, extra: &[&std::ffi::OsStr]) -> HostProcess {
+    let mut child = command
         .args(["host", "--http", "127.0.0.1:0", "--state-dir"])
         .arg(state)
-        .arg("--socket")
-        .arg(socket)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -837,4 +842,172 @@ async fn a_pod_keeps_its_own_host_port_until_it_gives_it_up() {
         "{refused}"
     );
     serving.shutdown().await;
+}
+
+/// `wasmpod` in the runtime directory `runtime`, WASMPOD_HOST unset.
+fn wasmpod_in(runtime: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_wasmpod"))
+        .args(args)
+        .env("WASMPOD_RUNTIME_DIR", runtime)
+        .env_remove("WASMPOD_HOST")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+/// Retries `wasmpod args` until `done` holds for its stdout, or the deadline.
+fn wasmpod_until(runtime: &Path, args: &[&str], what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, out, err) = wasmpod_in(runtime, args);
+        if done(&out) {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "{what}: {out}{err}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `ps`, `logs` and `events` see the pods of a host on the local socket beside the local
+/// `wasmpod run` pods (a WHERE column tells them apart), or the host `--host` names; `logs`
+/// and `events` follow a host pod until it is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ps_logs_and_events_list_and_follow_host_pods() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmpod"));
+    command.env("WASMPOD_RUNTIME_DIR", runtime.path());
+    let _host = spawn_host_with(state.path(), command, &[]);
+    let socket = runtime.path().join("edge").join("host.sock");
+    assert!(socket.exists(), "the host listens on the default socket");
+    let toolbox = guest("toolbox").display().to_string();
+    let talker = work.path().join("talker.toml");
+    std::fs::write(
+        &talker,
+        format!("name = \"talker\"\ntermination_grace_period = \"100ms\"\n[[containers]]\nname = \"talk\"\ncomponent = \"{toolbox}\"\nargs = [\"serve-forever\", \"20\"]\n"),
+    )
+    .unwrap();
+    let (ok, out) = cli(&["apply", "-f", talker.to_str().unwrap()], &socket);
+    assert!(ok && out.trim() == "created", "{out}");
+
+    // One pod in all: its table, as for a single `wasmpod run` pod.
+    let table = wasmpod_until(runtime.path(), &["ps"], "ps shows the talker", |out| {
+        out.starts_with("pod talker: Running")
+    });
+    assert!(table.contains("talk "), "{table}");
+
+    // A local `wasmpod run` pod beside the host's: a list that says where each runs.
+    let local_spec = work.path().join("local.toml");
+    std::fs::write(
+        &local_spec,
+        format!("name = \"local\"\n[[containers]]\nname = \"idle\"\ncomponent = \"{toolbox}\"\nargs = [\"sleep\", \"600000\"]\n"),
+    )
+    .unwrap();
+    let mut local = Command::new(env!("CARGO_BIN_EXE_wasmpod"))
+        .arg("run")
+        .arg(&local_spec)
+        .env("WASMPOD_RUNTIME_DIR", runtime.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.path().join("local.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let local_log = work.path().join("local.log");
+    let deadline = Instant::now() + DEADLINE;
+    let list = loop {
+        let (_, out, err) = wasmpod_in(runtime.path(), &["ps"]);
+        if out.starts_with("POD") && out.lines().count() == 3 {
+            break out;
+        }
+        let log = std::fs::read_to_string(&local_log).unwrap_or_default();
+        assert!(
+            Instant::now() < deadline,
+            "ps lists both pods: {out}{err}\nlocal pod: {log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let rows: Vec<Vec<&str>> = list.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["POD", "PHASE", "CONTAINERS", "WHERE"], "{list}");
+    assert_eq!(rows[1][0], "local", "{list}");
+    assert_eq!(rows[1].last(), Some(&"run"), "{list}");
+    assert_eq!(rows[2][0], "talker", "{list}");
+    assert_eq!(rows[2].last(), Some(&"host"), "{list}");
+    let (ok, json, _) = wasmpod_in(runtime.path(), &["ps", "--json"]);
+    assert!(ok);
+    let names: Vec<String> = json
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, ["local", "talker"], "{json}");
+    // Named: the host pod by name, and --host asks the host only.
+    let (ok, out, err) = wasmpod_in(runtime.path(), &["ps", "talker"]);
+    assert!(ok && out.starts_with("pod talker: Running"), "{out}{err}");
+    let (ok, out) = cli(&["ps"], &socket);
+    assert!(ok && out.starts_with("pod talker: Running"), "{out}");
+    let (ok, out) = cli(&["ps", "local"], &socket);
+    assert!(!ok && out.contains("no pod \"local\""), "{out}");
+    let _ = local.kill();
+    let _ = local.wait();
+
+    // Logs: the last line kept, then following.
+    let out = wasmpod_until(
+        runtime.path(),
+        &["logs", "talker", "talk", "--tail", "2"],
+        "two lines",
+        |out| out.lines().count() == 2,
+    );
+    assert!(!out.trim().is_empty(), "{out}");
+    let (ok, out, err) = wasmpod_in(runtime.path(), &["logs", "talker", "nosuch"]);
+    assert!(!ok && err.contains("no container \"nosuch\""), "{out}{err}");
+
+    // Follow logs and events until the pod is deleted: both end, having seen it go.
+    let follow = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_wasmpod"))
+            .args(args)
+            .env("WASMPOD_RUNTIME_DIR", runtime.path())
+            .env_remove("WASMPOD_HOST")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut logs = follow(&["logs", "talker", "talk", "--follow", "--tail", "0"]);
+    let mut events = follow(&["events", "talker", "--follow", "--json"]);
+    // Lines keep coming while the pod runs.
+    let mut log_lines = BufReader::new(logs.stdout.take().unwrap()).lines();
+    assert!(log_lines.next().is_some_and(|l| l.is_ok()), "a followed line");
+    let mut event_lines = BufReader::new(events.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&event_lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["type"], "event", "{first}");
+    let (ok, out) = cli(&["delete", "talker"], &socket);
+    assert!(ok, "{out}");
+    let deadline = Instant::now() + DEADLINE;
+    for child in [&mut logs, &mut events] {
+        let exit = loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "a follower did not end with the pod");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(exit.success(), "{exit:?}");
+    }
+    let seen: Vec<String> = event_lines.map_while(Result::ok).collect();
+    assert!(
+        seen.iter().any(|l| l.contains("stopping") || l.contains("stopped")),
+        "{seen:?}"
+    );
 }
