@@ -508,16 +508,18 @@ impl PodNetwork {
             }) => q.clone(),
             _ => return Err(NetError::ConnectionRefused),
         };
-        self.queue_connection(&q, local_port, peer_port, client)
+        self.queue_connection(&q, local_port, peer_port, client, watch)
     }
 
-    /// Queues a new connection on listener `q` and returns its client half.
+    /// Queues a new connection on listener `q` and returns its client half; `watch` as for
+    /// [`PodNetwork::open_plain`].
     fn queue_connection(
         &self,
         q: &Arc<ListenQueue>,
         local_port: u16,
         peer_port: u16,
         client: &Arc<SocketBudget>,
+        watch: Option<(u64, fault::LinkInfo)>,
     ) -> Result<Endpoint, NetError> {
         let (client, server) = Endpoint::pair(self.pipe_capacity, (client, local_port), (&q.budget, peer_port));
         if let Some((generation, link)) = watch {

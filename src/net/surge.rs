@@ -258,7 +258,7 @@ impl PodNetwork {
             return self.connect(port);
         };
         let lease = self.lease(0, Owner::Host)?;
-        let ep = self.queue_connection(&queue, lease.port(), port, &self.host_budget)?;
+        let ep = self.queue_connection(&queue, lease.port(), port, &self.host_budget, None)?;
         Ok(PodStream {
             ep,
             _lease: Some(lease),
