@@ -287,7 +287,11 @@ async fn run_guest(pod: Arc<PodNetwork>, name: &'static str, args: String) -> St
     let ctx = Ctx {
         wasi,
         table: ResourceTable::new(),
-        net: pod.attach(name),
+        // Counted as every container of a pod is (`wasmpod::counters`), so the figures
+        // include the cost of the per-container byte counters.
+        net: pod
+            .attach(name)
+            .counting_into(wasmpod::counters::ContainerCounters::new()),
     };
     let mut store = Store::new(&g.engine, ctx);
     let res = async {

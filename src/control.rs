@@ -424,6 +424,7 @@ pub fn event_kind_name(kind: &EventKind) -> &'static str {
         EventKind::FaultRemoved { .. } => "fault_removed",
         EventKind::FaultTriggered { .. } => "fault_triggered",
         EventKind::Updated { .. } => "updated",
+        EventKind::UpdateFailed { .. } => "update_failed",
     }
 }
 
@@ -1090,6 +1091,7 @@ mod tests {
                 to: text(),
                 took: ms,
             },
+            EventKind::UpdateFailed { message: text() },
         ];
         for kind in &kinds {
             assert_eq!(event_kind_name(kind), old_debug_name(kind), "{kind:?}");

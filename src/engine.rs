@@ -34,9 +34,10 @@
 //! - Background compiles run one at a time on one worker thread per engine, fed by a bounded
 //!   queue, inside a thread pool of their own whose threads run at a lower CPU priority
 //!   (`nice` 10 on Linux) than the threads that serve. [`Engine::pause_tier_up`] holds them.
-//!   A process that exits with background compiles unfinished waits for them (up to a minute,
-//!   only when there is a disk cache to fill): otherwise a pod shorter-lived than its optimized
-//!   compile would be compiled again at every start and never cached.
+//!   A process that exits with background compiles unfinished abandons them (the next start
+//!   compiles again), finishing only a cache file being written; a caller that wants the
+//!   cache filled waits first with [`Engine::finish_tier_up`] (`wasmpod run` does when its pod
+//!   ended on its own, not when it is stopped).
 //! - Where Winch cannot compile a component (an unsupported proposal, an unsupported
 //!   platform), it is compiled with Cranelift right away and a [`TierNotice::BaselineUnsupported`]
 //!   is handed once to the container that first links it: an event, never an error.
@@ -69,9 +70,9 @@ const TIER_UP_QUEUE: usize = 64;
 /// The CPU priority (`nice`) of the threads that compile optimized code in the background.
 const TIER_UP_NICE: i32 = 10;
 
-/// How long a process that exits waits for background compiles still running, so a short-lived
-/// `wasmpod run` still leaves optimized code in the cache for the next start.
-const EXIT_WAIT: Duration = Duration::from_secs(60);
+/// At most how long a process that exits waits for a cache file being written (tens of
+/// milliseconds for a 50 MB artifact): never for a compile.
+const EXIT_WRITE_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a component could not be compiled or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -399,7 +400,7 @@ struct EngineInner {
     gate: Arc<TierUpGate>,
 }
 
-/// Counts background compiles not yet finished, for the exit hook ([`finish_tier_up_at_exit`]).
+/// Counts background compiles not yet finished (see [`Engine::finish_tier_up`]).
 #[derive(Default)]
 struct Backlog {
     pending: Mutex<usize>,
@@ -416,48 +417,83 @@ impl Backlog {
         *pending = pending.saturating_sub(1);
         self.done.notify_all();
     }
+
+    fn pending(&self) -> usize {
+        *lock(&self.pending)
+    }
 }
 
-/// Engines whose background compiles fill a disk cache, for the exit hook.
-type ExitBacklogs = Vec<(Weak<Backlog>, Weak<TierUpGate>)>;
-static EXIT_BACKLOGS: Mutex<ExitBacklogs> = Mutex::new(Vec::new());
+/// Cache files being written, process-wide, and whether the process is exiting: a process
+/// that exits abandons its background compiles (threads simply end) but must not leave a
+/// half-written temporary file in the cache, so the exit hook waits for writes in progress
+/// and no write starts after it.
+struct CacheWrites {
+    state: Mutex<CacheWriteState>,
+    idle: Condvar,
+}
 
-/// Runs when the process exits (`atexit`): waits, up to [`EXIT_WAIT`], for background compiles
-/// that will write the cache — otherwise a pod that runs for less time than its optimized
-/// compile takes would compile again at every start and never be cached. Skipped while tier-up
-/// is paused (nothing would finish).
-extern "C" fn finish_tier_up_at_exit() {
-    let engines: Vec<(Arc<Backlog>, Arc<TierUpGate>)> = lock(&EXIT_BACKLOGS)
-        .iter()
-        .filter_map(|(backlog, gate)| Some((backlog.upgrade()?, gate.upgrade()?)))
-        .collect();
-    let deadline = Instant::now() + EXIT_WAIT;
-    for (backlog, gate) in engines {
-        if *lock(&gate.paused) {
-            continue;
+#[derive(Default)]
+struct CacheWriteState {
+    writing: usize,
+    exiting: bool,
+}
+
+static CACHE_WRITES: CacheWrites = CacheWrites {
+    state: Mutex::new(CacheWriteState {
+        writing: 0,
+        exiting: false,
+    }),
+    idle: Condvar::new(),
+};
+
+impl CacheWrites {
+    /// Writes `component` to `path` unless the process is exiting.
+    fn store(&self, component: &Component, path: &Path) -> std::io::Result<()> {
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        // SAFETY: `atexit` only records a function pointer; the function is a plain
+        // `extern "C" fn` that never unwinds (it only locks and waits, bounded).
+        HOOK.call_once(|| unsafe {
+            libc::atexit(close_cache_at_exit);
+        });
+        {
+            let mut state = lock(&self.state);
+            if state.exiting {
+                return Err(std::io::Error::other("the process is exiting"));
+            }
+            state.writing += 1;
         }
-        let mut pending = lock(&backlog.pending);
-        if *pending > 0 {
-            // Not `eprintln!`: it panics when stderr is gone, and this function must not unwind.
-            let _ = std::io::Write::write_fmt(
-                &mut std::io::stderr(),
-                format_args!(
-                    "wasmpod: finishing the optimized compile of {} component(s) for the cache\n",
-                    *pending
-                ),
-            );
-        }
-        while *pending > 0 {
+        let stored = store_cached(component, path);
+        let mut state = lock(&self.state);
+        state.writing -= 1;
+        self.idle.notify_all();
+        stored
+    }
+
+    /// Stops new writes and waits (bounded) for those in progress.
+    fn close(&self) {
+        let deadline = Instant::now() + EXIT_WRITE_WAIT;
+        let mut state = lock(&self.state);
+        state.exiting = true;
+        while state.writing > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            pending = match backlog.done.wait_timeout(pending, left) {
-                Ok((pending, _)) => pending,
+            state = match self.idle.wait_timeout(state, left) {
+                Ok((state, _)) => state,
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
     }
+}
+
+/// Runs when the process exits (`atexit`): background compiles are abandoned — the next start
+/// compiles again — but a cache file being written is finished first (see [`CacheWrites`]).
+/// Waiting for the compile itself (tens of seconds for a big component, longer on a busy
+/// machine) made every stop of a fresh component that slow; [`Engine::finish_tier_up`] is
+/// how a caller chooses to wait instead.
+extern "C" fn close_cache_at_exit() {
+    CACHE_WRITES.close();
 }
 
 /// Holds background compiles while paused.
@@ -594,12 +630,42 @@ impl Engine {
         }
     }
 
+    /// Background compiles queued or running (their optimized code not ready yet).
+    pub fn tier_up_pending(&self) -> usize {
+        self.inner.backlog.pending()
+    }
+
+    /// Waits up to `timeout` for the background compiles to finish (and fill the cache);
+    /// returns how many are still pending — at once while tier-up is paused. A process that
+    /// exits does not wait for them by itself (they are abandoned and the next start compiles
+    /// again): `wasmpod run` calls this when its pod ended on its own, so a short-lived
+    /// command still leaves optimized code in the cache, and a stop signal skips the wait.
+    /// Blocking: call it from a blocking thread.
+    pub fn finish_tier_up(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let backlog = &self.inner.backlog;
+        let mut pending = lock(&backlog.pending);
+        while *pending > 0 && !*lock(&self.inner.gate.paused) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            pending = match backlog.done.wait_timeout(pending, left) {
+                Ok((pending, _)) => pending,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        *pending
+    }
+
     /// Holds (`true`) or releases (`false`) background compiles: a compile already running
     /// finishes, the next one waits. For a burst of starts that should not share the CPU
     /// with optimization yet — and for tests that need baseline code to serve for a while.
     pub fn pause_tier_up(&self, paused: bool) {
         *lock(&self.inner.gate.paused) = paused;
         self.inner.gate.changed.notify_all();
+        // A `finish_tier_up` waiting for paused compiles stops waiting.
+        self.inner.backlog.done.notify_all();
     }
 
     /// Compiles component bytes, or finds them compiled in memory or on disk. `what` names the
@@ -662,7 +728,7 @@ impl Engine {
         })?;
         if let Some(path) = self.cache_path(&digest) {
             // A cache that cannot be written only costs time on the next start.
-            let _ = store_cached(&component, &path);
+            let _ = CACHE_WRITES.store(&component, &path);
         }
         if let Some(reason) = fallback {
             lock(&self.inner.notices).insert(
@@ -752,15 +818,6 @@ impl Engine {
                 let (sender, receiver) = std::sync::mpsc::sync_channel(TIER_UP_QUEUE);
                 let engine = Arc::downgrade(&self.inner);
                 let gate = self.inner.gate.clone();
-                if self.inner.cache_dir.is_some() {
-                    static HOOK: std::sync::Once = std::sync::Once::new();
-                    // SAFETY: `atexit` only records a function pointer; the function is a
-                    // plain `extern "C" fn` that never unwinds (it only locks and waits).
-                    HOOK.call_once(|| unsafe {
-                        libc::atexit(finish_tier_up_at_exit);
-                    });
-                    lock(&EXIT_BACKLOGS).push((Arc::downgrade(&self.inner.backlog), Arc::downgrade(&gate)));
-                }
                 std::thread::Builder::new()
                     .name("wasmpod-tier-up".into())
                     .spawn(move || tier_up_worker(engine, gate, receiver))
@@ -883,7 +940,7 @@ fn tier_up_worker(engine: Weak<EngineInner>, gate: Arc<TierUpGate>, jobs: Receiv
                 let took = started.elapsed();
                 if let Some(path) = cache_path(&inner, &job.digest) {
                     // A cache that cannot be written only costs time on the next start.
-                    let _ = store_cached(&component, &path);
+                    let _ = CACHE_WRITES.store(&component, &path);
                 }
                 let _ = job.tiered.state.optimized.set((component, took));
             }

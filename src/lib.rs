@@ -18,6 +18,7 @@
 pub mod container;
 #[cfg(unix)]
 pub mod control;
+pub mod counters;
 pub mod egress;
 pub mod engine;
 pub mod export;
@@ -37,10 +38,12 @@ pub mod status;
 mod supervisor;
 mod sync;
 pub mod testing;
+pub mod tls;
 pub mod volume;
 pub mod watch;
 
 pub use container::{ContainerKind, Exit, HttpContainer, HttpLimits};
+pub use counters::ContainerMetrics;
 pub use engine::Engine;
 pub use logs::{LogLine, Logs, Stream};
 pub use pod::{ContainerUpdate, Pod, PodError, PodOptions, UpdateReport};

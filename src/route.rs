@@ -433,27 +433,15 @@ where
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
-/// TLS to a server outside the pod, verified against the web's root certificates (what
-/// wasmtime's own client trusts).
+/// TLS to a server outside the pod, in wasmtime-wasi-http's error vocabulary.
 async fn tls_connect<S>(server: &str, stream: S) -> Result<tokio_rustls::client::TlsStream<S>, BodyError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    use rustls::pki_types::ServerName;
-    let name = match server.parse::<std::net::IpAddr>() {
-        Ok(ip) => ServerName::from(ip),
-        Err(_) => ServerName::try_from(server.to_owned()).map_err(|_| BodyError::HttpRequestUriInvalid)?,
-    };
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-    };
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, stream)
-        .await
-        .map_err(BodyError::Tls)
+    crate::tls::connect(server, stream).await.map_err(|e| match e {
+        crate::tls::TlsError::BadName { .. } => BodyError::HttpRequestUriInvalid,
+        crate::tls::TlsError::Handshake { source, .. } => BodyError::Tls(source),
+    })
 }
 
 /// A response body that fails with `connection-read-timeout` when no frame arrives within

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use http_body_util::{BodyExt, Empty};
+use wasmpod::spec::{DependencyCondition, PodSpec, Probe, ProbeAction, UpdateStrategy};
 use wasmpod::testing::{TestPod, TestPodError};
 use wasmpod::{EventKind, PodError};
 
@@ -246,6 +247,188 @@ async fn a_pod_level_change_is_refused_and_changes_nothing() {
         "{source}"
     );
     assert!(pod.get("/env").await.unwrap().text().contains("VERSION=0"));
+}
+
+/// A command web server (the webserver guest) as `web` on pod port 8080, exposed, answering
+/// `GET /version` with `VERSION=1`, ready once a TCP connection to it is accepted. With
+/// `client`, a `client` container connects to it, holds the connection until the test creates
+/// `go` in its `signal` volume, then sends `GET /version` on it (the webserver serves one
+/// connection at a time: until then, version 1 answers nobody else).
+async fn surge_pod(name: &str, grace: Duration, client: bool) -> TestPod {
+    let mut ready = Probe::new(ProbeAction::TcpSocket { port: 8080 });
+    ready.period = Duration::from_millis(50);
+    let pod = TestPod::builder(name)
+        .engine(engine())
+        .grace_period(grace)
+        .expose(8080)
+        .empty_dir("signal")
+        .container("web", guest("webserver"))
+        .args(["8080"])
+        .port(8080)
+        .env("VERSION", "1")
+        .readiness_probe(ready)
+        .done();
+    let pod = if client {
+        pod.container("client", guest("webserver"))
+            .args(["--hold-get", "/signal/go", "web:8080", "/version"])
+            .mount("signal", "/signal")
+            .depends_on("web", DependencyCondition::Ready)
+            .done()
+    } else {
+        pod
+    };
+    pod.start().await.expect("pod starts")
+}
+
+/// The events of `container` so far.
+fn events_of(pod: &TestPod, container: &str) -> Vec<EventKind> {
+    pod.pod()
+        .events()
+        .all()
+        .into_iter()
+        .filter(|e| e.container.as_deref() == Some(container))
+        .map(|e| e.kind)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_command_container_surges_while_a_held_connection_stays_with_the_old_version() {
+    let pod = surge_pod("surge-held", Duration::from_secs(10), true).await;
+    pod.wait_ready().await.unwrap();
+    // The client's connection is open (and accepted by version 1, which serves one
+    // connection at a time).
+    pod.wait_for_log("client", |line| line == "connected").await.unwrap();
+
+    let mut spec = pod.pod().current_spec();
+    spec.containers[0].env.insert("VERSION".into(), "2".into());
+    let report = pod.update(spec).await.expect("the new version surges in");
+    assert_eq!(report.updated.len(), 1, "{report:?}");
+
+    // New connections reach the new version at once, while the old one still holds the
+    // client's connection.
+    assert_eq!(pod.get("/version").await.unwrap().text(), "2\n");
+    assert_eq!(pod.get("/version").await.unwrap().text(), "2\n");
+    // The held connection still works, with the old version.
+    std::fs::write(pod.volume_dir("signal").unwrap().join("go"), "").unwrap();
+    pod.wait_for_log("client", |line| line.starts_with("body: "))
+        .await
+        .unwrap();
+    let client = pod.logs("client");
+    assert!(client.contains(&"status: 200".to_string()), "{client:?}");
+    assert!(client.contains(&"body: 1".to_string()), "{client:?}");
+
+    // Its connection closed, the old version is stopped as in a normal stop: its stdin
+    // closes (the webserver ignores it) and after the grace period it is cancelled.
+    pod.wait_until("the old version is cancelled", |pod| {
+        pod.events()
+            .all()
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Warning { message } if message.contains("after its update")))
+    })
+    .await
+    .unwrap();
+    // The container served throughout: no exit, no restart, one update.
+    let web = events_of(&pod, "web");
+    assert!(!web.iter().any(|k| matches!(k, EventKind::Exited { .. })), "{web:?}");
+    assert_eq!(
+        web.iter().filter(|k| matches!(k, EventKind::Updated { .. })).count(),
+        1,
+        "{web:?}"
+    );
+    assert_eq!(pod.status().container("web").unwrap().restart_count, 0);
+    // The port stays with the new version once the old one is gone.
+    assert_eq!(pod.get("/version").await.unwrap().text(), "2\n");
+}
+
+#[tokio::test]
+async fn a_new_version_that_fails_at_start_is_stopped_and_the_old_one_serves_on() {
+    let pod = surge_pod("surge-broken", Duration::from_secs(5), false).await;
+    pod.wait_ready().await.unwrap();
+
+    // It traps at once.
+    let mut spec = pod.pod().current_spec();
+    spec.containers[0].component = guest("toolbox").into();
+    spec.containers[0].args = vec!["trap".into()];
+    let error = pod.update(spec).await.expect_err("the new version traps");
+    let TestPodError::Update { source, .. } = &error else {
+        panic!("not an update error: {error}");
+    };
+    assert!(
+        matches!(**source, PodError::UpdateFailed { ref message, .. } if message.contains("ended before it was ready")),
+        "{source}"
+    );
+    assert_eq!(pod.get("/version").await.unwrap().text(), "1\n");
+
+    // It never listens: stopped at its startup deadline (its startup probe's window).
+    let mut spec = pod.pod().current_spec();
+    spec.containers[0].component = guest("toolbox").into();
+    spec.containers[0].args = ["print", "up", "&&", "wait-stdin"].map(String::from).to_vec();
+    let mut startup = Probe::new(ProbeAction::TcpSocket { port: 8080 });
+    startup.period = Duration::from_millis(50);
+    startup.timeout = Duration::from_millis(50);
+    startup.failure_threshold = 4;
+    spec.containers[0].startup_probe = Some(startup);
+    let error = pod.update(spec).await.expect_err("the new version never listens");
+    let TestPodError::Update { source, .. } = &error else {
+        panic!("not an update error: {error}");
+    };
+    assert!(
+        matches!(**source, PodError::UpdateFailed { ref message, .. } if message.contains("not ready on port(s) 8080")),
+        "{source}"
+    );
+    assert_eq!(pod.get("/version").await.unwrap().text(), "1\n");
+
+    let failed = events_of(&pod, "web")
+        .into_iter()
+        .filter(|k| matches!(k, EventKind::UpdateFailed { .. }))
+        .count();
+    assert_eq!(failed, 2);
+    // The spec the pod runs is still the first one.
+    assert_eq!(pod.pod().current_spec().containers[0].args, ["8080"]);
+}
+
+#[tokio::test]
+async fn update_strategy_recreate_stops_the_old_version_before_the_new_one_starts() {
+    let pod = surge_pod("surge-recreate", Duration::from_millis(300), false).await;
+    pod.wait_ready().await.unwrap();
+    let mut spec = pod.pod().current_spec();
+    spec.containers[0].update_strategy = UpdateStrategy::Recreate;
+    spec.containers[0].env.insert("VERSION".into(), "2".into());
+
+    pod.update(spec).await.expect("recreated");
+
+    pod.wait_ready().await.unwrap();
+    assert_eq!(pod.get("/version").await.unwrap().text(), "2\n");
+    // Stopped (after the grace period: the webserver ignores its stdin), then started.
+    let web = events_of(&pod, "web");
+    let exited = web.iter().position(|k| matches!(k, EventKind::Exited { .. }));
+    let started_again = web.iter().rposition(|k| matches!(k, EventKind::Started));
+    assert!(
+        matches!((exited, started_again), (Some(e), Some(s)) if e < s),
+        "{web:?}"
+    );
+}
+
+#[test]
+fn update_strategy_is_parsed_and_a_bad_value_is_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    std::fs::copy(guest("webserver"), dir.join("web.wasm")).unwrap();
+    let text = |strategy: &str| {
+        format!(
+            "name = \"p\"\n\n[[containers]]\nname = \"web\"\ncomponent = \"web.wasm\"\nupdate_strategy = \"{strategy}\"\n"
+        )
+    };
+    let spec = PodSpec::from_toml(&text("recreate"), &dir.join("wasmpod.toml")).unwrap();
+    assert_eq!(spec.containers[0].update_strategy, UpdateStrategy::Recreate);
+    let spec = PodSpec::from_toml(&text("surge"), &dir.join("wasmpod.toml")).unwrap();
+    assert_eq!(spec.containers[0].update_strategy, UpdateStrategy::Surge);
+
+    let error = PodSpec::from_toml(&text("rolling"), &dir.join("wasmpod.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("wasmpod.toml:6:"), "{error}");
+    assert!(error.contains("surge") && error.contains("recreate"), "{error}");
 }
 
 /// Waits (yielding, with the tests' deadline) until `condition` holds.

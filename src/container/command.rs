@@ -70,9 +70,11 @@ impl CommandContainer {
             net: store.data().net().clone(),
             clean: false,
         };
-        let exit = match code.pre.instantiate_async(&mut store).await {
+        // The guest's time (instantiation and run) counts as the container's.
+        let counters = self.runtime.counters().clone();
+        let exit = match counters.metered(code.pre.instantiate_async(&mut store)).await {
             Ok(command) => {
-                let call = command.wasi_cli_run().call_run(&mut store);
+                let call = counters.metered(command.wasi_cli_run().call_run(&mut store));
                 tokio::pin!(call);
                 let mut stdin_writer = Some(stdin_writer);
                 let result = loop {

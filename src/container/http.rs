@@ -40,6 +40,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
 use super::store::{ContainerData, ContainerRuntime, PodServices};
 use super::{Exit, classify, out_of_memory};
+use crate::counters::ContainerCounters;
 use crate::engine::{Engine, Tier, TieredCode};
 use crate::logs::Logs;
 use crate::route::{BodyError, OutgoingRoute};
@@ -136,6 +137,7 @@ impl HttpContainer {
                 message,
             })?;
         let limits = HttpLimits::default();
+        runtime.counters().mark_serves_http();
         Ok(HttpContainer {
             name: runtime.name().into(),
             permits: Arc::new(Semaphore::new(limits.max_concurrent_instances.max(1))),
@@ -212,8 +214,24 @@ impl HttpContainer {
 
     /// Serves one request in a fresh instance. Never fails: problems become 4xx/5xx answers
     /// (and events for traps, timeouts and host failures). The response body streams from the
-    /// guest while it runs; the instance lives until its handler returns or the timeout.
+    /// guest while it runs; the instance lives until its handler returns or the timeout. Every
+    /// answer is counted with its status and its time to the response head (HTTP probes and
+    /// in-pod requests included; a request whose caller gave up before the head is not).
     pub async fn handle<B>(&self, request: hyper::Request<B>) -> hyper::Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let arrived = std::time::Instant::now();
+        let response = self.answer(request).await;
+        self.runtime
+            .counters()
+            .record_response(response.status().as_u16(), arrived.elapsed());
+        response
+    }
+
+    /// [`HttpContainer::handle`] without the counting.
+    async fn answer<B>(&self, request: hyper::Request<B>) -> hyper::Response<ResponseBody>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -277,6 +295,7 @@ impl HttpContainer {
             timeout: self.limits.request_timeout,
             container: self.name.clone(),
             events: self.runtime.events().clone(),
+            counters: self.runtime.counters().clone(),
             permit,
         };
         // A task of its own: the guest keeps streaming the response body after this function
@@ -482,6 +501,8 @@ struct GuestRun {
     timeout: Duration,
     container: Arc<str>,
     events: Events,
+    /// Where the time spent running the guest is counted.
+    counters: Arc<ContainerCounters>,
     /// Held until the instance is gone, so the concurrency limit counts live instances.
     permit: OwnedSemaphorePermit,
 }
@@ -496,6 +517,7 @@ impl GuestRun {
             timeout,
             container,
             events,
+            counters,
             permit,
         } = self;
         let call = async {
@@ -521,7 +543,7 @@ impl GuestRun {
                 },
             }
         };
-        let outcome = tokio::time::timeout(timeout, call)
+        let outcome = tokio::time::timeout(timeout, counters.metered(call))
             .await
             .unwrap_or(Outcome::TimedOut(timeout));
         match &outcome {

@@ -16,6 +16,7 @@ use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::counters::{ContainerCounters, PodCounters};
 use crate::engine::Engine;
 use crate::logs::{Logs, Stream};
 use crate::net::budget::SocketLimits;
@@ -104,6 +105,8 @@ pub struct PodServices {
     pub events: Events,
     pub network: Arc<PodNetwork>,
     pub routes: Arc<dyn OutgoingRoute>,
+    /// Each container's traffic and resource counters, by name (kept across its versions).
+    pub counters: Arc<PodCounters>,
 }
 
 impl PodServices {
@@ -115,6 +118,7 @@ impl PodServices {
             events,
             network: PodNetwork::new(),
             routes: Arc::new(NoPodRoutes),
+            counters: PodCounters::new(),
         }
     }
 }
@@ -128,15 +132,21 @@ pub struct ContainerRuntime {
     egress: EgressPolicy,
     memory: Arc<MemoryAccount>,
     cpu: CpuShare,
+    counters: Arc<ContainerCounters>,
 }
 
 impl ContainerRuntime {
     pub fn new(spec: ContainerSpec, mounts: Vec<Mount>, pod: PodServices) -> ContainerRuntime {
         // The spec holds the egress policy parsed once, when it was read.
         let egress = spec.allowed_outbound_hosts.clone();
+        let memory = MemoryAccount::new(spec.resources.memory);
+        // The pod's counters of this container: the same for every version of it.
+        let counters = pod.counters.container(&spec.name);
+        counters.track_memory(&memory);
         ContainerRuntime {
-            memory: MemoryAccount::new(spec.resources.memory),
+            memory,
             cpu: CpuShare::new(spec.resources.cpu),
+            counters,
             spec,
             mounts,
             pod,
@@ -172,6 +182,11 @@ impl ContainerRuntime {
     /// The container's CPU share, shared by all its Stores.
     pub fn cpu(&self) -> &CpuShare {
         &self.cpu
+    }
+
+    /// The container's traffic and resource counters, shared by all its Stores and versions.
+    pub fn counters(&self) -> &Arc<ContainerCounters> {
+        &self.counters
     }
 
     /// Replaces the routes of outgoing requests (before the container is shared).
@@ -214,7 +229,9 @@ impl ContainerRuntime {
     /// (sockets, lookups and outgoing HTTP alike) become events naming the container.
     fn attach(&self) -> ContainerNet {
         let events = self.pod.events.clone();
+        let counters = self.counters.clone();
         let on_denied: DeniedHook = Arc::new(move |denied: Denied| {
+            counters.record_denial(denied.kind);
             events.emit(
                 Some(&denied.container),
                 EventKind::EgressDenied {
@@ -225,13 +242,16 @@ impl ContainerRuntime {
         });
         // Bytes its sockets keep queued in the host count against the same memory account as
         // its linear memories, under the default per-Store socket caps.
-        self.pod.network.attach_limited(
-            &self.spec.name,
-            self.egress.clone(),
-            Some(on_denied),
-            self.memory.clone(),
-            SocketLimits::default(),
-        )
+        self.pod
+            .network
+            .attach_limited(
+                &self.spec.name,
+                self.egress.clone(),
+                Some(on_denied),
+                self.memory.clone(),
+                SocketLimits::default(),
+            )
+            .counting_into(self.counters.clone())
     }
 
     /// The container's WASI context: only its own args, env, stdio and mounts; no host

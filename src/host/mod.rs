@@ -5,6 +5,12 @@
 //! that fails any of those is refused and an existing pod of that name keeps running. On open
 //! the host starts every stored pod again. The JSON API ([`api`]) and the shared HTTP entrance
 //! ([`routing`]) are thin layers over it; the CLI client is [`client`].
+//!
+//! A pod with `[expose] host_port` also gets a host TCP listener of its own. The host holds
+//! that listener, not the pod: it passes the same limits as the shared entrance, outlives
+//! updates and replacements of the pod behind it (each connection goes to the pod serving the
+//! name when it arrives), is claimed by one pod at a time and is closed on delete or when the
+//! spec no longer asks for it.
 
 pub mod api;
 pub mod client;
@@ -14,14 +20,17 @@ pub mod serve;
 pub mod store;
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::engine::Engine;
 use crate::pod::{Pod, PodError, PodOptions};
+use crate::proxy::{FrontProxy, ProxyError, ProxyLimits, Resolved, Targets};
 use crate::spec::{PodSpec, SpecError, is_dns_label};
+use crate::status::{EventKind, Events};
 
 pub use store::{Store, StoreError};
 
@@ -37,6 +46,10 @@ pub struct HostLimits {
     /// Bytes of memory all pods' containers may use together (the sum of their
     /// `resources.memory`); when set, every container must declare its memory.
     pub max_total_memory: Option<u64>,
+    /// The limits of the host's client-facing listeners (the shared entrance and every
+    /// `[expose] host_port`): the front proxy's, applied by the same code. `readiness_wait` is
+    /// each pod's own.
+    pub entrance: ProxyLimits,
 }
 
 impl Default for HostLimits {
@@ -46,9 +59,13 @@ impl Default for HostLimits {
             max_blob_bytes: 64 << 20,
             max_spec_bytes: 256 << 10,
             max_total_memory: None,
+            entrance: ProxyLimits::default(),
         }
     }
 }
+
+/// Host events (the doors' refusal reports) kept for followers.
+const HOST_EVENTS: usize = 1000;
 
 /// How a host is set up.
 #[derive(Clone, Default)]
@@ -58,6 +75,8 @@ pub struct HostConfig {
     pub limits: HostLimits,
     /// The engine every pod runs on; default: the process-wide one.
     pub engine: Option<Engine>,
+    /// The address `[expose] host_port` listeners bind; default 127.0.0.1.
+    pub host_port_ip: Option<IpAddr>,
 }
 
 /// Why the host refused or failed a request. Each maps to one HTTP status in [`api`].
@@ -87,6 +106,10 @@ pub enum HostError {
     Store(#[from] StoreError),
     #[error("the host is shutting down")]
     ShuttingDown,
+    #[error("[expose] host_port {port} is already claimed by pod {pod:?}")]
+    HostPortTaken { port: u16, pod: String },
+    #[error("[expose] host_port: {0}")]
+    HostPort(#[source] ProxyError),
 }
 
 /// What [`Host::apply`] did.
@@ -134,6 +157,48 @@ struct Inner {
     /// Pods replaced or deleted that are still stopping (a command container may take its
     /// whole grace period); drain waits for them.
     stopping: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// Pod name → its `[expose] host_port` listener. Changed only under `pods`' lock.
+    host_ports: std::sync::Mutex<BTreeMap<String, HostPort>>,
+    host_port_ip: IpAddr,
+    /// What the host's doors report (refusals at the limits), not any pod's.
+    events: Events,
+}
+
+/// A pod's own host listener.
+struct HostPort {
+    /// As the spec asks: 0 is any free port.
+    requested: u16,
+    proxy: FrontProxy,
+}
+
+/// What an apply does to its pod's host port, decided before anything starts and committed
+/// only when the apply succeeds (dropping a `Bind` closes what it opened).
+enum PortChange {
+    /// The pod keeps the listener it has (or has none and wants none).
+    Keep,
+    /// A new listener, opened and serving the pod's name already; replaces any old one.
+    Bind(HostPort),
+    /// The spec no longer asks for one: the old one closes.
+    Release,
+}
+
+/// The pod serving `name` when a connection arrives on its host port.
+struct PodByName {
+    host: Weak<Inner>,
+    name: String,
+}
+
+impl Targets for PodByName {
+    fn resolve(&self) -> Option<Resolved> {
+        let inner = self.host.upgrade()?;
+        let pod = read(&inner.routes).by_name.get(&self.name).cloned()?;
+        let (target, ready) = pod.exposed()?;
+        Some(Resolved {
+            target,
+            ready,
+            readiness_wait: pod.spec().readiness_wait,
+        })
+    }
 }
 
 #[derive(Default)]
@@ -168,6 +233,9 @@ impl Host {
                 load_problems: std::sync::Mutex::new(Vec::new()),
                 draining: false.into(),
                 stopping: std::sync::Mutex::new(tokio::task::JoinSet::new()),
+                host_ports: std::sync::Mutex::new(BTreeMap::new()),
+                host_port_ip: config.host_port_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                events: Events::new(HOST_EVENTS),
             }),
         };
         for (name, text) in loaded.pods {
@@ -192,6 +260,18 @@ impl Host {
     /// The host's caps.
     pub fn limits(&self) -> HostLimits {
         self.inner.limits
+    }
+
+    /// The host's own events: what its doors refused or held back (`wasmpod host` prints them).
+    pub fn events(&self) -> &Events {
+        &self.inner.events
+    }
+
+    /// The address pod `name`'s `[expose] host_port` listener is bound to.
+    pub fn host_port_addr(&self, name: &str) -> Option<SocketAddr> {
+        lock(&self.inner.host_ports)
+            .get(name)
+            .map(|port| port.proxy.local_addr())
     }
 
     /// Creates or replaces pod `name` from its spec text; the same text again changes nothing.
@@ -233,6 +313,7 @@ impl Host {
                 .sum::<u64>();
             check_memory(&spec, others, cap)?;
         }
+        let port_change = self.claim_host_port(name, spec.host_port)?;
         let options = PodOptions {
             engine: self.inner.engine.clone(),
             bind_front_proxy: false,
@@ -254,6 +335,7 @@ impl Host {
                     if let Some(deployed) = pods.get_mut(name) {
                         deployed.text = text.to_string();
                     }
+                    self.commit_host_port(name, port_change, &running);
                     return Ok(Applied::Updated);
                 }
                 Err(PodError::NotUpdatable(_) | PodError::NotRunning) => {}
@@ -269,6 +351,7 @@ impl Host {
             return Err(e.into());
         }
         self.route(name, Some(&pod));
+        self.commit_host_port(name, port_change, &pod);
         let old = pods.insert(
             name.to_string(),
             Deployed {
@@ -294,6 +377,7 @@ impl Host {
         }
         self.inner.store.remove_pod(name)?;
         self.route(name, None);
+        lock(&self.inner.host_ports).remove(name);
         let removed = pods.remove(name);
         drop(pods);
         if let Some(removed) = removed {
@@ -333,6 +417,7 @@ impl Host {
         let all = std::mem::take(&mut *pods);
         drop(pods);
         *write(&self.inner.routes) = Routes::default();
+        lock(&self.inner.host_ports).clear();
         for deployed in all.into_values() {
             self.retire(deployed.pod);
         }
@@ -348,6 +433,75 @@ impl Host {
         stopping.spawn(async move {
             pod.stop().await;
         });
+    }
+
+    /// Decides (and opens, when it is new) pod `name`'s host port; called under `pods`' lock.
+    /// A port another pod claims is refused; one the system will not give (in use by another
+    /// process, privileged) is refused with the bind error. The old listener stays open until
+    /// the apply succeeds.
+    fn claim_host_port(&self, name: &str, wanted: Option<u16>) -> Result<PortChange, HostError> {
+        let ports = lock(&self.inner.host_ports);
+        let Some(wanted) = wanted else {
+            return Ok(if ports.contains_key(name) {
+                PortChange::Release
+            } else {
+                PortChange::Keep
+            });
+        };
+        if ports.get(name).is_some_and(|held| held.requested == wanted) {
+            return Ok(PortChange::Keep);
+        }
+        if wanted != 0
+            && let Some((pod, _)) = ports.iter().find(|(pod, held)| {
+                pod.as_str() != name && (held.requested == wanted || held.proxy.local_addr().port() == wanted)
+            })
+        {
+            return Err(HostError::HostPortTaken {
+                port: wanted,
+                pod: pod.clone(),
+            });
+        }
+        drop(ports);
+        let targets = Arc::new(PodByName {
+            host: Arc::downgrade(&self.inner),
+            name: name.to_string(),
+        });
+        let proxy = FrontProxy::start_resolving(
+            SocketAddr::new(self.inner.host_port_ip, wanted),
+            &format!("pod {name}"),
+            targets,
+            self.inner.limits.entrance,
+            self.inner.events.clone(),
+        )
+        .map_err(HostError::HostPort)?;
+        Ok(PortChange::Bind(HostPort {
+            requested: wanted,
+            proxy,
+        }))
+    }
+
+    /// Applies what [`Host::claim_host_port`] decided, once the apply succeeded; a new
+    /// listener is announced in the pod's events as `wasmpod run`'s front proxy is.
+    fn commit_host_port(&self, name: &str, change: PortChange, pod: &Pod) {
+        let mut ports = lock(&self.inner.host_ports);
+        match change {
+            PortChange::Keep => {}
+            PortChange::Release => {
+                ports.remove(name);
+            }
+            PortChange::Bind(port) => {
+                if let Some(expose) = pod.spec().expose {
+                    pod.events().emit(
+                        None,
+                        EventKind::Exposed {
+                            pod_port: expose.port,
+                            host_addr: port.proxy.local_addr(),
+                        },
+                    );
+                }
+                ports.insert(name.to_string(), port);
+            }
+        }
     }
 
     fn check_hostnames(&self, spec: &PodSpec) -> Result<(), HostError> {

@@ -28,6 +28,7 @@
 
 use super::pipe::{DEFAULT_PIPE_CAPACITY, PipeReader, PipeWriter};
 use super::{ContainerNet, Endpoint, NetError, is_pod_address};
+use crate::counters::{ContainerCounters, Peer};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
@@ -339,6 +340,7 @@ impl Egress {
                     return Ok(OutsideConnection {
                         stream,
                         _permit: permit,
+                        counters: None,
                     });
                 }
                 Err(e) => last = connect_error(&e),
@@ -358,10 +360,20 @@ impl Egress {
 }
 
 /// A real host connection made for a container by [`Egress::dial_outside`]; it counts
-/// against the container's outbound connection limit until dropped.
+/// against the container's outbound connection limit until dropped, and its bytes (as they
+/// cross the host socket, TLS included) as the container's egress bytes.
 pub struct OutsideConnection {
     stream: TcpStream,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    counters: Option<Arc<ContainerCounters>>,
+}
+
+impl OutsideConnection {
+    /// Counts the connection's bytes as `counters`' egress bytes.
+    pub(crate) fn counting_into(mut self, counters: Option<Arc<ContainerCounters>>) -> OutsideConnection {
+        self.counters = counters;
+        self
+    }
 }
 
 impl tokio::io::AsyncRead for OutsideConnection {
@@ -370,7 +382,13 @@ impl tokio::io::AsyncRead for OutsideConnection {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Some(counters) = &this.counters {
+            counters.record_received(Peer::Egress, buf.filled().len().saturating_sub(before));
+        }
+        poll
     }
 }
 
@@ -380,7 +398,12 @@ impl tokio::io::AsyncWrite for OutsideConnection {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let poll = std::pin::Pin::new(&mut this.stream).poll_write(cx, buf);
+        if let (Some(counters), std::task::Poll::Ready(Ok(written))) = (&this.counters, &poll) {
+            counters.record_sent(Peer::Egress, *written);
+        }
+        poll
     }
 
     fn poll_flush(

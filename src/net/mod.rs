@@ -26,6 +26,7 @@ pub mod fault;
 pub mod lookup;
 pub mod p2;
 pub mod pipe;
+pub(crate) mod surge;
 pub mod tcp;
 pub mod udp;
 
@@ -135,6 +136,8 @@ struct NetState {
     next_ephemeral: u16,
     next_id: u64,
     names: HashSet<String>,
+    /// A container's new version binding its ports beside the old one (see `surge.rs`).
+    surge: surge::Surges,
 }
 
 /// One pod's network namespace; `Arc`-shared by its containers and host-side users.
@@ -167,6 +170,7 @@ impl PodNetwork {
                 next_ephemeral: EPHEMERAL_FIRST,
                 next_id: 1,
                 names: HashSet::new(),
+                surge: surge::Surges::default(),
             }),
             listeners_changed: tokio::sync::Notify::new(),
             pipe_capacity: pipe::DEFAULT_PIPE_CAPACITY,
@@ -229,24 +233,27 @@ impl PodNetwork {
         account: Arc<MemoryAccount>,
         limits: SocketLimits,
     ) -> ContainerNet {
+        let conns = Arc::new(Mutex::new(ConnRegistry {
+            conns: Vec::new(),
+            high_water: 64,
+        }));
         let id = {
             let mut st = self.lock();
             st.names.insert(container_name.to_ascii_lowercase());
             let id = st.next_id;
             st.next_id += 1;
+            st.surge.attached(id, container_name, &conns);
             id
         };
         ContainerNet {
             net: self.clone(),
             name: container_name.to_string(),
             owner: Owner::Container(id),
-            conns: Mutex::new(ConnRegistry {
-                conns: Vec::new(),
-                high_water: 64,
-            }),
+            conns,
             detached: AtomicBool::new(false),
             egress: Arc::new(egress::Egress::new(container_name, policy, on_denied)),
             budget: SocketBudget::new(account, limits, self.buffered_total.clone()),
+            counters: None,
         }
     }
 
@@ -316,7 +323,16 @@ impl PodNetwork {
         let port = if port == 0 {
             Self::pick_ephemeral(&mut st, proto)?
         } else if st.ports.contains_key(&(proto, port)) {
-            return Err(NetError::AddressInUse);
+            // Only the new version of the container holding the port may bind it too.
+            return match st.lease_beside(proto, port, owner) {
+                Some(id) => Ok(PortLease {
+                    net: self.clone(),
+                    proto,
+                    port,
+                    id,
+                }),
+                None => Err(NetError::AddressInUse),
+            };
         } else {
             port
         };
@@ -419,11 +435,8 @@ impl PodNetwork {
     ) -> Result<Arc<ListenQueue>, NetError> {
         let q = {
             let mut st = self.lock();
-            let entry = match st.ports.get_mut(&(Proto::Tcp, lease.port)) {
-                Some(e) if e.lease == lease.id => e,
-                // Released underneath us by a container shutdown.
-                _ => return Err(NetError::Detached),
-            };
+            // Released underneath us by a container shutdown: Detached.
+            let entry = st.entry_mut(lease.port, lease.id).ok_or(NetError::Detached)?;
             match &entry.kind {
                 PortKind::Listening(q) => q.clone(),
                 PortKind::Datagram(_) => return Err(NetError::InvalidState),
@@ -495,6 +508,19 @@ impl PodNetwork {
             }) => q.clone(),
             _ => return Err(NetError::ConnectionRefused),
         };
+        self.queue_connection(&q, local_port, peer_port, client, watch)
+    }
+
+    /// Queues a new connection on listener `q` and returns its client half; `watch` as for
+    /// [`PodNetwork::open_plain`].
+    fn queue_connection(
+        &self,
+        q: &Arc<ListenQueue>,
+        local_port: u16,
+        peer_port: u16,
+        client: &Arc<SocketBudget>,
+        watch: Option<(u64, fault::LinkInfo)>,
+    ) -> Result<Endpoint, NetError> {
         let (client, server) = Endpoint::pair(self.pipe_capacity, (client, local_port), (&q.budget, peer_port));
         if let Some((generation, link)) = watch {
             self.faults.watch(generation, link, &client);
@@ -511,29 +537,14 @@ impl PodNetwork {
     }
 
     fn release(&self, proto: Proto, port: u16, id: u64) {
-        let removed = {
-            let mut st = self.lock();
-            match st.ports.get(&(proto, port)) {
-                Some(e) if e.lease == id => st.ports.remove(&(proto, port)),
-                _ => None,
-            }
-        };
+        let removed = self.lock().remove_entry(proto, port, id);
         if let Some(e) = removed {
             e.kind.close();
         }
     }
 
     fn release_owner(&self, owner: Owner) {
-        let removed: Vec<PortEntry> = {
-            let mut st = self.lock();
-            let keys: Vec<(Proto, u16)> = st
-                .ports
-                .iter()
-                .filter(|(_, e)| e.owner == owner)
-                .map(|(k, _)| *k)
-                .collect();
-            keys.iter().filter_map(|k| st.ports.remove(k)).collect()
-        };
+        let removed: Vec<PortEntry> = self.lock().remove_owner(owner);
         for e in removed {
             e.kind.close();
         }
@@ -758,12 +769,15 @@ pub struct ContainerNet {
     net: Arc<PodNetwork>,
     name: String,
     owner: Owner,
-    conns: Mutex<ConnRegistry>,
+    /// Shared with the namespace, which counts an old version's open connections (`surge.rs`).
+    conns: Arc<Mutex<ConnRegistry>>,
     detached: AtomicBool,
     /// Shared with in-flight lookups, which record their answers after the call returned.
     egress: Arc<egress::Egress>,
     /// What its sockets may hold in the host, and how many it may have.
     budget: Arc<SocketBudget>,
+    /// Where its sockets count their bytes (`None`: not counted).
+    counters: Option<Arc<crate::counters::ContainerCounters>>,
 }
 
 impl std::fmt::Debug for ContainerNet {
@@ -775,6 +789,17 @@ impl std::fmt::Debug for ContainerNet {
 }
 
 impl ContainerNet {
+    /// Counts the bytes of this attachment's sockets into the container's counters.
+    pub fn counting_into(mut self, counters: Arc<crate::counters::ContainerCounters>) -> ContainerNet {
+        self.counters = Some(counters);
+        self
+    }
+
+    /// The counters its sockets count their bytes into, if any.
+    pub fn counters(&self) -> Option<&Arc<crate::counters::ContainerCounters>> {
+        self.counters.as_ref()
+    }
+
     /// The pod network this container is attached to.
     pub fn pod(&self) -> &Arc<PodNetwork> {
         &self.net
@@ -799,7 +824,8 @@ impl ContainerNet {
     /// [`egress::Egress::dial_outside`]. `what` names the request in a denial report.
     pub async fn dial_outside(&self, host: &str, port: u16, what: &str) -> Result<egress::OutsideConnection, NetError> {
         self.check_attached()?;
-        self.egress.clone().dial_outside(host, port, what).await
+        let connection = self.egress.clone().dial_outside(host, port, what).await?;
+        Ok(connection.counting_into(self.counters.clone()))
     }
 
     pub(crate) fn owner(&self) -> Owner {

@@ -15,6 +15,8 @@ use super::lookup::{self, Resolution};
 use super::tcp::{Family, VTcpSocket};
 use super::udp::{UdpIncoming, UdpOutgoing, VUdpSocket};
 use super::{ContainerNet, NetError};
+use crate::counters::{ContainerCounters, Peer};
+use bytes::Bytes;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use tokio::sync::oneshot;
@@ -30,7 +32,7 @@ use wasmtime_wasi::p2::bindings::sockets::udp::{self, IncomingDatagramStream, Ou
 use wasmtime_wasi::p2::bindings::sockets::udp_create_socket;
 use wasmtime_wasi::p2::{SocketError, SocketResult, TcpSocket};
 use wasmtime_wasi_io::poll::{DynPollable, Pollable, subscribe};
-use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream};
+use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream, InputStream, OutputStream, StreamResult};
 
 /// What the socket host functions borrow from a container's Store data.
 pub struct NetCtxView<'a> {
@@ -216,14 +218,29 @@ impl NetCtxView<'_> {
 
     /// Pushes a connection's streams as children of the socket (so the guest must drop them
     /// before the socket, as with wasmtime's own sockets).
+    /// Streams of a container with counters count their bytes (see [`Counted`]).
     fn push_streams(
         &mut self,
         parent: &Resource<VTcpSocket>,
         rx: super::pipe::PipeReader,
         tx: super::pipe::PipeWriter,
+        peer: Peer,
     ) -> SocketResult<(Resource<DynInputStream>, Resource<DynOutputStream>)> {
-        let input: DynInputStream = Box::new(rx);
-        let output: DynOutputStream = Box::new(tx);
+        let (input, output): (DynInputStream, DynOutputStream) = match self.net.counters() {
+            Some(counters) => (
+                Box::new(Counted {
+                    stream: rx,
+                    counters: counters.clone(),
+                    peer,
+                }),
+                Box::new(Counted {
+                    stream: tx,
+                    counters: counters.clone(),
+                    peer,
+                }),
+            ),
+            None => (Box::new(rx), Box::new(tx)),
+        };
         let input = self.table.push_child(input, parent)?;
         let output = self.table.push_child(output, parent)?;
         Ok((input, output))
@@ -297,8 +314,14 @@ impl tcp::HostTcpSocket for NetCtxView<'_> {
         &mut self,
         this: Resource<TcpSocket>,
     ) -> SocketResult<(Resource<DynInputStream>, Resource<DynOutputStream>)> {
-        let (rx, tx) = self.sock(&this)?.finish_connect().map_err(err)?;
-        self.push_streams(&as_vsock(&this), rx, tx)
+        let sock = self.sock(&this)?;
+        let (rx, tx) = sock.finish_connect().map_err(err)?;
+        // Connected: the remote address is known, and says whether the peer is in the pod.
+        let peer = match sock.remote_address() {
+            Ok(remote) if !super::is_pod_address(remote.ip()) => Peer::Egress,
+            _ => Peer::Pod,
+        };
+        self.push_streams(&as_vsock(&this), rx, tx, peer)
     }
 
     async fn start_listen(&mut self, this: Resource<TcpSocket>) -> SocketResult<()> {
@@ -317,7 +340,8 @@ impl tcp::HostTcpSocket for NetCtxView<'_> {
         let net = self.net;
         let (sock, rx, tx) = self.sock(&this)?.accept(net).map_err(err)?;
         let sock = self.table.push(sock)?;
-        let (input, output) = self.push_streams(&sock, rx, tx)?;
+        // Only the pod's own network reaches a listener (the front proxy forwards into it).
+        let (input, output) = self.push_streams(&sock, rx, tx, Peer::Pod)?;
         Ok((as_wasi_sock(sock), input, output))
     }
 
@@ -575,6 +599,10 @@ impl udp::HostIncomingDatagramStream for NetCtxView<'_> {
     ) -> SocketResult<Vec<udp::IncomingDatagram>> {
         let s = self.table.get_mut(&retype::<_, UdpIncoming>(&this))?;
         let got = s.receive(max_results).map_err(err)?;
+        if let Some(counters) = self.net.counters() {
+            // UDP never leaves the pod.
+            counters.record_received(Peer::Pod, got.iter().map(|(data, _)| data.len()).sum());
+        }
         Ok(got
             .into_iter()
             .map(|(data, from)| udp::IncomingDatagram {
@@ -614,11 +642,18 @@ impl udp::HostOutgoingDatagramStream for NetCtxView<'_> {
                 "unpermitted: argument exceeds permitted size"
             )));
         }
+        // What each datagram weighs, for the ones that get sent (UDP never leaves the pod).
+        let lengths: Option<Vec<usize>> = net.counters().map(|_| datagrams.iter().map(|d| d.data.len()).collect());
         let datagrams = datagrams
             .into_iter()
             .map(|d| (d.data, d.remote_address.map(SocketAddr::from)))
             .collect();
-        s.send(net, datagrams).map_err(err)
+        let sent = s.send(net, datagrams).map_err(err)?;
+        if let (Some(counters), Some(lengths)) = (net.counters(), lengths) {
+            let count = usize::try_from(sent).unwrap_or(usize::MAX);
+            counters.record_sent(Peer::Pod, lengths.iter().take(count).sum());
+        }
+        Ok(sent)
     }
 
     fn subscribe(&mut self, this: Resource<OutgoingDatagramStream>) -> wasmtime::Result<Resource<DynPollable>> {
@@ -628,6 +663,57 @@ impl udp::HostOutgoingDatagramStream for NetCtxView<'_> {
     async fn drop(&mut self, this: Resource<OutgoingDatagramStream>) -> wasmtime::Result<()> {
         // Sends complete synchronously, so there is nothing to wait for.
         self.table.delete(retype::<_, UdpOutgoing>(&this))?;
+        Ok(())
+    }
+}
+
+/// A connection's stream that counts the bytes the guest reads or writes through it into its
+/// container's counters: one relaxed add per successful call, nothing else added.
+struct Counted<S> {
+    stream: S,
+    counters: std::sync::Arc<ContainerCounters>,
+    peer: Peer,
+}
+
+#[async_trait::async_trait]
+impl<S: Pollable> Pollable for Counted<S> {
+    async fn ready(&mut self) {
+        self.stream.ready().await
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: InputStream> InputStream for Counted<S> {
+    fn read(&mut self, size: usize) -> StreamResult<Bytes> {
+        let bytes = self.stream.read(size)?;
+        self.counters.record_received(self.peer, bytes.len());
+        Ok(bytes)
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: OutputStream> OutputStream for Counted<S> {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        let len = bytes.len();
+        self.stream.write(bytes)?;
+        self.counters.record_sent(self.peer, len);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        self.stream.flush()
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        self.stream.check_write()
+    }
+
+    /// The inner stream's own (a pipe has a cheaper one than the default); bytes are counted
+    /// when it succeeds.
+    async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> StreamResult<()> {
+        let len = bytes.len();
+        self.stream.blocking_write_and_flush(bytes).await?;
+        self.counters.record_sent(self.peer, len);
         Ok(())
     }
 }

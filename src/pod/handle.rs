@@ -133,6 +133,8 @@ pub(super) struct Parts {
     pub(super) network: Arc<PodNetwork>,
     /// The pod's http containers by port (outgoing routes and probes call them in-process).
     pub(super) http_ports: Arc<HttpPorts>,
+    /// Every container's traffic and resource counters (see [`Pod::container_metrics`]).
+    pub(super) counters: Arc<crate::counters::PodCounters>,
 }
 
 /// The pod's host resources while it runs.
@@ -197,6 +199,7 @@ impl Pod {
                 events,
                 network,
                 http_ports: Arc::new(HttpPorts::default()),
+                counters: crate::counters::PodCounters::new(),
             }),
             state,
             controls,
@@ -354,6 +357,13 @@ impl Pod {
     pub fn exposed(&self) -> Option<(ProxyTarget, tokio::sync::watch::Receiver<bool>)> {
         let target = lock(&self.held.target).clone()?;
         Some((target, self.state.front_ready()))
+    }
+
+    /// Each container's counters since the pod started (requests, latency, network bytes,
+    /// egress denials, guest time, memory held now), in spec order; a container appears once
+    /// its start was prepared. They survive restarts and hot swaps.
+    pub fn container_metrics(&self) -> Vec<crate::counters::ContainerMetrics> {
+        self.parts.counters.snapshot()
     }
 
     /// The pod's virtual network: connect into any container's port from the host side.

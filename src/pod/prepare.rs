@@ -84,6 +84,7 @@ impl Pod {
             events: shared.events.clone(),
             network: shared.network.clone(),
             routes: Arc::new(PodRoutes::new(shared.network.clone(), shared.http_ports.clone())),
+            counters: shared.counters.clone(),
         }
     }
 
