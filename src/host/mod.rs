@@ -330,7 +330,7 @@ impl Host {
             match running.update(spec.clone()).await {
                 Ok(_) => {
                     if persist {
-                        store.put_pod(name, text)?;
+                        self.persist(name, text).await?;
                     }
                     if let Some(deployed) = pods.get_mut(name) {
                         deployed.text = text.to_string();
@@ -346,7 +346,7 @@ impl Host {
         // The new pod starts before the old one stops: a spec that compiles nowhere never
         // takes the running pod down, and http traffic moves over without a gap.
         pod.start().await.map_err(start_error)?;
-        if persist && let Err(e) = store.put_pod(name, text) {
+        if persist && let Err(e) = self.persist(name, text).await {
             pod.stop().await;
             return Err(e.into());
         }
@@ -369,13 +369,31 @@ impl Host {
         }
     }
 
+    /// Writes pod `name`'s spec durably (temp file, fsync, rename, directory fsync) on a
+    /// blocking thread: an fsync can take a disk's whole journal commit (tens to hundreds of
+    /// milliseconds on a busy disk), and on a runtime worker it would stall the shared
+    /// entrance's requests with it.
+    async fn persist(&self, name: &str, text: &str) -> Result<(), HostError> {
+        let host = self.clone();
+        let (name, text) = (name.to_string(), text.to_string());
+        let path = self.inner.store.pod_path(&name);
+        tokio::task::spawn_blocking(move || host.inner.store.put_pod(&name, &text))
+            .await
+            .map_err(|e| joined(e, path))?
+            .map_err(HostError::from)
+    }
+
     /// Stops and forgets pod `name`.
     pub async fn delete(&self, name: &str) -> Result<(), HostError> {
         let mut pods = self.inner.pods.lock().await;
         if !pods.contains_key(name) {
             return Err(HostError::NoSuchPod(name.to_string()));
         }
-        self.inner.store.remove_pod(name)?;
+        let host = self.clone();
+        let forget = name.to_string();
+        tokio::task::spawn_blocking(move || host.inner.store.remove_pod(&forget))
+            .await
+            .map_err(|e| joined(e, self.inner.store.pod_path(name)))??;
         self.route(name, None);
         lock(&self.inner.host_ports).remove(name);
         let removed = pods.remove(name);
@@ -534,6 +552,15 @@ impl Host {
                 routes.by_name.remove(name);
             }
         }
+    }
+}
+
+/// A blocking store task that did not finish (it panicked) as a store error.
+fn joined(e: tokio::task::JoinError, path: PathBuf) -> StoreError {
+    StoreError::Io {
+        what: "cannot write",
+        path,
+        source: std::io::Error::other(e.to_string()),
     }
 }
 
