@@ -18,6 +18,7 @@
 #
 #   benches/edge_host.sh                 # 10,000 pods, about 10 minutes
 #   benches/edge_host.sh --pods 2000 --rps-for 10s
+#   benches/edge_host.sh --containers 1     # pods of one http container (RSS per container)
 #
 # Needs: cargo, curl, python3, wrk. Honours CARGO_TARGET_DIR; WASMPOD=path skips the build.
 set -euo pipefail
@@ -29,12 +30,14 @@ pods=10000
 routed=1000
 rps_for=15s
 tmpfs_pods=2000
+containers=3
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --pods) pods=$2; shift 2 ;;
         --routed) routed=$2; shift 2 ;;
         --rps-for) rps_for=$2; shift 2 ;;
         --tmpfs-pods) tmpfs_pods=$2; shift 2 ;;
+        --containers) containers=$2; shift 2 ;;
         -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "edge_host.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -68,24 +71,12 @@ trap cleanup EXIT
 mkdir -m 700 "$work/run"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-cat >"$work/seed.toml" <<EOF
-name = "p-0"
-termination_grace_period = "1s"
-[expose]
-port = 8080
-[[containers]]
-name = "web"
-component = "$guests/hello_http.wasm"
-ports = [8080]
-[[containers]]
-name = "api"
-component = "$guests/hello_http.wasm"
-ports = [8081]
-[[containers]]
-name = "admin"
-component = "$guests/hello_http.wasm"
-ports = [8082]
-EOF
+{
+    printf 'name = "p-0"\ntermination_grace_period = "1s"\n[expose]\nport = 8080\n'
+    for ((c = 0; c < containers; c++)); do
+        printf '[[containers]]\nname = "web-%d"\ncomponent = "%s"\nports = [%d]\n' "$c" "$guests/hello_http.wasm" $((8080 + c))
+    done
+} >"$work/seed.toml"
 
 # Starts a host on state dir $1, waits until it serves; sets $host, $socket, $http.
 start_host() {
