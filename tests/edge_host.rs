@@ -1011,3 +1011,24 @@ async fn ps_logs_and_events_list_and_follow_host_pods() {
         "{seen:?}"
     );
 }
+
+/// An update that changes only `[expose] hostnames` (updated in place) moves the routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_of_the_hostnames_moves_the_routes() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let serving = start_host(state.path()).await;
+    let client = api_client(&serving);
+    let http = serving.http_addr.unwrap();
+    let spec = hello_spec(work.path(), "");
+    assert_eq!(client.apply(&spec).await.unwrap(), "created");
+    assert_eq!(get(http, "hello.example.com", "/").await.0, StatusCode::OK);
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("hello.example.com", "hi.example.com");
+    std::fs::write(&spec, text).unwrap();
+    assert_eq!(client.apply(&spec).await.unwrap(), "updated");
+    assert_eq!(get(http, "hi.example.com", "/").await.0, StatusCode::OK);
+    assert_eq!(get(http, "hello.example.com", "/").await.0, StatusCode::NOT_FOUND);
+    serving.shutdown().await;
+}

@@ -135,6 +135,8 @@ impl Applied {
 struct Deployed {
     pod: Arc<Pod>,
     text: String,
+    /// The memory its containers declare together (for `max_total_memory`).
+    memory: u64,
 }
 
 /// The edge host. Cheap to clone; every clone is the same host.
@@ -147,8 +149,10 @@ struct Inner {
     store: Store,
     limits: HostLimits,
     engine: Option<Engine>,
-    /// Serialises applies and deletes: each one is a whole step (start, store, swap, stop).
+    /// The deployed pods. Held to check and to commit an apply or delete, not across one.
     pods: AsyncMutex<BTreeMap<String, Deployed>>,
+    /// Pod name → the lock that takes its applies and deletes one at a time.
+    turns: std::sync::Mutex<std::collections::HashMap<String, Arc<AsyncMutex<()>>>>,
     /// Host name → pod, read by the shared entrance on every request.
     routes: RwLock<Routes>,
     /// What opening the state directory found wrong.
@@ -229,6 +233,7 @@ impl Host {
                 limits: config.limits,
                 engine: config.engine,
                 pods: AsyncMutex::new(BTreeMap::new()),
+                turns: std::sync::Mutex::new(std::collections::HashMap::new()),
                 routes: RwLock::new(Routes::default()),
                 load_problems: std::sync::Mutex::new(Vec::new()),
                 draining: false.into(),
@@ -285,17 +290,25 @@ impl Host {
         if !is_dns_label(name) {
             return Err(HostError::BadName(name.to_string()));
         }
-        if self.inner.draining.load(std::sync::atomic::Ordering::Acquire) {
+        if self.draining() {
             return Err(HostError::ShuttingDown);
         }
-        let mut pods = self.inner.pods.lock().await;
-        let existing = pods.get(name);
-        if existing.is_some_and(|d| d.text == text) {
-            return Ok(Applied::Unchanged);
-        }
-        if existing.is_none() && pods.len() >= self.inner.limits.max_pods {
-            return Err(HostError::TooManyPods(self.inner.limits.max_pods));
-        }
+        // One apply or delete of a name at a time. Applies of different names run side by
+        // side: the host-wide lock is held only to check and to commit, never across a compile,
+        // a start or an fsync, so a cached pod is not kept waiting behind another pod's compile.
+        let turn = self.name_turn(name);
+        let _turn = turn.lock().await;
+        let running = {
+            let pods = self.inner.pods.lock().await;
+            let existing = pods.get(name);
+            if existing.is_some_and(|d| d.text == text) {
+                return Ok(Applied::Unchanged);
+            }
+            if existing.is_none() && pods.len() >= self.inner.limits.max_pods {
+                return Err(HostError::TooManyPods(self.inner.limits.max_pods));
+            }
+            existing.map(|deployed| deployed.pod.clone())
+        };
         let store = &self.inner.store;
         let spec = PodSpec::from_toml_with_blobs(text, &store.pod_path(name), &store.blob_dir())?;
         if spec.name != name {
@@ -304,15 +317,7 @@ impl Host {
                 path: name.to_string(),
             });
         }
-        self.check_hostnames(&spec)?;
-        if let Some(cap) = self.inner.limits.max_total_memory {
-            let others = pods
-                .iter()
-                .filter(|(other, _)| other.as_str() != name)
-                .map(|(_, deployed)| memory_of(&deployed.pod.current_spec()).unwrap_or(0))
-                .sum::<u64>();
-            check_memory(&spec, others, cap)?;
-        }
+        self.admit(&*self.inner.pods.lock().await, &spec, running.is_some())?;
         let port_change = self.claim_host_port(name, spec.host_port)?;
         let options = PodOptions {
             engine: self.inner.engine.clone(),
@@ -326,15 +331,18 @@ impl Host {
         // A running pod swaps only the containers whose spec or component changed, the rest
         // keep running with their connections; what an update cannot change in place (volumes,
         // expose, the set of containers, ...) falls back to replacing the whole pod.
-        if let Some(running) = pods.get(name).map(|deployed| deployed.pod.clone()) {
+        if let Some(running) = running {
             match running.update(spec.clone()).await {
                 Ok(_) => {
                     if persist {
-                        store.put_pod(name, text)?;
+                        self.persist(name, text).await?;
                     }
+                    let mut pods = self.inner.pods.lock().await;
                     if let Some(deployed) = pods.get_mut(name) {
                         deployed.text = text.to_string();
+                        deployed.memory = memory_of(&spec).unwrap_or(0);
                     }
+                    self.route(name, Some((&running, spec.hostnames.as_slice())));
                     self.commit_host_port(name, port_change, &running);
                     return Ok(Applied::Updated);
                 }
@@ -342,21 +350,36 @@ impl Host {
                 Err(source) => return Err(start_error(source)),
             }
         }
+        let memory = memory_of(&spec).unwrap_or(0);
+        let hostnames = spec.hostnames.clone();
         let pod = Arc::new(Pod::with_options(spec, options).map_err(start_error)?);
         // The new pod starts before the old one stops: a spec that compiles nowhere never
         // takes the running pod down, and http traffic moves over without a gap.
         pod.start().await.map_err(start_error)?;
-        if persist && let Err(e) = store.put_pod(name, text) {
+        if persist && let Err(e) = self.persist(name, text).await {
             pod.stop().await;
-            return Err(e.into());
+            return Err(e);
         }
-        self.route(name, Some(&pod));
+        let mut pods = self.inner.pods.lock().await;
+        // Other names were applied meanwhile: the host-wide caps are checked again.
+        let admitted = if self.draining() {
+            Err(HostError::ShuttingDown)
+        } else {
+            self.admit(&pods, pod.spec(), pods.contains_key(name))
+        };
+        if let Err(e) = admitted {
+            drop(pods);
+            pod.stop().await;
+            return Err(e);
+        }
+        self.route(name, Some((&pod, hostnames.as_slice())));
         self.commit_host_port(name, port_change, &pod);
         let old = pods.insert(
             name.to_string(),
             Deployed {
                 pod,
                 text: text.to_string(),
+                memory,
             },
         );
         drop(pods);
@@ -369,13 +392,63 @@ impl Host {
         }
     }
 
+    fn draining(&self) -> bool {
+        self.inner.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The lock that takes applies and deletes of `name` one at a time. Entries nobody holds
+    /// are dropped as new ones are made, so the table stays as large as the applies in flight.
+    fn name_turn(&self, name: &str) -> Arc<AsyncMutex<()>> {
+        let mut turns = lock(&self.inner.turns);
+        turns.retain(|_, turn| Arc::strong_count(turn) > 1);
+        turns.entry(name.to_string()).or_default().clone()
+    }
+
+    /// The host-wide checks of a pod about to run: the pod cap (for a new name), hostnames no
+    /// other pod routes, the memory cap.
+    fn admit(&self, pods: &BTreeMap<String, Deployed>, spec: &PodSpec, replacing: bool) -> Result<(), HostError> {
+        if !replacing && pods.len() >= self.inner.limits.max_pods {
+            return Err(HostError::TooManyPods(self.inner.limits.max_pods));
+        }
+        self.check_hostnames(spec)?;
+        if let Some(cap) = self.inner.limits.max_total_memory {
+            let others = pods
+                .iter()
+                .filter(|(other, _)| **other != spec.name)
+                .map(|(_, deployed)| deployed.memory)
+                .sum::<u64>();
+            check_memory(spec, others, cap)?;
+        }
+        Ok(())
+    }
+
+    /// Writes pod `name`'s spec durably (temp file, fsync, rename, directory fsync) on a
+    /// blocking thread: an fsync can take a disk's whole journal commit (tens to hundreds of
+    /// milliseconds on a busy disk), and on a runtime worker it would stall the shared
+    /// entrance's requests with it.
+    async fn persist(&self, name: &str, text: &str) -> Result<(), HostError> {
+        let host = self.clone();
+        let (name, text) = (name.to_string(), text.to_string());
+        let path = self.inner.store.pod_path(&name);
+        tokio::task::spawn_blocking(move || host.inner.store.put_pod(&name, &text))
+            .await
+            .map_err(|e| joined(e, path))?
+            .map_err(HostError::from)
+    }
+
     /// Stops and forgets pod `name`.
     pub async fn delete(&self, name: &str) -> Result<(), HostError> {
+        let turn = self.name_turn(name);
+        let _turn = turn.lock().await;
         let mut pods = self.inner.pods.lock().await;
         if !pods.contains_key(name) {
             return Err(HostError::NoSuchPod(name.to_string()));
         }
-        self.inner.store.remove_pod(name)?;
+        let host = self.clone();
+        let forget = name.to_string();
+        tokio::task::spawn_blocking(move || host.inner.store.remove_pod(&forget))
+            .await
+            .map_err(|e| joined(e, self.inner.store.pod_path(name)))??;
         self.route(name, None);
         lock(&self.inner.host_ports).remove(name);
         let removed = pods.remove(name);
@@ -519,13 +592,13 @@ impl Host {
         Ok(())
     }
 
-    /// Points `name` (and its hostnames) at `pod`, or removes its routes.
-    fn route(&self, name: &str, pod: Option<&Arc<Pod>>) {
+    /// Points `name` and `hostnames` at `pod`, or removes its routes.
+    fn route(&self, name: &str, pod: Option<(&Arc<Pod>, &[String])>) {
         let mut routes = write(&self.inner.routes);
         routes.by_hostname.retain(|_, owner| owner != name);
         match pod {
-            Some(pod) => {
-                for hostname in &pod.spec().hostnames {
+            Some((pod, hostnames)) => {
+                for hostname in hostnames {
                     routes.by_hostname.insert(hostname.clone(), name.to_string());
                 }
                 routes.by_name.insert(name.to_string(), pod.clone());
@@ -534,6 +607,15 @@ impl Host {
                 routes.by_name.remove(name);
             }
         }
+    }
+}
+
+/// A blocking store task that did not finish (it panicked) as a store error.
+fn joined(e: tokio::task::JoinError, path: PathBuf) -> StoreError {
+    StoreError::Io {
+        what: "cannot write",
+        path,
+        source: std::io::Error::other(e.to_string()),
     }
 }
 
