@@ -17,6 +17,9 @@ mod fault_cli;
 use clap::{Parser, Subcommand};
 
 #[cfg(unix)]
+#[path = "cli/apply_run.rs"]
+mod apply_run_cli;
+#[cfg(unix)]
 #[path = "cli/host.rs"]
 mod host_cli;
 use tokio::io::AsyncWriteExt;
@@ -112,7 +115,8 @@ enum Command {
     /// Run an edge host in the foreground: many pods, an API, one shared HTTP entrance.
     #[cfg(unix)]
     Host(host_cli::HostArgs),
-    /// Create or update a pod on a host from its spec (uploads the components it lacks).
+    /// Create or update a pod on a host from its spec (uploads the components it lacks); with no
+    /// host named, a local `wasmpod run` of the spec's pod takes it when one runs.
     #[cfg(unix)]
     Apply {
         /// The pod spec.

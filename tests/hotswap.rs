@@ -461,17 +461,6 @@ async fn swap_numbers() {
         }
         took
     }
-    fn percentiles(mut all: Vec<Duration>) -> String {
-        all.sort();
-        let at = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-        format!(
-            "{} requests, p50 {:?}, p99 {:?}, max {:?}",
-            all.len(),
-            at(0.5),
-            at(0.99),
-            all[all.len() - 1]
-        )
-    }
     async fn run_clients(addr: std::net::SocketAddr, during: impl std::future::Future<Output = ()>) -> String {
         let done = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (0..4).map(|_| tokio::spawn(load(addr, done.clone()))).collect();
@@ -529,4 +518,211 @@ async fn a_new_version_that_fails_its_readiness_probe_is_not_swapped_in() {
         "{source}"
     );
     assert!(pod.get("/env").await.unwrap().text().contains("VERSION=0"));
+}
+
+/// `GET path` through the front proxy at `addr` on a new connection (the webserver closes
+/// each): the body, or why it failed.
+async fn get_once(addr: std::net::SocketAddr, path: &str) -> Result<String, String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .map_err(|_| "no answer in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    if response.status() != hyper::StatusCode::OK {
+        return Err(format!("status {}", response.status()));
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+fn percentiles(mut all: Vec<Duration>) -> String {
+    all.sort();
+    let at = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    format!(
+        "{} requests, p50 {:?}, p99 {:?}, max {:?}",
+        all.len(),
+        at(0.5),
+        at(0.99),
+        all[all.len() - 1]
+    )
+}
+
+/// Numbers for BENCHMARKS.md, not a check: `cargo test --test hotswap -- --ignored --nocapture
+/// surge_numbers`. A command web server (one connection at a time, `Connection: close`) behind
+/// the front proxy, 2 clients each opening a new connection per request: latency while nothing
+/// happens and while it surges 10 times, failed requests, and the update call to new version
+/// serving. Grace period 1 s (the webserver ignores its stdin, so each old version is
+/// cancelled 1 s after it drained).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "measurement, run by hand"]
+async fn surge_numbers() {
+    let pod = surge_pod("surge-numbers", Duration::from_secs(1), false).await;
+    pod.wait_ready().await.unwrap();
+    let addr = pod.proxy_addr().expect("exposed");
+
+    async fn run_clients(
+        addr: std::net::SocketAddr,
+        during: impl std::future::Future<Output = ()>,
+    ) -> (String, Vec<String>) {
+        let done = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..2)
+            .map(|_| {
+                let done = done.clone();
+                tokio::spawn(async move {
+                    let (mut took, mut failed) = (Vec::new(), Vec::new());
+                    while !done.load(Ordering::Acquire) {
+                        let started = std::time::Instant::now();
+                        match get_once(addr, "/version").await {
+                            Ok(_) => took.push(started.elapsed()),
+                            Err(e) => failed.push(e),
+                        }
+                    }
+                    (took, failed)
+                })
+            })
+            .collect();
+        during.await;
+        done.store(true, Ordering::Release);
+        let (mut all, mut failed) = (Vec::new(), Vec::new());
+        for client in clients {
+            let (took, f) = client.await.unwrap();
+            all.extend(took);
+            failed.extend(f);
+        }
+        (percentiles(all), failed)
+    }
+
+    let (steady, steady_failed) = run_clients(addr, tokio::time::sleep(Duration::from_secs(3))).await;
+    let mut swaps = Vec::new();
+    let (during, during_failed) = run_clients(addr, async {
+        for version in 2..=11u32 {
+            let mut spec = pod.pod().current_spec();
+            spec.containers[0].env.insert("VERSION".into(), version.to_string());
+            let report = pod.update(spec).await.expect("update applies");
+            swaps.push(report.updated[0].took);
+            // The old version drains and is stopped before the container takes the next
+            // update: wait for that, so each figure is one surge's own.
+            let stopped = version as usize - 1;
+            pod.wait_until("the old version is stopped", |pod| {
+                pod.events()
+                    .all()
+                    .iter()
+                    .filter(
+                        |e| matches!(&e.kind, EventKind::Warning { message } if message.contains("after its update")),
+                    )
+                    .count()
+                    >= stopped
+            })
+            .await
+            .unwrap();
+        }
+    })
+    .await;
+    swaps.sort();
+    eprintln!(
+        "steady:        {steady}, {} failed {steady_failed:?}",
+        steady_failed.len()
+    );
+    eprintln!(
+        "during surges: {during}, {} failed {during_failed:?}",
+        during_failed.len()
+    );
+    eprintln!(
+        "update call to new version serving (10 surges): min {:?}, median {:?}, max {:?}",
+        swaps[0], swaps[5], swaps[9]
+    );
+}
+
+/// Numbers for BENCHMARKS.md, not a check: `cargo test --test hotswap -- --ignored --nocapture
+/// watch_numbers`. `run --watch`'s path (the library's `watch`) on an http container behind the
+/// front proxy: the time from a component file replaced (a rebuilt file renamed over the old
+/// one) to its `updated` event (the new version serves), and from a spec edit to the first
+/// response from the new version. Both include the 200 ms the watcher waits for files to settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "measurement, run by hand"]
+async fn watch_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("web.wasm");
+    let original = std::fs::read(guest("hello_http")).unwrap();
+    std::fs::write(&component, &original).unwrap();
+    let spec_file = dir.path().join("wasmpod.toml");
+    let spec_text = |version: u32| {
+        format!(
+            "name = \"watched\"\n[expose]\nport = 8080\n[[containers]]\nname = \"web\"\ncomponent = \"web.wasm\"\nports = [8080]\nenv = {{ VERSION = \"{version}\" }}\n"
+        )
+    };
+    std::fs::write(&spec_file, spec_text(0)).unwrap();
+    let options = wasmpod::PodOptions {
+        engine: Some(engine()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..wasmpod::PodOptions::default()
+    };
+    let pod = Arc::new(wasmpod::Pod::with_options(PodSpec::from_file(&spec_file).unwrap(), options).unwrap());
+    pod.start().await.unwrap();
+    let addr = pod.proxy_addr().unwrap();
+    let version = |addr| async move { get_version(&mut connection(addr).await, addr).await };
+    wait_for_answers(|| pod.status().containers[0].ready).await;
+    let _notes = wasmpod::watch::watch(pod.clone(), &spec_file).unwrap();
+    let updated = || {
+        pod.events()
+            .all()
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Updated { .. }))
+            .count()
+    };
+    let replace = |path: &std::path::Path, bytes: &[u8]| {
+        let new = path.with_extension("new");
+        std::fs::write(&new, bytes).unwrap();
+        std::fs::rename(&new, path).unwrap();
+    };
+
+    let (mut rebuilt, mut edited) = (Vec::new(), Vec::new());
+    for round in 1..=10u32 {
+        // A rebuilt component: a custom section appended (other bytes, same behaviour).
+        let before = updated();
+        let mut bytes = original.clone();
+        let payload = format!("\x07rebuilt{round:02}");
+        bytes.push(0);
+        bytes.push(payload.len() as u8);
+        bytes.extend_from_slice(payload.as_bytes());
+        let started = std::time::Instant::now();
+        replace(&component, &bytes);
+        wait_for_answers(|| updated() > before).await;
+        rebuilt.push(started.elapsed());
+
+        // A spec edit: a new VERSION, seen in a response.
+        let started = std::time::Instant::now();
+        replace(&spec_file, spec_text(round).as_bytes());
+        loop {
+            if version(addr).await == Ok(round) {
+                break;
+            }
+            assert!(started.elapsed() < DEADLINE, "version {round} never served");
+        }
+        edited.push(started.elapsed());
+    }
+    rebuilt.sort();
+    edited.sort();
+    eprintln!(
+        "component file replaced to new version serving (10): min {:?}, median {:?}, max {:?}",
+        rebuilt[0], rebuilt[5], rebuilt[9]
+    );
+    eprintln!(
+        "spec edit to first response from the new version (10): min {:?}, median {:?}, max {:?}",
+        edited[0], edited[5], edited[9]
+    );
+    pod.stop().await;
 }

@@ -185,6 +185,10 @@ pub fn host(args: HostArgs) -> ExitCode {
 
 /// `wasmpod apply -f SPEC`: prints created / updated / unchanged.
 pub fn apply(spec: &Path, flag: &HostFlag) -> ExitCode {
+    // A local `wasmpod run` of the spec's pod takes it when no host is named.
+    if let Some(code) = crate::apply_run_cli::apply_to_local_run(spec, flag.host.is_some()) {
+        return code;
+    }
     with_client(flag, |client| async move { client.apply(spec).await })
 }
 
