@@ -13,6 +13,7 @@
 #
 #   benches/tiered_start.sh                        # every component that can be built here
 #   benches/tiered_start.sh --only js --rounds 2 --slices 5 --duration 5s
+#   WASMPOD=/path/to/release/wasmpod benches/tiered_start.sh   # that binary, no cargo build
 #
 # Components:
 #   rust    guests/hello-http (built by cargo's build script)
@@ -46,7 +47,7 @@ while [[ $# -gt 0 ]]; do
         --connections) connections=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "tiered_start.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -56,17 +57,20 @@ note() { echo "== $*" >&2; }
 command -v wrk >/dev/null || die "wrk is missing: apt-get install -y wrk"
 command -v python3 >/dev/null || die "python3 is missing"
 
-note "building wasmpod (cargo build --release; the build script builds the guests)"
-cargo build --release --bin wasmpod >&2
-[[ -x $TARGET/release/wasmpod ]] || die "no $TARGET/release/wasmpod after cargo build --release"
+if [[ -z ${WASMPOD:-} ]]; then
+    note "building wasmpod (cargo build --release; the build script builds the guests)"
+    cargo build --release --bin wasmpod >&2
+    WASMPOD=$TARGET/release/wasmpod
+fi
+[[ -x $WASMPOD ]] || die "no $WASMPOD"
 RUST_HELLO=$ROOT/guests/target/wasm32-wasip2/release/hello_http.wasm
 [[ -f $RUST_HELLO ]] || die "no $RUST_HELLO"
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 # A copy: a shared target dir may get another checkout's binary while this runs.
+cp "$WASMPOD" "$WORK/wasmpod"
 WASMPOD=$WORK/wasmpod
-cp "$TARGET/release/wasmpod" "$WASMPOD"
 mkdir -p "$TOOLS/components"
 
 # The wasi:http WIT that wasmtime-wasi-http 48 serves (from the cargo registry).

@@ -33,7 +33,9 @@
 //!   code ([`Engine::compile`] answers with the optimized component once it exists).
 //! - Background compiles run one at a time on one worker thread per engine, fed by a bounded
 //!   queue, inside a thread pool of their own whose threads run at a lower CPU priority
-//!   (`nice` 10 on Linux) than the threads that serve. [`Engine::pause_tier_up`] holds them.
+//!   (`nice` 10 on Linux) than the threads that serve; one starts only while no compile that a
+//!   start waits for runs (another container's baseline compile), and [`Engine::pause_tier_up`]
+//!   holds them.
 //!   A process that exits with background compiles unfinished abandons them (the next start
 //!   compiles again), finishing only a cache file being written; a caller that wants the
 //!   cache filled waits first with [`Engine::finish_tier_up`] (`wasmpod run` does when its pod
@@ -361,6 +363,7 @@ impl EngineBuilder {
                 backlog: Arc::new(Backlog::default()),
                 gate: Arc::new(TierUpGate {
                     paused: Mutex::new(self.tier_up_paused),
+                    foreground: Mutex::new(0),
                     changed: Condvar::new(),
                 }),
             }),
@@ -496,18 +499,49 @@ extern "C" fn close_cache_at_exit() {
     CACHE_WRITES.close();
 }
 
-/// Holds background compiles while paused.
+/// Holds background compiles while paused, and while a compile that a start waits for runs
+/// in the foreground (the next container's baseline compile must not share the cores with
+/// the previous one's optimized compile: that is the time to its first answer).
 struct TierUpGate {
     paused: Mutex<bool>,
+    /// Foreground compiles running now.
+    foreground: Mutex<usize>,
     changed: Condvar,
 }
 
 impl TierUpGate {
+    /// Waits until background compiles may start: not paused, no foreground compile running.
     fn wait_open(&self) {
         let mut paused = lock(&self.paused);
-        while *paused {
+        loop {
+            if !*paused && *lock(&self.foreground) == 0 {
+                return;
+            }
             paused = self.changed.wait(paused).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Marks a foreground compile as running until the guard is dropped.
+    fn foreground(&self) -> ForegroundCompile<'_> {
+        *lock(&self.foreground) += 1;
+        ForegroundCompile { gate: self }
+    }
+}
+
+/// A foreground compile running (see [`TierUpGate::foreground`]).
+struct ForegroundCompile<'a> {
+    gate: &'a TierUpGate,
+}
+
+impl Drop for ForegroundCompile<'_> {
+    fn drop(&mut self) {
+        {
+            let mut running = lock(&self.gate.foreground);
+            *running = running.saturating_sub(1);
+        }
+        // Under the `paused` lock, so a waiter between its check and its wait cannot miss it.
+        let _paused = lock(&self.gate.paused);
+        self.gate.changed.notify_all();
     }
 }
 
@@ -698,6 +732,7 @@ impl Engine {
                 tier: self.main_tier(),
             });
         }
+        let _foreground = self.inner.gate.foreground();
         if self.inner.compiler == Compiler::Tiered {
             match self.baseline_engine() {
                 Ok(baseline) => match Component::new(&baseline, bytes) {
@@ -1166,5 +1201,41 @@ fn spawn_epoch_ticker(engine: &wasmtime::Engine, baseline: Arc<OnceLock<Result<w
     // Without a ticker, guests still run; they just cannot be preempted, so say so loudly.
     if let Err(e) = spawned {
         eprintln!("wasmpod: could not start the epoch ticker thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A background compile does not start while a foreground compile runs or while paused,
+    /// and starts once neither holds it.
+    #[test]
+    fn the_tier_up_gate_opens_when_no_foreground_compile_runs_and_not_paused() {
+        let gate = Arc::new(TierUpGate {
+            paused: Mutex::new(true),
+            foreground: Mutex::new(0),
+            changed: Condvar::new(),
+        });
+        let compiling = gate.foreground();
+        let (opened, open) = std::sync::mpsc::channel();
+        let waiter = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                gate.wait_open();
+                let _ = opened.send(());
+            })
+        };
+        // Held by both: unpausing alone does not open it.
+        *lock(&gate.paused) = false;
+        gate.changed.notify_all();
+        assert!(
+            open.recv_timeout(Duration::from_millis(100)).is_err(),
+            "a foreground compile holds it"
+        );
+        drop(compiling);
+        open.recv_timeout(Duration::from_secs(60))
+            .expect("open once the foreground compile ended");
+        waiter.join().expect("waiter");
     }
 }
