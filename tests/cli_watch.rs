@@ -172,21 +172,7 @@ fn run_watch_applies_spec_edits_and_rebuilt_components_and_refuses_an_invalid_sp
     let rebuilt_line = wait_line(&lines, &mut seen, |line| line.contains("job: updated (sha256:"));
     assert_ne!(rebuilt_line, updated);
 
-    let killed = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "wasmpod did not exit in time");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    assert!(status.success(), "{status:?}\n{}", seen.join());
+    terminate(child, &seen);
 }
 
 /// Stops `child` with SIGTERM and asserts it exits 0 in time.

@@ -388,6 +388,33 @@ async fn a_new_version_that_fails_at_start_is_stopped_and_the_old_one_serves_on(
 }
 
 #[tokio::test]
+async fn without_a_readiness_probe_the_new_version_takes_over_once_it_listens() {
+    let pod = TestPod::builder("surge-no-probe")
+        .engine(engine())
+        .grace_period(Duration::from_millis(200))
+        .expose(8080)
+        .container("web", guest("webserver"))
+        .args(["8080"])
+        .port(8080)
+        .env("VERSION", "1")
+        .start()
+        .await
+        .unwrap();
+    pod.wait_for_log("web", |line| line == "listening on port 8080")
+        .await
+        .unwrap();
+    let mut spec = pod.pod().current_spec();
+    spec.containers[0].env.insert("VERSION".into(), "2".into());
+
+    pod.update(spec).await.expect("the new version surges in");
+
+    // The update returned once the new version listened: the next connection is its.
+    assert_eq!(pod.get("/version").await.unwrap().text(), "2\n");
+    let web = events_of(&pod, "web");
+    assert!(!web.iter().any(|k| matches!(k, EventKind::Exited { .. })), "{web:?}");
+}
+
+#[tokio::test]
 async fn update_strategy_recreate_stops_the_old_version_before_the_new_one_starts() {
     let pod = surge_pod("surge-recreate", Duration::from_millis(300), false).await;
     pod.wait_ready().await.unwrap();
