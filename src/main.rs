@@ -528,18 +528,23 @@ fn list_pods(dir: &Path, running: &[String], json: bool) -> ExitCode {
             }
             return ExitCode::SUCCESS;
         }
-        let apps: Vec<_> = status.containers.iter().filter(|c| c.kind == "app").collect();
-        let running = apps.iter().filter(|c| c.state == "running").count();
-        rows.push(vec![
-            escape_control(&status.name).into_owned(),
-            escape_control(&status.phase).into_owned(),
-            format!("{running}/{} running", apps.len()),
-        ]);
+        rows.push(pod_row(&status));
     }
     if !json {
         out(&table(&rows));
     }
     ExitCode::SUCCESS
+}
+
+/// A pod's line in a list of pods: POD, PHASE, CONTAINERS (app containers running / all).
+fn pod_row(status: &control::StatusView) -> Vec<String> {
+    let apps: Vec<_> = status.containers.iter().filter(|c| c.kind == "app").collect();
+    let running = apps.iter().filter(|c| c.state == "running").count();
+    vec![
+        escape_control(&status.name).into_owned(),
+        escape_control(&status.phase).into_owned(),
+        format!("{running}/{} running", apps.len()),
+    ]
 }
 
 fn status_table(status: &control::StatusView) -> String {

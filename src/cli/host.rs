@@ -104,7 +104,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 use super::fail;
-use wasmpod::logs::escape_control;
 
 /// `wasmpod host`: runs until SIGTERM or Ctrl-C, then drains and exits 0.
 pub fn host(args: HostArgs) -> ExitCode {
@@ -331,14 +330,9 @@ pub fn ps(pod: Option<&str>, json: bool, flag: &HostFlag) -> Option<ExitCode> {
     }
     let mut rows = vec![["POD", "PHASE", "CONTAINERS", "WHERE"].map(String::from).to_vec()];
     for (status, place) in &listed {
-        let apps: Vec<_> = status.containers.iter().filter(|c| c.kind == "app").collect();
-        let running = apps.iter().filter(|c| c.state == "running").count();
-        rows.push(vec![
-            escape_control(&status.name).into_owned(),
-            escape_control(&status.phase).into_owned(),
-            format!("{running}/{} running", apps.len()),
-            place.to_string(),
-        ]);
+        let mut row = super::pod_row(status);
+        row.push(place.to_string());
+        rows.push(row);
     }
     super::out(&super::table(&rows));
     Some(ExitCode::SUCCESS)
