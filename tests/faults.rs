@@ -556,9 +556,25 @@ async fn hold_ping_accepted(listener: &wasmpod::net::PodListener) -> wasmpod::ne
     s
 }
 
+/// The server's half of `hold-ping`'s timed exchange: the go byte, then the echo of the
+/// client's next byte. Any byte stream (a pod connection or a host socket).
+async fn hold_ping_go_and_echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"g").await.expect("go");
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.expect("timed byte");
+    s.write_all(b"p").await.expect("timed echo");
+}
+
+/// The round trip `hold-ping` timed, in nanoseconds.
+fn hold_ping_rtt(out: &str) -> u128 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("rtt ")?.strip_suffix(" ns")?.parse().ok())
+        .expect(out)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_added_while_open_delays_the_open_connection() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pod = PodNetwork::new();
     let listener = pod.listen_host(5600, 8).expect("listen");
     let client = spawn(&pod, "client", "hold-ping 127.0.0.1:5600");
@@ -573,16 +589,10 @@ async fn latency_added_while_open_delays_the_open_connection() {
     ));
     // A partition elsewhere leaves this link alone.
     let _elsewhere = pod.faults().add_guarded(Fault::new(FaultKind::Down, to("5601")));
-    s.write_all(b"g").await.expect("go");
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b).await.expect("timed byte");
-    s.write_all(b"p").await.expect("timed echo");
+    hold_ping_go_and_echo(&mut s).await;
     let (code, out) = client.await.expect("client task");
     assert_eq!(code, 0, "{out}");
-    let rtt: u128 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("rtt ")?.strip_suffix(" ns")?.parse().ok())
-        .expect(&out);
+    let rtt = hold_ping_rtt(&out);
     // The byte up and its echo down, each held back on the connection opened before the fault.
     assert!(rtt >= 2 * latency.as_nanos(), "{out}");
 }
@@ -665,7 +675,6 @@ async fn reset_peer_added_while_open_resets_it_after_its_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fault_for_another_container_leaves_an_open_connection_alone() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pod = PodNetwork::new();
     let listener = pod.listen_host(5640, 8).expect("listen");
     let client = spawn(&pod, "client", "hold-ping 127.0.0.1:5640");
@@ -673,10 +682,7 @@ async fn a_fault_for_another_container_leaves_an_open_connection_alone() {
     let _g = pod
         .faults()
         .add_guarded(Fault::new(FaultKind::Down, to("5640")).from("someone-else"));
-    s.write_all(b"g").await.expect("go");
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b).await.expect("timed byte");
-    s.write_all(b"p").await.expect("timed echo");
+    hold_ping_go_and_echo(&mut s).await;
     let (code, out) = client.await.expect("client task");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\nrtt "), "{out}");
@@ -873,15 +879,10 @@ async fn latency_reaches_an_open_egress_connection() {
         },
         to(&target),
     ));
-    s.write_all(b"g").await.unwrap();
-    s.read_exact(&mut b).await.unwrap();
-    s.write_all(b"p").await.unwrap();
+    hold_ping_go_and_echo(&mut s).await;
     let (code, out) = client.await.unwrap();
     assert_eq!(code, 0, "{out}");
-    let rtt: u128 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("rtt ")?.strip_suffix(" ns")?.parse().ok())
-        .expect(&out);
+    let rtt = hold_ping_rtt(&out);
     assert!(rtt >= 2 * latency.as_nanos(), "{out}");
     drop(slow);
 }
