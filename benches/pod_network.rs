@@ -6,6 +6,8 @@
 //!   task and read to EOF in 64 KiB reads by another (`PodNetwork::listen_host` + `connect`
 //!   vs. `tokio::net::TcpListener` on 127.0.0.1:0 + `TcpStream`);
 //! - `host_connect_rtt/{pod,kernel}`: connect + accept + 1-byte request + 1-byte reply + close.
+//! - `pod_idle_fault` in both groups: `pod` with a fault installed on another port (what an
+//!   idle fault table costs; `pod` itself has an empty table).
 //!
 //! Container to container (the `netcheck` guest, two containers each in its own Store, linked
 //! with `wasmpod::net::p2::add_to_linker`) vs. a native Rust `std::net` thread pair over kernel
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use wasmpod::net::fault::{Fault, FaultKind};
 use wasmpod::net::p2::{NetCtxView, NetView};
 use wasmpod::net::{ContainerNet, PodNetwork};
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -113,6 +116,22 @@ async fn kernel_pair(listener: &tokio::net::TcpListener) -> (tokio::net::TcpStre
     (c.expect("connect"), s.expect("accept").0)
 }
 
+/// A fresh pod network; with `idle_fault`, a fault on another port (the table is not empty,
+/// nothing matches the benchmark's links): what an idle fault table costs.
+fn pod_network(idle_fault: bool) -> Arc<PodNetwork> {
+    let net = PodNetwork::new();
+    if idle_fault {
+        net.faults().add(Fault::new(
+            FaultKind::Latency {
+                latency: Duration::from_millis(1),
+                jitter: Duration::ZERO,
+            },
+            "9".parse().expect("target"),
+        ));
+    }
+    net
+}
+
 fn host_benches(c: &mut Criterion) {
     let rt = runtime();
 
@@ -120,22 +139,24 @@ fn host_benches(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(STREAM_BYTES))
         .sample_size(20)
         .measurement_time(Duration::from_secs(5));
-    g.bench_function("pod", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let net = PodNetwork::new();
-            let listener = net.listen_host(POD_PORT, 8).expect("listen");
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let client = net.connect(POD_PORT).expect("connect");
-                let server = listener.accept().await.expect("accept");
-                let t = Instant::now();
-                let got = stream_once(client, server, STREAM_BYTES).await;
-                total += t.elapsed();
-                assert_eq!(got, STREAM_BYTES);
-            }
-            total
-        })
-    });
+    for (name, idle_fault) in [("pod", false), ("pod_idle_fault", true)] {
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| async move {
+                let net = pod_network(idle_fault);
+                let listener = net.listen_host(POD_PORT, 8).expect("listen");
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let client = net.connect(POD_PORT).expect("connect");
+                    let server = listener.accept().await.expect("accept");
+                    let t = Instant::now();
+                    let got = stream_once(client, server, STREAM_BYTES).await;
+                    total += t.elapsed();
+                    assert_eq!(got, STREAM_BYTES);
+                }
+                total
+            })
+        });
+    }
     g.bench_function("kernel", |b| {
         b.to_async(&rt).iter_custom(|iters| async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -154,24 +175,26 @@ fn host_benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("host_connect_rtt");
     g.sample_size(20).measurement_time(Duration::from_secs(5));
-    g.bench_function("pod", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let net = PodNetwork::new();
-            let listener = net.listen_host(POD_PORT, 128).expect("listen");
-            let server = tokio::spawn(async move {
+    for (name, idle_fault) in [("pod", false), ("pod_idle_fault", true)] {
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| async move {
+                let net = pod_network(idle_fault);
+                let listener = net.listen_host(POD_PORT, 128).expect("listen");
+                let server = tokio::spawn(async move {
+                    for _ in 0..iters {
+                        serve_ping(listener.accept().await.expect("accept")).await;
+                    }
+                });
+                let t = Instant::now();
                 for _ in 0..iters {
-                    serve_ping(listener.accept().await.expect("accept")).await;
+                    ping(net.connect(POD_PORT).expect("connect")).await;
                 }
-            });
-            let t = Instant::now();
-            for _ in 0..iters {
-                ping(net.connect(POD_PORT).expect("connect")).await;
-            }
-            let elapsed = t.elapsed();
-            server.await.expect("server");
-            elapsed
-        })
-    });
+                let elapsed = t.elapsed();
+                server.await.expect("server");
+                elapsed
+            })
+        });
+    }
     g.bench_function("kernel", |b| {
         b.to_async(&rt).iter_custom(|iters| async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

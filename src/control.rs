@@ -13,8 +13,10 @@
 //! fails before it compiles or starts anything. The lock files stay (empty): removing one while
 //! another process opens it would let two processes hold "the" lock.
 //!
-//! Protocol: the client sends one request line — `status`, `logs CONTAINER [--tail N] [--follow]`
-//! or `events [--tail N] [--follow]` — and reads newline-delimited JSON [`Response`]s until the
+//! Protocol: the client sends one request line — `status`, `logs CONTAINER [--tail N] [--follow]`,
+//! `events [--tail N] [--follow]`, or `apply LENGTH` followed by LENGTH bytes of JSON
+//! ([`ApplyBody`]: a spec's text and its file's path, so relative component paths resolve as
+//! they would for `wasmpod run`) — and reads newline-delimited JSON [`Response`]s until the
 //! server closes the connection. A follow streams until the client hangs up or the pod ends.
 //! Followers read the pod's line and event buffers through cursors ([`crate::logs::LogTail`],
 //! [`crate::status::EventTail`]); nothing is queued per client, so a slow or stuck client holds
@@ -47,6 +49,11 @@ use crate::status::{ContainerState, ContainerStatus, Event, EventKind, PodStatus
 
 /// A request line longer than this is refused (requests are a few words).
 pub const MAX_REQUEST_BYTES: u64 = 1024;
+/// The largest `apply` body (a spec's text and path, as JSON).
+pub const MAX_APPLY_BYTES: u64 = 1024 * 1024;
+/// How long an `apply` client waits for the pod's answer: compiling a changed component and
+/// waiting for the new version to be ready can take a while.
+const APPLY_REPLY_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are refused, so clients cannot pile up tasks.
@@ -142,6 +149,21 @@ pub enum Request {
     FaultRemove {
         id: u64,
     },
+    /// `apply LENGTH`: an [`ApplyBody`] of LENGTH bytes follows the line; the pod applies the
+    /// spec with [`Pod::update`].
+    Apply {
+        length: u64,
+    },
+}
+
+/// What follows an `apply` request line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyBody {
+    /// The spec file's absolute path: relative paths in it are relative to its directory, and
+    /// errors name it.
+    pub file: PathBuf,
+    /// The spec's text, as the client read it.
+    pub spec: String,
 }
 
 impl Request {
@@ -151,6 +173,13 @@ impl Request {
         let verb = words.next().ok_or("empty request; expected status, logs or events")?;
         if verb == "fault" {
             return Request::parse_fault(words);
+        }
+        if verb == "apply" {
+            return match (words.next().map(str::parse::<u64>), words.next()) {
+                (Some(Ok(length)), None) if length <= MAX_APPLY_BYTES => Ok(Request::Apply { length }),
+                (Some(Ok(_)), None) => Err(format!("an apply request carries at most {MAX_APPLY_BYTES} bytes")),
+                _ => Err("apply takes the length of the spec that follows".into()),
+            };
         }
         if !["status", "logs", "events"].contains(&verb) {
             return Err(format!("unknown request {verb:?}; expected status, logs or events"));
@@ -236,6 +265,7 @@ impl Request {
             }
             Request::FaultList => "fault ls".to_string(),
             Request::FaultRemove { id } => format!("fault rm {id}"),
+            Request::Apply { length } => format!("apply {length}"),
         }
     }
 
@@ -266,6 +296,29 @@ pub enum Response {
     /// An injected network fault (the reply to `fault add`, `fault ls`, `fault rm`).
     #[serde(rename = "fault")]
     Fault { id: u64, fault: String },
+    /// The reply to `apply`: what changed.
+    #[serde(rename = "applied")]
+    Applied(AppliedView),
+}
+
+/// What an `apply` changed ([`crate::UpdateReport`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedView {
+    pub pod: String,
+    /// The containers swapped to a new version, in spec order.
+    pub updated: Vec<UpdatedView>,
+    /// The containers left as they were.
+    pub unchanged: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdatedView {
+    pub container: String,
+    /// Digests (`sha256:<hex>`) of the old and the new component.
+    pub from: String,
+    pub to: String,
+    /// From the update call to the new version serving.
+    pub took_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -424,6 +477,7 @@ pub fn event_kind_name(kind: &EventKind) -> &'static str {
         EventKind::FaultRemoved { .. } => "fault_removed",
         EventKind::FaultTriggered { .. } => "fault_triggered",
         EventKind::Updated { .. } => "updated",
+        EventKind::UpdateFailed { .. } => "update_failed",
     }
 }
 
@@ -656,9 +710,54 @@ async fn serve_connection(stream: UnixStream, pod: &Pod, ended: &CancellationTok
             follow,
         }) => serve_logs(pod, &container, tail, follow, reader, &mut out, ended).await,
         Ok(Request::Events { tail, follow }) => serve_events(pod, tail, follow, reader, &mut out, ended).await,
+        Ok(Request::Apply { length }) => send(&mut out, &[serve_apply(pod, length, &mut reader).await]).await,
         Ok(request) => send(&mut out, &serve_fault(pod, request)).await,
     };
     let _ = out.shutdown().await;
+}
+
+/// `apply`: reads the body, parses the spec as `wasmpod run` would the file, and applies it.
+async fn serve_apply(pod: &Pod, length: u64, reader: &mut (impl AsyncRead + Unpin)) -> Response {
+    let error = |message: String| Response::Error { message };
+    let mut body = Vec::new();
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, (&mut *reader).take(length).read_to_end(&mut body)).await;
+    match read {
+        Ok(Ok(_)) if body.len() as u64 == length => {}
+        Ok(Ok(_)) => return error(format!("the apply body ended after {} of {length} bytes", body.len())),
+        Ok(Err(e)) => return error(format!("reading the apply body: {e}")),
+        Err(_) => return error(format!("no apply body within {}s", REQUEST_TIMEOUT.as_secs())),
+    }
+    let body: ApplyBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return error(format!("the apply body is not understood: {e}")),
+    };
+    if !body.file.is_absolute() {
+        return error(format!("the spec's path {} is not absolute", body.file.display()));
+    }
+    // Resolving the spec's paths looks at the file system.
+    let parsed = tokio::task::spawn_blocking(move || crate::spec::PodSpec::from_toml(&body.spec, &body.file)).await;
+    let spec = match parsed {
+        Ok(Ok(spec)) => spec,
+        Ok(Err(e)) => return error(format!("the spec is invalid, nothing changed:\n{e}")),
+        Err(e) => return error(format!("reading the spec panicked: {e}")),
+    };
+    match pod.update(spec).await {
+        Ok(report) => Response::Applied(AppliedView {
+            pod: pod.spec().name.clone(),
+            updated: report
+                .updated
+                .iter()
+                .map(|u| UpdatedView {
+                    container: u.container.clone(),
+                    from: u.from.clone(),
+                    to: u.to.clone(),
+                    took_ms: u64::try_from(u.took.as_millis()).unwrap_or(u64::MAX),
+                })
+                .collect(),
+            unchanged: report.unchanged,
+        }),
+        Err(e) => error(format!("not applied, the pod runs as before: {e}")),
+    }
 }
 
 /// `fault add/ls/rm` on the pod's fault table. A fault added here stays until `fault rm`.
@@ -902,6 +1001,49 @@ impl Client {
         })
     }
 
+    /// Applies a spec (its text, and its file's absolute path) to the running pod and returns
+    /// what changed; a refused or failed update is [`ControlError::Refused`] with the pod's
+    /// reason (an invalid spec's located errors included).
+    pub fn apply(&self, file: &Path, spec: &str) -> Result<AppliedView, ControlError> {
+        let gone = |source: std::io::Error| ControlError::Io {
+            what: "cannot reach pod at",
+            path: self.socket.clone(),
+            source,
+        };
+        let body = serde_json::to_vec(&ApplyBody {
+            file: file.to_path_buf(),
+            spec: spec.to_string(),
+        })
+        .map_err(|e| ControlError::Protocol {
+            pod: self.pod.clone(),
+            message: e.to_string(),
+        })?;
+        let request = Request::Apply {
+            length: body.len() as u64,
+        };
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket).map_err(gone)?;
+        stream.set_read_timeout(Some(APPLY_REPLY_TIMEOUT)).map_err(gone)?;
+        let mut message = format!("{}\n", request.to_line()).into_bytes();
+        message.extend_from_slice(&body);
+        stream.write_all(&message).map_err(gone)?;
+        let replies = Replies {
+            pod: self.pod.clone(),
+            socket: self.socket.clone(),
+            reader: BufReader::new(stream),
+        };
+        for reply in replies {
+            match reply? {
+                Response::Applied(applied) => return Ok(applied),
+                Response::Error { message } => return Err(ControlError::Refused { message }),
+                _ => {}
+            }
+        }
+        Err(ControlError::Protocol {
+            pod: self.pod.clone(),
+            message: "no answer to the apply request".into(),
+        })
+    }
+
     /// The pod's status.
     pub fn status(&self) -> Result<StatusView, ControlError> {
         for reply in self.request(&Request::Status)? {
@@ -977,6 +1119,7 @@ mod tests {
             "fault add to=db:5432 kind=latency latency=200ms",
             "fault ls",
             "fault rm 3",
+            "apply 120",
         ] {
             let request = Request::parse(line).unwrap();
             assert_eq!(Request::parse(&request.to_line()), Ok(request), "{line}");
@@ -1090,6 +1233,7 @@ mod tests {
                 to: text(),
                 took: ms,
             },
+            EventKind::UpdateFailed { message: text() },
         ];
         for kind in &kinds {
             assert_eq!(event_kind_name(kind), old_debug_name(kind), "{kind:?}");
@@ -1116,6 +1260,20 @@ mod tests {
             })
             .unwrap(),
             r#"{"type":"fault","id":3,"fault":"down to 80 (both)"}"#
+        );
+        let applied = Response::Applied(AppliedView {
+            pod: "p".into(),
+            updated: vec![UpdatedView {
+                container: "web".into(),
+                from: "sha256:a".into(),
+                to: "sha256:b".into(),
+                took_ms: 12,
+            }],
+            unchanged: vec!["db".into()],
+        });
+        assert_eq!(
+            serde_json::to_string(&applied).unwrap(),
+            r#"{"type":"applied","pod":"p","updated":[{"container":"web","from":"sha256:a","to":"sha256:b","took_ms":12}],"unchanged":["db"]}"#
         );
         let event = Response::Event(EventView {
             at: "t".into(),

@@ -33,10 +33,13 @@
 //!   code ([`Engine::compile`] answers with the optimized component once it exists).
 //! - Background compiles run one at a time on one worker thread per engine, fed by a bounded
 //!   queue, inside a thread pool of their own whose threads run at a lower CPU priority
-//!   (`nice` 10 on Linux) than the threads that serve. [`Engine::pause_tier_up`] holds them.
-//!   A process that exits with background compiles unfinished waits for them (up to a minute,
-//!   only when there is a disk cache to fill): otherwise a pod shorter-lived than its optimized
-//!   compile would be compiled again at every start and never cached.
+//!   (`nice` 10 on Linux) than the threads that serve; one starts only while no compile that a
+//!   start waits for runs (another container's baseline compile), and [`Engine::pause_tier_up`]
+//!   holds them.
+//!   A process that exits with background compiles unfinished abandons them (the next start
+//!   compiles again), finishing only a cache file being written; a caller that wants the
+//!   cache filled waits first with [`Engine::finish_tier_up`] (`wasmpod run` does when its pod
+//!   ended on its own, not when it is stopped).
 //! - Where Winch cannot compile a component (an unsupported proposal, an unsupported
 //!   platform), it is compiled with Cranelift right away and a [`TierNotice::BaselineUnsupported`]
 //!   is handed once to the container that first links it: an event, never an error.
@@ -69,9 +72,9 @@ const TIER_UP_QUEUE: usize = 64;
 /// The CPU priority (`nice`) of the threads that compile optimized code in the background.
 const TIER_UP_NICE: i32 = 10;
 
-/// How long a process that exits waits for background compiles still running, so a short-lived
-/// `wasmpod run` still leaves optimized code in the cache for the next start.
-const EXIT_WAIT: Duration = Duration::from_secs(60);
+/// At most how long a process that exits waits for a cache file being written (tens of
+/// milliseconds for a 50 MB artifact): never for a compile.
+const EXIT_WRITE_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a component could not be compiled or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -360,6 +363,7 @@ impl EngineBuilder {
                 backlog: Arc::new(Backlog::default()),
                 gate: Arc::new(TierUpGate {
                     paused: Mutex::new(self.tier_up_paused),
+                    foreground: Mutex::new(0),
                     changed: Condvar::new(),
                 }),
             }),
@@ -399,7 +403,7 @@ struct EngineInner {
     gate: Arc<TierUpGate>,
 }
 
-/// Counts background compiles not yet finished, for the exit hook ([`finish_tier_up_at_exit`]).
+/// Counts background compiles not yet finished (see [`Engine::finish_tier_up`]).
 #[derive(Default)]
 struct Backlog {
     pending: Mutex<usize>,
@@ -416,62 +420,128 @@ impl Backlog {
         *pending = pending.saturating_sub(1);
         self.done.notify_all();
     }
+
+    fn pending(&self) -> usize {
+        *lock(&self.pending)
+    }
 }
 
-/// Engines whose background compiles fill a disk cache, for the exit hook.
-type ExitBacklogs = Vec<(Weak<Backlog>, Weak<TierUpGate>)>;
-static EXIT_BACKLOGS: Mutex<ExitBacklogs> = Mutex::new(Vec::new());
+/// Cache files being written, process-wide, and whether the process is exiting: a process
+/// that exits abandons its background compiles (threads simply end) but must not leave a
+/// half-written temporary file in the cache, so the exit hook waits for writes in progress
+/// and no write starts after it.
+struct CacheWrites {
+    state: Mutex<CacheWriteState>,
+    idle: Condvar,
+}
 
-/// Runs when the process exits (`atexit`): waits, up to [`EXIT_WAIT`], for background compiles
-/// that will write the cache — otherwise a pod that runs for less time than its optimized
-/// compile takes would compile again at every start and never be cached. Skipped while tier-up
-/// is paused (nothing would finish).
-extern "C" fn finish_tier_up_at_exit() {
-    let engines: Vec<(Arc<Backlog>, Arc<TierUpGate>)> = lock(&EXIT_BACKLOGS)
-        .iter()
-        .filter_map(|(backlog, gate)| Some((backlog.upgrade()?, gate.upgrade()?)))
-        .collect();
-    let deadline = Instant::now() + EXIT_WAIT;
-    for (backlog, gate) in engines {
-        if *lock(&gate.paused) {
-            continue;
+#[derive(Default)]
+struct CacheWriteState {
+    writing: usize,
+    exiting: bool,
+}
+
+static CACHE_WRITES: CacheWrites = CacheWrites {
+    state: Mutex::new(CacheWriteState {
+        writing: 0,
+        exiting: false,
+    }),
+    idle: Condvar::new(),
+};
+
+impl CacheWrites {
+    /// Writes `component` to `path` unless the process is exiting.
+    fn store(&self, component: &Component, path: &Path) -> std::io::Result<()> {
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        // SAFETY: `atexit` only records a function pointer; the function is a plain
+        // `extern "C" fn` that never unwinds (it only locks and waits, bounded).
+        HOOK.call_once(|| unsafe {
+            libc::atexit(close_cache_at_exit);
+        });
+        {
+            let mut state = lock(&self.state);
+            if state.exiting {
+                return Err(std::io::Error::other("the process is exiting"));
+            }
+            state.writing += 1;
         }
-        let mut pending = lock(&backlog.pending);
-        if *pending > 0 {
-            // Not `eprintln!`: it panics when stderr is gone, and this function must not unwind.
-            let _ = std::io::Write::write_fmt(
-                &mut std::io::stderr(),
-                format_args!(
-                    "wasmpod: finishing the optimized compile of {} component(s) for the cache\n",
-                    *pending
-                ),
-            );
-        }
-        while *pending > 0 {
+        let stored = store_cached(component, path);
+        let mut state = lock(&self.state);
+        state.writing -= 1;
+        self.idle.notify_all();
+        stored
+    }
+
+    /// Stops new writes and waits (bounded) for those in progress.
+    fn close(&self) {
+        let deadline = Instant::now() + EXIT_WRITE_WAIT;
+        let mut state = lock(&self.state);
+        state.exiting = true;
+        while state.writing > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            pending = match backlog.done.wait_timeout(pending, left) {
-                Ok((pending, _)) => pending,
+            state = match self.idle.wait_timeout(state, left) {
+                Ok((state, _)) => state,
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
     }
 }
 
-/// Holds background compiles while paused.
+/// Runs when the process exits (`atexit`): background compiles are abandoned — the next start
+/// compiles again — but a cache file being written is finished first (see [`CacheWrites`]).
+/// Waiting for the compile itself (tens of seconds for a big component, longer on a busy
+/// machine) made every stop of a fresh component that slow; [`Engine::finish_tier_up`] is
+/// how a caller chooses to wait instead.
+extern "C" fn close_cache_at_exit() {
+    CACHE_WRITES.close();
+}
+
+/// Holds background compiles while paused, and while a compile that a start waits for runs
+/// in the foreground (the next container's baseline compile must not share the cores with
+/// the previous one's optimized compile: that is the time to its first answer).
 struct TierUpGate {
     paused: Mutex<bool>,
+    /// Foreground compiles running now.
+    foreground: Mutex<usize>,
     changed: Condvar,
 }
 
 impl TierUpGate {
+    /// Waits until background compiles may start: not paused, no foreground compile running.
     fn wait_open(&self) {
         let mut paused = lock(&self.paused);
-        while *paused {
+        loop {
+            if !*paused && *lock(&self.foreground) == 0 {
+                return;
+            }
             paused = self.changed.wait(paused).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Marks a foreground compile as running until the guard is dropped.
+    fn foreground(&self) -> ForegroundCompile<'_> {
+        *lock(&self.foreground) += 1;
+        ForegroundCompile { gate: self }
+    }
+}
+
+/// A foreground compile running (see [`TierUpGate::foreground`]).
+struct ForegroundCompile<'a> {
+    gate: &'a TierUpGate,
+}
+
+impl Drop for ForegroundCompile<'_> {
+    fn drop(&mut self) {
+        {
+            let mut running = lock(&self.gate.foreground);
+            *running = running.saturating_sub(1);
+        }
+        // Under the `paused` lock, so a waiter between its check and its wait cannot miss it.
+        let _paused = lock(&self.gate.paused);
+        self.gate.changed.notify_all();
     }
 }
 
@@ -594,12 +664,42 @@ impl Engine {
         }
     }
 
+    /// Background compiles queued or running (their optimized code not ready yet).
+    pub fn tier_up_pending(&self) -> usize {
+        self.inner.backlog.pending()
+    }
+
+    /// Waits up to `timeout` for the background compiles to finish (and fill the cache);
+    /// returns how many are still pending — at once while tier-up is paused. A process that
+    /// exits does not wait for them by itself (they are abandoned and the next start compiles
+    /// again): `wasmpod run` calls this when its pod ended on its own, so a short-lived
+    /// command still leaves optimized code in the cache, and a stop signal skips the wait.
+    /// Blocking: call it from a blocking thread.
+    pub fn finish_tier_up(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let backlog = &self.inner.backlog;
+        let mut pending = lock(&backlog.pending);
+        while *pending > 0 && !*lock(&self.inner.gate.paused) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            pending = match backlog.done.wait_timeout(pending, left) {
+                Ok((pending, _)) => pending,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        *pending
+    }
+
     /// Holds (`true`) or releases (`false`) background compiles: a compile already running
     /// finishes, the next one waits. For a burst of starts that should not share the CPU
     /// with optimization yet — and for tests that need baseline code to serve for a while.
     pub fn pause_tier_up(&self, paused: bool) {
         *lock(&self.inner.gate.paused) = paused;
         self.inner.gate.changed.notify_all();
+        // A `finish_tier_up` waiting for paused compiles stops waiting.
+        self.inner.backlog.done.notify_all();
     }
 
     /// Compiles component bytes, or finds them compiled in memory or on disk. `what` names the
@@ -632,6 +732,7 @@ impl Engine {
                 tier: self.main_tier(),
             });
         }
+        let _foreground = self.inner.gate.foreground();
         if self.inner.compiler == Compiler::Tiered {
             match self.baseline_engine() {
                 Ok(baseline) => match Component::new(&baseline, bytes) {
@@ -662,7 +763,7 @@ impl Engine {
         })?;
         if let Some(path) = self.cache_path(&digest) {
             // A cache that cannot be written only costs time on the next start.
-            let _ = store_cached(&component, &path);
+            let _ = CACHE_WRITES.store(&component, &path);
         }
         if let Some(reason) = fallback {
             lock(&self.inner.notices).insert(
@@ -752,15 +853,6 @@ impl Engine {
                 let (sender, receiver) = std::sync::mpsc::sync_channel(TIER_UP_QUEUE);
                 let engine = Arc::downgrade(&self.inner);
                 let gate = self.inner.gate.clone();
-                if self.inner.cache_dir.is_some() {
-                    static HOOK: std::sync::Once = std::sync::Once::new();
-                    // SAFETY: `atexit` only records a function pointer; the function is a
-                    // plain `extern "C" fn` that never unwinds (it only locks and waits).
-                    HOOK.call_once(|| unsafe {
-                        libc::atexit(finish_tier_up_at_exit);
-                    });
-                    lock(&EXIT_BACKLOGS).push((Arc::downgrade(&self.inner.backlog), Arc::downgrade(&gate)));
-                }
                 std::thread::Builder::new()
                     .name("wasmpod-tier-up".into())
                     .spawn(move || tier_up_worker(engine, gate, receiver))
@@ -883,7 +975,7 @@ fn tier_up_worker(engine: Weak<EngineInner>, gate: Arc<TierUpGate>, jobs: Receiv
                 let took = started.elapsed();
                 if let Some(path) = cache_path(&inner, &job.digest) {
                     // A cache that cannot be written only costs time on the next start.
-                    let _ = store_cached(&component, &path);
+                    let _ = CACHE_WRITES.store(&component, &path);
                 }
                 let _ = job.tiered.state.optimized.set((component, took));
             }
@@ -1109,5 +1201,41 @@ fn spawn_epoch_ticker(engine: &wasmtime::Engine, baseline: Arc<OnceLock<Result<w
     // Without a ticker, guests still run; they just cannot be preempted, so say so loudly.
     if let Err(e) = spawned {
         eprintln!("wasmpod: could not start the epoch ticker thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A background compile does not start while a foreground compile runs or while paused,
+    /// and starts once neither holds it.
+    #[test]
+    fn the_tier_up_gate_opens_when_no_foreground_compile_runs_and_not_paused() {
+        let gate = Arc::new(TierUpGate {
+            paused: Mutex::new(true),
+            foreground: Mutex::new(0),
+            changed: Condvar::new(),
+        });
+        let compiling = gate.foreground();
+        let (opened, open) = std::sync::mpsc::channel();
+        let waiter = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                gate.wait_open();
+                let _ = opened.send(());
+            })
+        };
+        // Held by both: unpausing alone does not open it.
+        *lock(&gate.paused) = false;
+        gate.changed.notify_all();
+        assert!(
+            open.recv_timeout(Duration::from_millis(100)).is_err(),
+            "a foreground compile holds it"
+        );
+        drop(compiling);
+        open.recv_timeout(Duration::from_secs(60))
+            .expect("open once the foreground compile ended");
+        waiter.join().expect("waiter");
     }
 }

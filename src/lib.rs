@@ -38,6 +38,7 @@ pub mod status;
 mod supervisor;
 mod sync;
 pub mod testing;
+pub mod tls;
 pub mod volume;
 pub mod watch;
 

@@ -17,6 +17,9 @@ mod fault_cli;
 use clap::{Parser, Subcommand};
 
 #[cfg(unix)]
+#[path = "cli/apply_run.rs"]
+mod apply_run_cli;
+#[cfg(unix)]
 #[path = "cli/host.rs"]
 mod host_cli;
 use tokio::io::AsyncWriteExt;
@@ -72,6 +75,9 @@ enum Command {
         /// Print the pod's status as JSON (one line).
         #[arg(long)]
         json: bool,
+        #[cfg(unix)]
+        #[command(flatten)]
+        host: host_cli::HostFlag,
     },
     /// Print a container's kept output lines, and with --follow every new one.
     #[command(override_usage = "wasmpod logs [OPTIONS] [POD] <CONTAINER>")]
@@ -88,6 +94,9 @@ enum Command {
         /// Print each line as a JSON object (stream, text, time).
         #[arg(long)]
         json: bool,
+        #[cfg(unix)]
+        #[command(flatten)]
+        host: host_cli::HostFlag,
     },
     /// Print a running pod's events, and with --follow every new one.
     Events {
@@ -99,11 +108,15 @@ enum Command {
         /// Print each event as a JSON object.
         #[arg(long)]
         json: bool,
+        #[cfg(unix)]
+        #[command(flatten)]
+        host: host_cli::HostFlag,
     },
     /// Run an edge host in the foreground: many pods, an API, one shared HTTP entrance.
     #[cfg(unix)]
     Host(host_cli::HostArgs),
-    /// Create or update a pod on a host from its spec (uploads the components it lacks).
+    /// Create or update a pod on a host from its spec (uploads the components it lacks); with no
+    /// host named, a local `wasmpod run` of the spec's pod takes it when one runs.
     #[cfg(unix)]
     Apply {
         /// The pod spec.
@@ -156,6 +169,9 @@ struct ProxyFlags {
     /// [default: 5m].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     idle_timeout: Option<std::time::Duration>,
+    /// HTTP: a request head reaching this many bytes gets 431 [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    max_header_size: Option<usize>,
 }
 
 impl ProxyFlags {
@@ -170,6 +186,7 @@ impl ProxyFlags {
             header_read_timeout: self.header_read_timeout.unwrap_or(default.header_read_timeout),
             keep_alive_timeout: self.keep_alive_timeout.unwrap_or(default.keep_alive_timeout),
             idle_timeout: self.idle_timeout.unwrap_or(default.idle_timeout),
+            max_header_bytes: self.max_header_size.unwrap_or(default.max_header_bytes),
             ..default
         }
     }
@@ -179,13 +196,45 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { spec } => validate(&spec),
+        // Host pods first (`--host`, `WASMPOD_HOST` or a local host); `None`: not the host's.
+        #[cfg(unix)]
+        Command::Ps { pod, json, host } => {
+            host_cli::ps(pod.as_deref(), json, &host).unwrap_or_else(|| ps(pod.as_deref(), json))
+        }
+        #[cfg(unix)]
+        Command::Logs {
+            names,
+            tail,
+            follow,
+            json,
+            host,
+        } => {
+            let (pod, container) = match names.as_slice() {
+                [pod, container] => (Some(pod.as_str()), container.as_str()),
+                [container] => (None, container.as_str()),
+                _ => return fail("usage: wasmpod logs [POD] CONTAINER"),
+            };
+            host_cli::logs(pod, container, tail, follow, json, &host)
+                .unwrap_or_else(|| logs(&names, tail, follow, json))
+        }
+        #[cfg(unix)]
+        Command::Events {
+            pod,
+            follow,
+            json,
+            host,
+        } => host_cli::events(pod.as_deref(), follow, json, &host)
+            .unwrap_or_else(|| events(pod.as_deref(), follow, json)),
+        #[cfg(not(unix))]
         Command::Ps { pod, json } => ps(pod.as_deref(), json),
+        #[cfg(not(unix))]
         Command::Logs {
             names,
             tail,
             follow,
             json,
         } => logs(&names, tail, follow, json),
+        #[cfg(not(unix))]
         Command::Events { pod, follow, json } => events(pod.as_deref(), follow, json),
         #[cfg(unix)]
         Command::Host(args) => host_cli::host(args),
@@ -341,6 +390,7 @@ async fn run(
         }
         None => None,
     };
+    let mut stopped = false;
     let status = {
         let wait = pod.wait();
         tokio::pin!(wait);
@@ -352,6 +402,7 @@ async fn run(
                 Some(event) = events.recv() => printer.event(&event).await,
                 () = signal.received() => {
                     printer.note("stopping the pod").await;
+                    stopped = true;
                     break pod.stop().await;
                 }
             }
@@ -373,7 +424,49 @@ async fn run(
     }
     // Dropping the pod removes its volumes before the process exits.
     drop(pod);
+    finish_tier_up(stopped, &mut signal, &printer).await;
     code
+}
+
+/// Optimized code still compiling in the background when the pod ends: a pod that ended on
+/// its own waits for it (bounded; Ctrl-C skips), so the next start finds it in the cache; a
+/// stopped pod exits at once and the compile is abandoned (the next start compiles again).
+async fn finish_tier_up(stopped: bool, signal: &mut StopSignal, printer: &Printer) {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+    let Ok(engine) = wasmpod::Engine::shared() else { return };
+    let pending = engine.tier_up_pending();
+    if pending == 0 || engine.cache_dir().is_none() {
+        return;
+    }
+    let mut left = pending;
+    if !stopped {
+        printer
+            .note(&format!(
+                "finishing the optimized compile of {pending} component(s) for the cache (up to {}s; Ctrl-C skips)",
+                WAIT.as_secs()
+            ))
+            .await;
+        // A thread of its own, not `spawn_blocking`: dropping the runtime would wait for it.
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let waiting = engine.clone();
+        if std::thread::Builder::new()
+            .name("wasmpod-exit-wait".into())
+            .spawn(move || done.send(waiting.finish_tier_up(WAIT)))
+            .is_ok()
+        {
+            tokio::select! {
+                still = finished => left = still.unwrap_or(left),
+                () = signal.received() => {}
+            }
+        }
+    }
+    if left > 0 {
+        printer
+            .note(&format!(
+                "optimized compile of {left} component(s) abandoned; the next start compiles again"
+            ))
+            .await;
+    }
 }
 
 /// Prints `message` as an error and fails.
@@ -524,13 +617,27 @@ fn logs(names: &[String], tail: Option<usize>, follow: bool, json: bool) -> Exit
         follow,
     };
     print_replies(pod, &request, json, |reply| match reply {
-        Response::Line(line) if line.stream == "stderr" => {
-            eprintln!("{}", escape_control(&line.text));
-            true
-        }
-        Response::Line(line) => out(&escape_control(&line.text)),
+        Response::Line(line) => print_line(line),
         _ => true,
     })
+}
+
+/// One container output line: stderr's to stderr. False once stdout is gone.
+fn print_line(line: &control::LineView) -> bool {
+    if line.stream == "stderr" {
+        eprintln!("{}", escape_control(&line.text));
+        return true;
+    }
+    out(&escape_control(&line.text))
+}
+
+/// One event per line: a multi-line message (a trap's backtrace) shows its `\n`s.
+fn print_event(event: &control::EventView) -> bool {
+    let (at, message) = (escape_control(&event.at), escape_control(&event.message));
+    match &event.container {
+        Some(container) => out(&format!("{at}  {}: {message}", escape_control(container))),
+        None => out(&format!("{at}  {message}")),
+    }
 }
 
 fn events(pod: Option<&str>, follow: bool, json: bool) -> ExitCode {
@@ -539,14 +646,7 @@ fn events(pod: Option<&str>, follow: bool, json: bool) -> ExitCode {
         &Request::Events { tail: None, follow },
         json,
         |reply| match reply {
-            // One event per line: a multi-line message (a trap's backtrace) shows its `\n`s.
-            Response::Event(event) => {
-                let (at, message) = (escape_control(&event.at), escape_control(&event.message));
-                match &event.container {
-                    Some(container) => out(&format!("{at}  {}: {message}", escape_control(container))),
-                    None => out(&format!("{at}  {message}")),
-                }
-            }
+            Response::Event(event) => print_event(event),
             _ => true,
         },
     )

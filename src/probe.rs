@@ -27,6 +27,18 @@ pub struct ProbeTarget {
     pub network: Arc<PodNetwork>,
     pub http_ports: Arc<HttpPorts>,
     pub health: Option<HealthCheck>,
+    /// During a surge, the container whose *new* version the probe checks: its connections go
+    /// to the new version's listener, not to the one serving the port.
+    pub new_version_of: Option<String>,
+}
+
+impl ProbeTarget {
+    fn connect(&self, port: u16) -> Result<crate::net::PodStream, crate::net::NetError> {
+        match &self.new_version_of {
+            Some(container) => self.network.connect_new_version(container, port),
+            None => self.network.connect(port),
+        }
+    }
 }
 
 /// Which probe failed, and how: the reason a container is restarted.
@@ -53,7 +65,6 @@ pub async fn check(action: &ProbeAction, target: &ProbeTarget, timeout: Duration
 async fn check_unbounded(action: &ProbeAction, target: &ProbeTarget) -> Result<(), String> {
     match action {
         ProbeAction::TcpSocket { port } => target
-            .network
             .connect(*port)
             .map(drop)
             .map_err(|e| format!("tcp connection to pod port {port}: {e}")),
@@ -67,7 +78,6 @@ async fn check_unbounded(action: &ProbeAction, target: &ProbeTarget) -> Result<(
                 Some(container) => container.handle(request).await.status(),
                 None => {
                     let stream = target
-                        .network
                         .connect(*port)
                         .map_err(|e| format!("GET {path} on pod port {port}: {e}"))?;
                     let (mut sender, connection) =

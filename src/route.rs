@@ -13,6 +13,12 @@
 //! every route, with the error codes wasmtime's own client uses; an authority whose port is not
 //! a port number fails before any routing or egress decision, as in wasmtime.
 //!
+//! The pod's faults ([`crate::net::fault`]) reach every route: a request answered in-process
+//! takes `latency` (request and response head held back), `down` (`connection-refused`) and
+//! `reset_peer` (`connection-terminated`), decided per request; a request to a command
+//! container's port goes over a pod link opened as the calling container, so its socket faults
+//! apply there as they do to the container's own sockets.
+//!
 //! This module does not own the pod's port namespace or the egress policy; [`LocalRoutes`] is
 //! a minimal table for tests and embedders.
 
@@ -32,6 +38,7 @@ use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::container::http::HttpContainer;
+use crate::net::fault::RequestFaults;
 use crate::net::{ContainerNet, NetError, PodNetwork};
 
 /// The error type of bodies crossing wasmtime-wasi-http (what its guests' streams report).
@@ -275,17 +282,34 @@ impl WasiHttpHooks for OutgoingHooks {
             Route::Container(_) | Route::PodPort { .. } if destination.scheme != "http" => {
                 failed(BodyError::TlsProtocolError)
             }
-            Route::Container(target) => Box::new(async move {
-                let response = tokio::time::timeout(timeouts.first_byte, target.handle(request))
-                    .await
-                    .map_err(|_| BodyError::ConnectionReadTimeout)?;
-                let response = response.map(|body| TimedBody::new(body, timeouts.between_bytes).boxed_unsync());
-                Ok((response, finished_at_once()))
-            }),
-            Route::PodPort { network, port } => Box::new(async move {
-                let stream = network.connect(port).map_err(|_| BodyError::ConnectionRefused)?;
-                exchange(stream, None, request, timeouts).await
-            }),
+            Route::Container(target) => {
+                let faults = self.net.pod().faults();
+                let faults = if faults.is_empty() {
+                    RequestFaults::default()
+                } else {
+                    faults.on_request(Some(self.net.name()), destination.port)
+                };
+                if faults.refuse {
+                    return failed(BodyError::ConnectionRefused);
+                }
+                Box::new(async move {
+                    let response = tokio::time::timeout(timeouts.first_byte, faulty(faults, target.handle(request)))
+                        .await
+                        .map_err(|_| BodyError::ConnectionReadTimeout)??;
+                    let response = response.map(|body| TimedBody::new(body, timeouts.between_bytes).boxed_unsync());
+                    Ok((response, finished_at_once()))
+                })
+            }
+            Route::PodPort { network, port } => {
+                let from = self.net.name().to_string();
+                Box::new(async move {
+                    // Over the pod network as this container: its socket faults (`from` too) apply.
+                    let stream = network
+                        .connect_from(port, &from)
+                        .map_err(|_| BodyError::ConnectionRefused)?;
+                    exchange(stream, None, request, timeouts).await
+                })
+            }
             Route::Refused => failed(BodyError::ConnectionRefused),
             Route::Outside => {
                 let net = self.net.clone();
@@ -300,6 +324,26 @@ impl WasiHttpHooks for OutgoingHooks {
                 })
             }
         }
+    }
+}
+
+/// Runs an in-process exchange under the pod's faults for it: the request and the response
+/// head are held back by `latency`, and `reset_peer` fails it with `connection-terminated`
+/// once its timeout passes first (wasi:http has no `connection-reset`; wasmtime's own client
+/// reports a reset mid-exchange as a hyper error, this is the closest specific code).
+async fn faulty<R>(faults: RequestFaults, handle: impl Future<Output = R>) -> Result<R, BodyError> {
+    let exchange = async {
+        tokio::time::sleep(faults.request_delay).await;
+        let response = handle.await;
+        tokio::time::sleep(faults.response_delay).await;
+        response
+    };
+    match faults.reset_after {
+        None => Ok(exchange.await),
+        Some(after) => tokio::select! {
+            response = exchange => Ok(response),
+            _ = tokio::time::sleep(after) => Err(BodyError::ConnectionTerminated),
+        },
     }
 }
 
@@ -389,27 +433,15 @@ where
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
-/// TLS to a server outside the pod, verified against the web's root certificates (what
-/// wasmtime's own client trusts).
+/// TLS to a server outside the pod, in wasmtime-wasi-http's error vocabulary.
 async fn tls_connect<S>(server: &str, stream: S) -> Result<tokio_rustls::client::TlsStream<S>, BodyError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    use rustls::pki_types::ServerName;
-    let name = match server.parse::<std::net::IpAddr>() {
-        Ok(ip) => ServerName::from(ip),
-        Err(_) => ServerName::try_from(server.to_owned()).map_err(|_| BodyError::HttpRequestUriInvalid)?,
-    };
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-    };
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, stream)
-        .await
-        .map_err(BodyError::Tls)
+    crate::tls::connect(server, stream).await.map_err(|e| match e {
+        crate::tls::TlsError::BadName { .. } => BodyError::HttpRequestUriInvalid,
+        crate::tls::TlsError::Handshake { source, .. } => BodyError::Tls(source),
+    })
 }
 
 /// A response body that fails with `connection-read-timeout` when no frame arrives within

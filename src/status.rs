@@ -278,6 +278,11 @@ pub enum EventKind {
         to: String,
         took: Duration,
     },
+    /// A new version did not take over (it failed to start, was not ready in time, or the
+    /// container ended first); the old version serves on.
+    UpdateFailed {
+        message: String,
+    },
 }
 
 impl fmt::Display for Event {
@@ -299,6 +304,7 @@ impl fmt::Display for Event {
                     short_digest(to)
                 )
             }
+            EventKind::UpdateFailed { message } => write!(f, "update failed, the old version serves on: {message}"),
             EventKind::Compiled { cached: true, took } => {
                 write!(f, "loaded compiled component from cache in {took:.0?}")
             }

@@ -13,6 +13,10 @@
 //! its transitions; it knows nothing of the `Pod` handle, which prepares what it runs and
 //! releases the pod's volumes and front proxy when it returns.
 
+mod surge;
+
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,11 +65,57 @@ pub(crate) struct ContainerControl {
     updated: tokio::sync::Notify,
 }
 
-/// A new version of a container, handed to its supervisor task; `serving` fires once the new
-/// version serves (an http container: new requests reach it; a command: its new run started).
+/// A new version of a container, handed to its supervisor task; `serving` is told once the new
+/// version serves (an http container: new requests reach it; a command: its new run started,
+/// or after a surge, new connections reach it), or why it does not (the old version serves on).
 pub(crate) struct Replacement {
     pub(crate) runnable: Runnable,
-    pub(crate) serving: oneshot::Sender<()>,
+    pub(crate) serving: Serving,
+}
+
+/// Where a new version's outcome goes: `Ok` once it serves, or why it failed.
+pub(crate) type Serving = oneshot::Sender<Result<(), String>>;
+
+/// One run of a command container's version, owned so that it can outlive the loop iteration
+/// that started it (a surge hands the new version's run over). Dropping it cancels the run.
+struct Instance {
+    container: Arc<CommandContainer>,
+    /// This run's stop signal (its stdin closes): the pod's, through the parent token, or an
+    /// update's.
+    stop: CancellationToken,
+    run: Pin<Box<dyn Future<Output = Exit> + Send>>,
+    /// Kept once the run has ended, so the run is never polled again.
+    exit: Option<Exit>,
+}
+
+impl Instance {
+    fn launch(container: Arc<CommandContainer>, terminating: &CancellationToken) -> Instance {
+        let stop = terminating.child_token();
+        let run = {
+            let (container, stop) = (container.clone(), stop.clone());
+            Box::pin(async move { container.run(&stop).await })
+        };
+        Instance {
+            container,
+            stop,
+            run,
+            exit: None,
+        }
+    }
+
+    /// Waits for the run to end; cancel-safe, and once ended it returns the same exit again.
+    async fn finished(&mut self) -> Exit {
+        if let Some(exit) = &self.exit {
+            return exit.clone();
+        }
+        let exit = (&mut self.run).await;
+        self.exit = Some(exit.clone());
+        exit
+    }
+
+    fn is_finished(&self) -> bool {
+        self.exit.is_some()
+    }
 }
 
 impl ContainerControl {
@@ -296,7 +346,7 @@ impl Supervisor {
                         // routes, probes, this listener's connections) resolve to the new version.
                         self.http_ports.insert(port, &new);
                         container = new;
-                        let _ = replacement.serving.send(());
+                        let _ = replacement.serving.send(Ok(()));
                         continue 'versions;
                     }
                     failure = &mut watch => {
@@ -324,6 +374,7 @@ impl Supervisor {
             network: self.network.clone(),
             http_ports: self.http_ports.clone(),
             health,
+            new_version_of: None,
         }
     }
 
@@ -334,7 +385,9 @@ impl Supervisor {
 
     /// Runs one container until the restart policy says it is done, or the pod stops; returns
     /// its last exit. Init containers restart only on failure (as in Kubernetes and ACI), and
-    /// not at all under `never`.
+    /// not at all under `never`. A new version handed in by [`crate::Pod::update`] surges in
+    /// beside the running one (see [`surge`]) or, under `update_strategy = "recreate"` and for a
+    /// container without ports, replaces it after a normal stop.
     async fn run_with_restarts(
         &self,
         id: ContainerId,
@@ -347,64 +400,76 @@ impl Supervisor {
         // The version that runs; a replacement handed in by `Pod::update` takes its place.
         let mut container = container.clone();
         // Told once the run of a new version has started.
-        let mut serving: Option<oneshot::Sender<()>> = None;
+        let mut serving: Option<Serving> = None;
+        // The run of a new version a surge started: it goes on as the container's run.
+        let mut handed_over: Option<Instance> = None;
         loop {
+            let mut instance = match handed_over.take() {
+                Some(instance) => instance,
+                None => {
+                    self.state.started(id);
+                    Instance::launch(container.clone(), &control.terminating)
+                }
+            };
+            container = instance.container.clone();
+            if let Some(serving) = serving.take() {
+                let _ = serving.send(Ok(()));
+            }
+            let started_at = Instant::now();
             let current = container.clone();
             let target = self.probe_target(Some(current.health_check()));
-            let started_at = Instant::now();
-            self.state.started(id);
-            if let Some(serving) = serving.take() {
-                let _ = serving.send(());
-            }
             let probes = Probes {
                 startup: current.spec().startup_probe.as_ref(),
                 readiness: current.spec().readiness_probe.as_ref(),
                 liveness: current.spec().liveness_probe.as_ref(),
             };
-            // The run's own stop signal: the pod's (through the parent token), or an update's.
-            // In a block of its own, so the old run (its instance and its ports) is gone before
-            // a new version starts.
-            let (exit, replacement) = {
-                let run_stop = control.terminating.child_token();
-                let run = current.run(&run_stop);
-                tokio::pin!(run);
-                let mut replacement = None;
-                let exit = tokio::select! {
-                    exit = &mut run => exit,
-                    () = control.kill.cancelled() => Exit::Stopped,
-                    () = control.restart.notified() => Exit::Restarted,
+            let watch = probe::watch(probes, &target, |ready, why| self.state.set_ready(id, ready, why));
+            tokio::pin!(watch);
+            // A new version to start once this run is gone (a recreate).
+            let mut replacement = None;
+            let exit = loop {
+                tokio::select! {
+                    exit = instance.finished() => break exit,
+                    () = control.kill.cancelled() => break Exit::Stopped,
+                    () = control.restart.notified() => break Exit::Restarted,
                     () = control.updated.notified(), if !init => {
-                        replacement = control.take_update();
-                        // Stopped as in a normal stop: stdin closes, the grace period, then cancel.
-                        run_stop.cancel();
-                        let grace = self.policy.termination_grace_period;
-                        tokio::select! {
-                            _ = &mut run => {}
-                            () = tokio::time::sleep(grace) => {
-                                let message = format!(
-                                    "did not exit within the {} grace period for its update; cancelled",
-                                    humantime::format_duration(grace)
-                                );
-                                self.state.warn(Some(id), message);
+                        let Some(Replacement { runnable: Runnable::Command(new), serving: told }) = control.take_update() else {
+                            // `Pod::update` refuses a change of kind; its updater learns it failed.
+                            continue;
+                        };
+                        if surge::applies(new.spec()) {
+                            match self.surge(id, &mut instance, new, control, told).await {
+                                Ok(new_instance) => {
+                                    handed_over = Some(new_instance);
+                                    break Exit::Restarted;
+                                }
+                                // The old version ended while the new one failed to start.
+                                Err(Some(exit)) => break exit,
+                                // The old version keeps serving.
+                                Err(None) => continue,
                             }
-                            () = control.kill.cancelled() => {}
                         }
-                        Exit::Restarted
+                        // Recreate: stopped as in a normal stop (stdin closes, the grace period,
+                        // then cancel), and the new version starts once this run is gone.
+                        self.stop_instance(id, &mut instance, None, control, "for its update").await;
+                        replacement = Some((new, told));
+                        break Exit::Restarted;
                     }
                     // Init containers run to completion: no probes, no readiness (validation refuses
                     // probes on them).
-                    failure = probe::watch(probes, &target, |ready, why| self.state.set_ready(id, ready, why)), if !init => {
+                    failure = &mut watch, if !init => {
                         self.state.unhealthy(id, failure.to_string());
-                        Exit::Killed(failure.to_string())
+                        break Exit::Killed(failure.to_string());
                     }
-                };
-                (exit, replacement)
+                }
             };
-            if let Some(Replacement {
-                runnable: Runnable::Command(new),
-                serving: told,
-            }) = replacement
-            {
+            // The old run (its instance and its ports) is gone before a new version starts.
+            drop(instance);
+            if handed_over.is_some() {
+                // A surge: the container served throughout, its state does not change.
+                continue;
+            }
+            if let Some((new, told)) = replacement {
                 // The old version stopped as in a normal stop; `Pod::update` reports the swap.
                 self.exited(id, Exit::Stopped);
                 if control.terminating.is_cancelled() {
@@ -460,6 +525,38 @@ impl Supervisor {
                 }
             }
             self.state.restarting(id);
+        }
+    }
+
+    /// Stops `instance` as in a normal stop: its stdin closes, it gets the grace period to
+    /// exit, then the caller drops it (cancelled). `beside`, another instance of the container
+    /// (a surge), keeps running meanwhile.
+    async fn stop_instance(
+        &self,
+        id: ContainerId,
+        instance: &mut Instance,
+        mut beside: Option<&mut Instance>,
+        control: &ContainerControl,
+        what: &str,
+    ) {
+        instance.stop.cancel();
+        let grace = self.policy.termination_grace_period;
+        let until = tokio::time::Instant::now() + grace;
+        loop {
+            let beside_runs = beside.as_ref().is_some_and(|b| !b.is_finished());
+            tokio::select! {
+                _ = instance.finished() => return,
+                _ = async { if let Some(b) = beside.as_mut() { b.finished().await; } }, if beside_runs => {}
+                () = tokio::time::sleep_until(until) => {
+                    let message = format!(
+                        "did not exit within the {} grace period {what}; cancelled",
+                        humantime::format_duration(grace)
+                    );
+                    self.state.warn(Some(id), message);
+                    return;
+                }
+                () = control.kill.cancelled() => return,
+            }
         }
     }
 }

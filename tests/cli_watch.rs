@@ -1,6 +1,7 @@
 //! `wasmpod run --watch` end to end: a spec edit and a rebuilt component file are applied to
 //! the running pod (the changed container restarts with its new version, a line says so), and
-//! an invalid spec is reported with its location while the pod runs on unchanged.
+//! an invalid spec is reported with its location while the pod runs on unchanged. And
+//! `wasmpod apply -f SPEC` to a running `wasmpod run` through its control socket.
 
 mod common;
 
@@ -171,6 +172,11 @@ fn run_watch_applies_spec_edits_and_rebuilt_components_and_refuses_an_invalid_sp
     let rebuilt_line = wait_line(&lines, &mut seen, |line| line.contains("job: updated (sha256:"));
     assert_ne!(rebuilt_line, updated);
 
+    terminate(child, &seen);
+}
+
+/// Stops `child` with SIGTERM and asserts it exits 0 in time.
+fn terminate(mut child: Child, seen: &Seen) {
     let killed = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -186,4 +192,95 @@ fn run_watch_applies_spec_edits_and_rebuilt_components_and_refuses_an_invalid_sp
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
     assert!(status.success(), "{status:?}\n{}", seen.join());
+}
+
+#[test]
+fn apply_goes_to_a_running_wasmpod_run_of_the_pod_unless_a_host_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("job.wasm");
+    std::fs::copy(guest("toolbox"), &component).unwrap();
+    let spec = dir.path().join("wasmpod.toml");
+    let text = |word: &str| spec_text(Path::new("job.wasm"), word).replace("\"watched\"", "\"applied\"");
+    std::fs::write(&spec, text("v1")).unwrap();
+
+    let mut child = wasmpod()
+        .args(["run", "--no-color"])
+        .arg(&spec)
+        .env("WASMPOD_CACHE_DIR", dir.path().join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = follow(&mut child);
+    let mut seen = Seen {
+        lines: Vec::new(),
+        step: 0,
+    };
+    wait_line(&lines, &mut seen, |line| is_output(line, "job", "v1"));
+
+    // Applied from another directory: the spec's relative component path still resolves.
+    seen.step();
+    std::fs::write(&spec, text("v2")).unwrap();
+    let apply = wasmpod()
+        .current_dir(std::env::temp_dir())
+        .env_remove("WASMPOD_HOST")
+        .args(["apply", "-f"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&apply.stdout);
+    assert!(
+        apply.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
+    assert!(
+        stdout.contains("pod applied: applying to the running `wasmpod run`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("job: updated (sha256:"), "{stdout}");
+    wait_line(&lines, &mut seen, |line| is_output(line, "job", "v1 stopping"));
+    wait_line(&lines, &mut seen, |line| is_output(line, "job", "v2"));
+
+    // The same spec again: nothing changes.
+    let again = wasmpod()
+        .env_remove("WASMPOD_HOST")
+        .args(["apply", "-f"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).ends_with("unchanged\n"));
+
+    // An invalid spec: the pod's located error, a failure, and the pod runs on.
+    std::fs::write(&spec, "name = \"applied\"\nrestart_policy = \"sometimes\"\n").unwrap();
+    let invalid = wasmpod()
+        .env_remove("WASMPOD_HOST")
+        .args(["apply", "-f"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&invalid.stderr);
+    assert!(!invalid.status.success());
+    assert!(
+        stderr.contains("nothing changed") && stderr.contains("wasmpod.toml:2:"),
+        "{stderr}"
+    );
+
+    // A named host takes the apply, even with the pod running here.
+    std::fs::write(&spec, text("v3")).unwrap();
+    let to_host = wasmpod()
+        .args(["apply", "--host"])
+        .arg(dir.path().join("no-host.sock"))
+        .arg("-f")
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(!to_host.status.success());
+    assert!(!String::from_utf8_lossy(&to_host.stdout).contains("wasmpod run"));
+
+    terminate(child, &seen);
+    // Everything it printed until it exited: v3 never ran.
+    seen.lines.extend(lines.iter());
+    assert!(!seen.join().contains("v3"), "{}", seen.join());
 }

@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use wasmpod::host::client::{Client, HostAddr};
 use wasmpod::host::serve::{ApiListen, Serving, serve};
 use wasmpod::host::{Host, HostConfig, HostLimits};
+use wasmpod::proxy::ProxyLimits;
 use wasmtime_wasi_http::io::TokioIo;
 
 use common::{DEADLINE, engine, guest};
@@ -51,6 +52,7 @@ async fn start_host(state: &Path) -> Serving {
         state_dir: state.to_path_buf(),
         limits: HostLimits::default(),
         engine: Some(engine()),
+        ..HostConfig::default()
     };
     let host = Host::open(config).await.expect("host opens");
     assert!(host.load_problems().is_empty(), "{:?}", host.load_problems());
@@ -251,6 +253,7 @@ async fn bad_names_and_caps_are_refused_with_their_limit() {
             ..HostLimits::default()
         },
         engine: Some(engine()),
+        ..HostConfig::default()
     };
     let host = Host::open(config).await.unwrap();
     let api = ApiListen::Tcp {
@@ -281,6 +284,7 @@ async fn bad_names_and_caps_are_refused_with_their_limit() {
             ..HostLimits::default()
         },
         engine: Some(engine()),
+        ..HostConfig::default()
     })
     .await
     .unwrap();
@@ -322,11 +326,16 @@ impl Drop for HostProcess {
 }
 
 fn spawn_host(state: &Path, socket: &Path) -> HostProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmpod"))
+    let command = Command::new(env!("CARGO_BIN_EXE_wasmpod"));
+    spawn_host_with(state, command, &["--socket".as_ref(), socket.as_os_str()])
+}
+
+/// `command` (`wasmpod`, with its environment) running `host` on `state` with `extra` options.
+fn spawn_host_with(state: &Path, mut command: Command, extra: &[&std::ffi::OsStr]) -> HostProcess {
+    let mut child = command
         .args(["host", "--http", "127.0.0.1:0", "--state-dir"])
         .arg(state)
-        .arg("--socket")
-        .arg(socket)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -451,6 +460,7 @@ async fn a_command_containers_port_is_routed_over_the_pod_network_and_torn_specs
         state_dir: state.path().to_path_buf(),
         limits: HostLimits::default(),
         engine: Some(engine()),
+        ..HostConfig::default()
     })
     .await
     .unwrap();
@@ -550,5 +560,475 @@ async fn the_entrance_holds_requests_for_an_unready_pod_and_then_refuses_them() 
     let (status, body) = get(serving.http_addr.unwrap(), "hello.localhost", "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains("not ready within 200ms"), "{body}");
+    serving.shutdown().await;
+}
+
+/// A host with the given entrance limits, the hello pod applied, serving the shared entrance.
+async fn host_with_entrance(state: &Path, work: &Path, entrance: ProxyLimits) -> Serving {
+    let config = HostConfig {
+        state_dir: state.to_path_buf(),
+        limits: HostLimits {
+            entrance,
+            ..HostLimits::default()
+        },
+        engine: Some(engine()),
+        ..HostConfig::default()
+    };
+    let host = Host::open(config).await.unwrap();
+    let api = ApiListen::Tcp {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: TOKEN.into(),
+    };
+    let serving = serve(host, api, Some("127.0.0.1:0".parse().unwrap())).await.unwrap();
+    let client = api_client(&serving);
+    assert_eq!(client.apply(&hello_spec(work, "")).await.unwrap(), "created");
+    serving
+}
+
+async fn connect_from(from: &str, addr: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+    tokio::time::timeout(DEADLINE, socket.connect(addr))
+        .await
+        .expect("connected in time")
+        .expect("connected")
+}
+
+/// An HTTP/1.1 keep-alive connection from `from` to the entrance.
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn open_from(from: &str, addr: SocketAddr) -> Sender {
+    let stream = connect_from(from, addr).await;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// GET / for hello.localhost on `sender`: the status, or the error when the connection closed.
+async fn hello_on(sender: &mut Sender) -> Result<StatusCode, String> {
+    let request = Request::builder()
+        .uri("/")
+        .header(http::header::HOST, "hello.localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    response.into_body().collect().await.map_err(|e| e.to_string())?;
+    Ok(status)
+}
+
+/// Reads until the server closes the connection (EOF or reset); panics at the deadline.
+async fn until_closed(stream: &mut tokio::net::TcpStream, what: &str) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => panic!("{what}: still open at the deadline"),
+            Ok(Ok(0) | Err(_)) => return seen,
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn warnings(serving: &Serving) -> Vec<String> {
+    serving
+        .host()
+        .events()
+        .all()
+        .into_iter()
+        .filter_map(|event| match event.kind {
+            wasmpod::EventKind::Warning { message } => Some(message),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn until_warning(serving: &Serving, needle: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while !warnings(serving).iter().any(|w| w.contains(needle)) {
+        assert!(
+            Instant::now() < deadline,
+            "no warning with {needle:?}: {:?}",
+            warnings(serving)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The shared entrance applies the front proxy's limits from the host's config: a slowloris
+/// head is closed, an oversized head gets 431, the per-address cap closes one connection too
+/// many, and at the connection cap a new client waits in the backlog until a slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_entrance_applies_the_front_proxys_limits() {
+    use tokio::io::AsyncWriteExt;
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let entrance = ProxyLimits {
+        max_connections: 3,
+        max_connections_per_address: 2,
+        header_read_timeout: std::time::Duration::from_millis(200),
+        max_header_bytes: 16 << 10,
+        ..ProxyLimits::default()
+    };
+    let serving = host_with_entrance(state.path(), work.path(), entrance).await;
+    let addr = serving.http_addr.unwrap();
+
+    // Slowloris: a head that never ends is closed after the header-read timeout.
+    let mut slow = connect_from("127.0.0.4", addr).await;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: hello.localhost\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut slow, "a slowloris head").await;
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"), "{answer:?}");
+
+    // A head reaching max_header_bytes gets 431. Exactly that many bytes, so the server has
+    // read all of them (unread bytes would make its close a reset that can eat the answer).
+    let mut big = connect_from("127.0.0.5", addr).await;
+    let mut head = b"GET / HTTP/1.1\r\nHost: hello.localhost\r\nX-Big: ".to_vec();
+    head.resize(16 << 10, b'a');
+    big.write_all(&head).await.unwrap();
+    let answer = String::from_utf8_lossy(&until_closed(&mut big, "an oversized head").await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+
+    // Two keep-alive connections from one address are its share; a third is closed unserved.
+    let mut first = open_from("127.0.0.1", addr).await;
+    assert_eq!(hello_on(&mut first).await, Ok(StatusCode::OK));
+    let mut second = open_from("127.0.0.1", addr).await;
+    assert_eq!(hello_on(&mut second).await, Ok(StatusCode::OK));
+    let mut third = open_from("127.0.0.1", addr).await;
+    assert!(
+        hello_on(&mut third).await.is_err(),
+        "the per-address cap closes the third"
+    );
+    until_warning(&serving, "shared entrance refused").await;
+
+    // Another address takes the last of the 3 slots; a fourth client waits in the backlog
+    // (its request unanswered) until one connection closes, then it is served.
+    let mut other = open_from("127.0.0.2", addr).await;
+    assert_eq!(hello_on(&mut other).await, Ok(StatusCode::OK));
+    let mut waiting = open_from("127.0.0.3", addr).await;
+    let served = tokio::spawn(async move { hello_on(&mut waiting).await });
+    until_warning(&serving, "waiting in the listen backlog").await;
+    assert!(!served.is_finished(), "served past the connection cap");
+    drop(first);
+    let status = tokio::time::timeout(DEADLINE, served).await.unwrap().unwrap();
+    assert_eq!(status, Ok(StatusCode::OK));
+    drop((second, other));
+    serving.shutdown().await;
+}
+
+/// The entrance's keep-alive timeout closes a connection idle after its last answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_entrance_closes_idle_keep_alive_connections() {
+    use tokio::io::AsyncWriteExt;
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let entrance = ProxyLimits {
+        keep_alive_timeout: std::time::Duration::from_millis(300),
+        ..ProxyLimits::default()
+    };
+    let serving = host_with_entrance(state.path(), work.path(), entrance).await;
+    let mut stream = connect_from("127.0.0.1", serving.http_addr.unwrap()).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: hello.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let answer =
+        String::from_utf8_lossy(&until_closed(&mut stream, "an idle keep-alive connection").await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("hello from wasmpod\n"), "{answer}");
+    serving.shutdown().await;
+}
+
+/// The hello pod named `name` with `[expose] host_port` set as written (or left out), and
+/// `env` on its container.
+fn host_port_spec(dir: &Path, name: &str, host_port: Option<&str>, env: &str) -> PathBuf {
+    let host_port = host_port
+        .map(|port| format!("host_port = {port}\n"))
+        .unwrap_or_default();
+    let text = format!(
+        "name = \"{name}\"\n\n[expose]\nport = 8080\n{host_port}\n[[containers]]\nname = \"web\"\n\
+         component = \"{}\"\nports = [8080]\nenv = {{ GREETING = \"{env}\" }}\n",
+        guest("hello_http").display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The `host_addr` the API reports for pod `name`.
+async fn host_addr_of(client: &Client, name: &str) -> Option<SocketAddr> {
+    let view = client
+        .call(Method::GET, &format!("/v1/pods/{name}"), Bytes::new())
+        .await
+        .unwrap();
+    view["host_addr"].as_str().map(|addr| addr.parse().unwrap())
+}
+
+/// Waits until nothing listens on `addr` any more.
+async fn until_released(addr: SocketAddr) {
+    let deadline = Instant::now() + DEADLINE;
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "{addr} is still listening");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// `[expose] host_port`: a pod run by the host keeps a TCP port of its own (any `Host`
+/// header), through updates; `0` picks a free port, reported as `host_addr`; a port another
+/// pod holds is refused; the port is released when the spec drops it and on delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_keeps_its_own_host_port_until_it_gives_it_up() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let serving = start_host(state.path()).await;
+    let client = api_client(&serving);
+
+    let first = host_port_spec(work.path(), "first", Some("0"), "a");
+    assert_eq!(client.apply(&first).await.unwrap(), "created");
+    let addr = host_addr_of(&client, "first")
+        .await
+        .expect("a host_addr for host_port = 0");
+    assert_ne!(addr.port(), 0);
+    let (status, body) = get(addr, "anything.example", "/").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from wasmpod\n"));
+    // The shared entrance still routes it too.
+    let (status, _) = get(serving.http_addr.unwrap(), "first.localhost", "/").await;
+    assert_eq!(status, StatusCode::OK);
+    let exposed = serving.host().pod("first").unwrap().events().all();
+    assert!(
+        exposed
+            .iter()
+            .any(|event| event.to_string().contains(&addr.to_string())),
+        "{exposed:?}"
+    );
+
+    // An update keeps the listener (same port, still answering).
+    let changed = host_port_spec(work.path(), "first", Some("0"), "b");
+    assert_eq!(client.apply(&changed).await.unwrap(), "updated");
+    assert_eq!(host_addr_of(&client, "first").await, Some(addr));
+    assert_eq!(get(addr, "x", "/").await.0, StatusCode::OK);
+
+    // Another pod may not claim that port.
+    let port = addr.port().to_string();
+    let second = host_port_spec(work.path(), "second", Some(&port), "a");
+    let refused = client.apply(&second).await.unwrap_err().to_string();
+    assert!(
+        refused.contains(&format!("host_port {port} is already claimed by pod \"first\"")),
+        "{refused}"
+    );
+    assert!(serving.host().pod("second").is_none());
+
+    // `first` gives the port up; then `second` gets it, and on delete it is released.
+    let without = host_port_spec(work.path(), "first", None, "b");
+    assert_eq!(client.apply(&without).await.unwrap(), "updated");
+    assert_eq!(host_addr_of(&client, "first").await, None);
+    until_released(addr).await;
+    assert_eq!(client.apply(&second).await.unwrap(), "created");
+    assert_eq!(host_addr_of(&client, "second").await, Some(addr));
+    assert_eq!(get(addr, "x", "/").await.0, StatusCode::OK);
+    client.delete("second").await.unwrap();
+    until_released(addr).await;
+
+    // Out of range: a located spec error, nothing created.
+    let bad = host_port_spec(work.path(), "third", Some("70000"), "a");
+    let refused = client.apply(&bad).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("third.toml:5:") && refused.contains("host_port 70000 is out of range"),
+        "{refused}"
+    );
+    serving.shutdown().await;
+}
+
+/// `wasmpod` in the runtime directory `runtime`, WASMPOD_HOST unset.
+fn wasmpod_in(runtime: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_wasmpod"))
+        .args(args)
+        .env("WASMPOD_RUNTIME_DIR", runtime)
+        .env_remove("WASMPOD_HOST")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+/// Retries `wasmpod args` until `done` holds for its stdout, or the deadline.
+fn wasmpod_until(runtime: &Path, args: &[&str], what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, out, err) = wasmpod_in(runtime, args);
+        if done(&out) {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "{what}: {out}{err}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `ps`, `logs` and `events` see the pods of a host on the local socket beside the local
+/// `wasmpod run` pods (a WHERE column tells them apart), or the host `--host` names; `logs`
+/// and `events` follow a host pod until it is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ps_logs_and_events_list_and_follow_host_pods() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(runtime.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmpod"));
+    command.env("WASMPOD_RUNTIME_DIR", runtime.path());
+    let _host = spawn_host_with(state.path(), command, &[]);
+    let socket = runtime.path().join("edge").join("host.sock");
+    assert!(socket.exists(), "the host listens on the default socket");
+    let toolbox = guest("toolbox").display().to_string();
+    let talker = work.path().join("talker.toml");
+    std::fs::write(
+        &talker,
+        format!("name = \"talker\"\ntermination_grace_period = \"100ms\"\n[[containers]]\nname = \"talk\"\ncomponent = \"{toolbox}\"\nargs = [\"serve-forever\", \"20\"]\n"),
+    )
+    .unwrap();
+    let (ok, out) = cli(&["apply", "-f", talker.to_str().unwrap()], &socket);
+    assert!(ok && out.trim() == "created", "{out}");
+
+    // One pod in all: its table, as for a single `wasmpod run` pod.
+    let table = wasmpod_until(runtime.path(), &["ps"], "ps shows the talker", |out| {
+        out.starts_with("pod talker: Running")
+    });
+    assert!(table.contains("talk "), "{table}");
+
+    // A local `wasmpod run` pod beside the host's: a list that says where each runs.
+    let local_spec = work.path().join("local.toml");
+    std::fs::write(
+        &local_spec,
+        format!("name = \"local\"\n[[containers]]\nname = \"idle\"\ncomponent = \"{toolbox}\"\nargs = [\"sleep\", \"600000\"]\n"),
+    )
+    .unwrap();
+    let mut local = Command::new(env!("CARGO_BIN_EXE_wasmpod"))
+        .arg("run")
+        .arg(&local_spec)
+        .env("WASMPOD_RUNTIME_DIR", runtime.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.path().join("local.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let local_log = work.path().join("local.log");
+    let deadline = Instant::now() + DEADLINE;
+    let list = loop {
+        let (_, out, err) = wasmpod_in(runtime.path(), &["ps"]);
+        if out.starts_with("POD") && out.lines().count() == 3 {
+            break out;
+        }
+        let log = std::fs::read_to_string(&local_log).unwrap_or_default();
+        assert!(
+            Instant::now() < deadline,
+            "ps lists both pods: {out}{err}\nlocal pod: {log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let rows: Vec<Vec<&str>> = list.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["POD", "PHASE", "CONTAINERS", "WHERE"], "{list}");
+    assert_eq!(rows[1][0], "local", "{list}");
+    assert_eq!(rows[1].last(), Some(&"run"), "{list}");
+    assert_eq!(rows[2][0], "talker", "{list}");
+    assert_eq!(rows[2].last(), Some(&"host"), "{list}");
+    let (ok, json, _) = wasmpod_in(runtime.path(), &["ps", "--json"]);
+    assert!(ok);
+    let names: Vec<String> = json
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, ["local", "talker"], "{json}");
+    // Named: the host pod by name, and --host asks the host only.
+    let (ok, out, err) = wasmpod_in(runtime.path(), &["ps", "talker"]);
+    assert!(ok && out.starts_with("pod talker: Running"), "{out}{err}");
+    let (ok, out) = cli(&["ps"], &socket);
+    assert!(ok && out.starts_with("pod talker: Running"), "{out}");
+    let (ok, out) = cli(&["ps", "local"], &socket);
+    assert!(!ok && out.contains("no pod \"local\""), "{out}");
+    let _ = local.kill();
+    let _ = local.wait();
+
+    // Logs: the last line kept, then following.
+    let out = wasmpod_until(
+        runtime.path(),
+        &["logs", "talker", "talk", "--tail", "2"],
+        "two lines",
+        |out| out.lines().count() == 2,
+    );
+    assert!(!out.trim().is_empty(), "{out}");
+    let (ok, out, err) = wasmpod_in(runtime.path(), &["logs", "talker", "nosuch"]);
+    assert!(!ok && err.contains("no container \"nosuch\""), "{out}{err}");
+
+    // Follow logs and events until the pod is deleted: both end, having seen it go.
+    let follow = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_wasmpod"))
+            .args(args)
+            .env("WASMPOD_RUNTIME_DIR", runtime.path())
+            .env_remove("WASMPOD_HOST")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut logs = follow(&["logs", "talker", "talk", "--follow", "--tail", "0"]);
+    let mut events = follow(&["events", "talker", "--follow", "--json"]);
+    // Lines keep coming while the pod runs.
+    let mut log_lines = BufReader::new(logs.stdout.take().unwrap()).lines();
+    assert!(log_lines.next().is_some_and(|l| l.is_ok()), "a followed line");
+    let mut event_lines = BufReader::new(events.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&event_lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["type"], "event", "{first}");
+    let (ok, out) = cli(&["delete", "talker"], &socket);
+    assert!(ok, "{out}");
+    let deadline = Instant::now() + DEADLINE;
+    for child in [&mut logs, &mut events] {
+        let exit = loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "a follower did not end with the pod");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(exit.success(), "{exit:?}");
+    }
+    let seen: Vec<String> = event_lines.map_while(Result::ok).collect();
+    assert!(
+        seen.iter().any(|l| l.contains("stopping") || l.contains("stopped")),
+        "{seen:?}"
+    );
+}
+
+/// An update that changes only `[expose] hostnames` (updated in place) moves the routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_of_the_hostnames_moves_the_routes() {
+    let state = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let serving = start_host(state.path()).await;
+    let client = api_client(&serving);
+    let http = serving.http_addr.unwrap();
+    let spec = hello_spec(work.path(), "");
+    assert_eq!(client.apply(&spec).await.unwrap(), "created");
+    assert_eq!(get(http, "hello.example.com", "/").await.0, StatusCode::OK);
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("hello.example.com", "hi.example.com");
+    std::fs::write(&spec, text).unwrap();
+    assert_eq!(client.apply(&spec).await.unwrap(), "updated");
+    assert_eq!(get(http, "hi.example.com", "/").await.0, StatusCode::OK);
+    assert_eq!(get(http, "hello.example.com", "/").await.0, StatusCode::NOT_FOUND);
     serving.shutdown().await;
 }

@@ -1,5 +1,6 @@
 //! The three scenarios container groups exist for, run from their real `examples/*/wasmpod.toml`
-//! through the test harness: a logging sidecar, a monitoring sidecar and a content puller.
+//! through the test harness: a logging sidecar, a monitoring sidecar and a content puller; and
+//! the chaos example, a client that stays correct under injected faults.
 //!
 //! Each test loads the example's spec and changes only what a test must: host directories
 //! become temp directories, the content source is a server this test runs on `127.0.0.1:0`, and
@@ -425,4 +426,56 @@ async fn content_puller_replaces_the_site_atomically() {
     pod.stop().await;
     assert_eq!(updates as u32, VERSIONS, "one update per version");
     eprintln!("content puller: {polls} polls over {VERSIONS} versions, none half-written");
+}
+
+// ---- chaos --------------------------------------------------------------------------------
+
+fn count_matching(pod: &TestPod, container: &str, matches: impl Fn(&str) -> bool) -> usize {
+    pod.logs(container).iter().filter(|line| matches(line)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_client_stays_correct_under_latency_resets_and_a_partition() {
+    use wasmpod::net::fault::{Fault, FaultKind};
+    const REQUESTS: usize = 60;
+    let mut spec = example("chaos");
+    let client = container(&mut spec, "client");
+    set_flag(client, "--every", "0ms");
+    client.args.extend(["--requests".to_string(), REQUESTS.to_string()]);
+    let pod = TestPod::start(spec).await.unwrap();
+
+    // Under the spec's latency and resets, requests go through.
+    pod.wait_for_log("client", |line| line.starts_with("ok 10 "))
+        .await
+        .unwrap();
+    // A partition: every attempt is refused, the client keeps retrying the same request.
+    let partition = pod.fault(Fault::new(FaultKind::Down, "api:8080".parse().unwrap()));
+    pod.wait_until("three refused attempts", |_| {
+        count_matching(&pod, "client", |line| line.contains("ConnectionRefused")) >= 3
+    })
+    .await
+    .unwrap();
+    drop(partition);
+    let done = pod
+        .wait_for_log("client", |line| line.starts_with("done "))
+        .await
+        .unwrap();
+    assert!(done.starts_with(&format!("done {REQUESTS} requests, ")), "{done}");
+    assert!(done.ends_with(", 0 wrong"), "{done}");
+
+    let logs = pod.logs("client");
+    let retries: Vec<&String> = logs.iter().filter(|line| line.starts_with("retry ")).collect();
+    eprintln!("{done}; first retries: {:#?}", &retries[..retries.len().min(8)]);
+    // Every request answered exactly once, in order, with its own body.
+    let answered: Vec<usize> = logs
+        .iter()
+        .filter_map(|line| line.strip_prefix("ok ")?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(answered, (0..REQUESTS).collect::<Vec<_>>(), "{logs:#?}");
+    assert!(!logs.iter().any(|line| line.starts_with("WRONG")), "{logs:#?}");
+    // The resets of the spec (one request in five) were met and retried.
+    assert!(
+        logs.iter().any(|line| line.contains("ConnectionTerminated")),
+        "{logs:#?}"
+    );
 }

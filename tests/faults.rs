@@ -534,3 +534,354 @@ async fn measure_connect_cost_of_the_fault_table() {
     }
     drop(guard);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Faults added while a connection is open (`hold-ping`: the guest connects, exchanges one byte,
+// waits for a go byte, then times one more exchange on the same connection). The host end
+// serves it, so the test decides exactly when the fault comes in.
+
+/// Accepts the `hold-ping` client's connection, echoes its warm-up byte and waits until the
+/// client says the echo arrived.
+async fn hold_ping_accepted(listener: &wasmpod::net::PodListener) -> wasmpod::net::PodStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(DEADLINE, listener.accept())
+        .await
+        .expect("client connects in time")
+        .expect("accept");
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.expect("warm-up byte");
+    s.write_all(b"p").await.expect("warm-up echo");
+    s.read_exact(&mut b).await.expect("ready byte");
+    assert_eq!(&b, b"r");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_added_while_open_delays_the_open_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pod = PodNetwork::new();
+    let listener = pod.listen_host(5600, 8).expect("listen");
+    let client = spawn(&pod, "client", "hold-ping 127.0.0.1:5600");
+    let mut s = hold_ping_accepted(&listener).await;
+    let latency = Duration::from_millis(120);
+    let _slow = pod.faults().add_guarded(Fault::new(
+        FaultKind::Latency {
+            latency,
+            jitter: Duration::ZERO,
+        },
+        to("5600"),
+    ));
+    // A partition elsewhere leaves this link alone.
+    let _elsewhere = pod.faults().add_guarded(Fault::new(FaultKind::Down, to("5601")));
+    s.write_all(b"g").await.expect("go");
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.expect("timed byte");
+    s.write_all(b"p").await.expect("timed echo");
+    let (code, out) = client.await.expect("client task");
+    assert_eq!(code, 0, "{out}");
+    let rtt: u128 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("rtt ")?.strip_suffix(" ns")?.parse().ok())
+        .expect(&out);
+    // The byte up and its echo down, each held back on the connection opened before the fault.
+    assert!(rtt >= 2 * latency.as_nanos(), "{out}");
+}
+
+/// Runs `hold-ping` against a host end, adds `fault` once the connection is open, and returns
+/// what the guest printed and what the host end's next read gave.
+async fn fault_on_open_hold_ping(port: u16, fault: Fault) -> (String, std::io::Result<usize>, Arc<PodNetwork>) {
+    use tokio::io::AsyncReadExt;
+    let pod = PodNetwork::new();
+    let listener = pod.listen_host(port, 8).expect("listen");
+    let client = spawn(
+        &pod,
+        "client",
+        Box::leak(format!("hold-ping 127.0.0.1:{port}").into_boxed_str()),
+    );
+    let mut s = hold_ping_accepted(&listener).await;
+    let id = pod.faults().add(fault);
+    let (code, out) = client.await.expect("client task");
+    assert_eq!(code, 0, "{out}");
+    let mut b = [0u8; 1];
+    let host_read = tokio::time::timeout(DEADLINE, s.read(&mut b))
+        .await
+        .expect("host read ends");
+    assert!(pod.faults().remove(id));
+    (out, host_read, pod)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_added_while_open_resets_the_open_connection_and_heals_when_removed() {
+    let (out, host_read, pod) = fault_on_open_hold_ping(5610, Fault::new(FaultKind::Down, to("5610"))).await;
+    // The guest was blocked reading its go byte: the partition wakes it with an error (a
+    // reset; wasi-libc may report it without its code, see `reset_peer_resets_the_connection`).
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "warm", "{out}");
+    assert!(lines[1].starts_with("go: error "), "{out}");
+    assert_eq!(
+        host_read.expect_err("the host end is reset too").kind(),
+        std::io::ErrorKind::ConnectionReset
+    );
+    // Removed (by the helper): new connections heal.
+    let _listener = pod.listen_host(5611, 8).expect("listen");
+    let (code, out) = run(&pod, "client", "try-connect 127.0.0.1:5611").await;
+    assert_eq!((code, out.as_str()), (0, "connect ok\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_refuses_new_connections_while_an_open_one_is_reset() {
+    let pod = PodNetwork::new();
+    let listener = pod.listen_host(5620, 8).expect("listen");
+    let client = spawn(&pod, "client", "hold-ping 127.0.0.1:5620");
+    let _s = hold_ping_accepted(&listener).await;
+    let guard = pod.faults().add_guarded(Fault::new(FaultKind::Down, to("5620")));
+    let (code, out) = client.await.expect("client task");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("go: error "), "{out}");
+    let (code, out) = run(&pod, "other", "try-connect 127.0.0.1:5620").await;
+    assert_eq!((code, out.as_str()), (0, "connect failed: ConnectionRefused\n"));
+    drop(guard);
+    let (code, out) = run(&pod, "other", "try-connect 127.0.0.1:5620").await;
+    assert_eq!((code, out.as_str()), (0, "connect ok\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_peer_added_while_open_resets_it_after_its_timeout() {
+    let fault = Fault::new(
+        FaultKind::ResetPeer {
+            timeout: Duration::from_millis(50),
+        },
+        to("5630"),
+    );
+    let (out, host_read, _pod) = fault_on_open_hold_ping(5630, fault).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "warm", "{out}");
+    assert!(lines[1].starts_with("go: error "), "{out}");
+    assert_eq!(
+        host_read.expect_err("reset").kind(),
+        std::io::ErrorKind::ConnectionReset
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_for_another_container_leaves_an_open_connection_alone() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pod = PodNetwork::new();
+    let listener = pod.listen_host(5640, 8).expect("listen");
+    let client = spawn(&pod, "client", "hold-ping 127.0.0.1:5640");
+    let mut s = hold_ping_accepted(&listener).await;
+    let _g = pod
+        .faults()
+        .add_guarded(Fault::new(FaultKind::Down, to("5640")).from("someone-else"));
+    s.write_all(b"g").await.expect("go");
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.expect("timed byte");
+    s.write_all(b"p").await.expect("timed echo");
+    let (code, out) = client.await.expect("client task");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\nrtt "), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_added_while_open_reaches_a_link_already_relayed() {
+    // A slicer at connect time puts the link on a relay; a partition added later resets it
+    // at once, even though no byte moves.
+    let pod = PodNetwork::new();
+    let listener = pod.listen_host(5650, 8).expect("listen");
+    let _slicer = pod.faults().add_guarded(Fault::new(
+        FaultKind::Slicer {
+            average_size: 1,
+            size_variation: 0,
+            delay: Duration::ZERO,
+        },
+        to("5650"),
+    ));
+    let client = spawn(&pod, "client", "hold-ping 127.0.0.1:5650");
+    let _s = hold_ping_accepted(&listener).await;
+    let _down = pod.faults().add_guarded(Fault::new(FaultKind::Down, to("5650")));
+    let (code, out) = client.await.expect("client task");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("go: error "), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_back_bytes_keep_their_order_and_the_end_of_stream_waits_behind_them() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pod = PodNetwork::new();
+    let listener = pod.listen_host(5660, 8).expect("listen");
+    let mut client = pod.connect(5660).expect("connect");
+    let mut server = listener.accept().await.expect("accept");
+    client.write_all(b"before ").await.expect("write");
+    let guard = pod.faults().add_guarded(Fault::new(
+        FaultKind::Latency {
+            latency: Duration::from_millis(30),
+            jitter: Duration::from_millis(25),
+        },
+        to("5660"),
+    ));
+    for i in 0..20 {
+        client.write_all(format!("{i} ").as_bytes()).await.expect("write");
+    }
+    drop(guard);
+    // Written after the fault went: still behind the held-back bytes.
+    client.write_all(b"after").await.expect("write");
+    client.shutdown().await.expect("fin");
+    let mut got = String::new();
+    tokio::time::timeout(DEADLINE, server.read_to_string(&mut got))
+        .await
+        .expect("read in time")
+        .expect("read");
+    let expected: String = std::iter::once("before ".to_string())
+        .chain((0..20).map(|i| format!("{i} ")))
+        .chain(std::iter::once("after".to_string()))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outgoing HTTP answered in-process (an http container called by a sibling over wasi:http
+// never touches a socket): `latency`, `down` and `reset_peer` act on the request. The caller
+// is hello-http's `/fetch`, which answers `502 error: CODE` when its request fails.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_act_on_http_requests_routed_in_process() -> Result<(), wasmpod::testing::TestPodError> {
+    use wasmpod::testing::TestPod;
+    let guests = std::path::Path::new(env!("WASMPOD_GUESTS_DIR"));
+    let pod = TestPod::builder("chain")
+        .container("web", guests.join("hello_http.wasm"))
+        .port(8080)
+        .container("api", guests.join("hello_http.wasm"))
+        .port(8081)
+        .start()
+        .await?;
+    pod.wait_ready().await?;
+    let fetch = |query: &'static str| pod.get_port(8080, query);
+    let healthy = |r: &wasmpod::testing::TestResponse| r.status() == 200 && r.text() == "hello from wasmpod\n";
+    let r = fetch("/fetch?url=http://api:8081/").await?;
+    assert!(healthy(&r), "{} {}", r.status(), r.text());
+
+    // down: refused, as a connect to a partitioned port would be; heals when removed.
+    let down = pod.fault(Fault::new(FaultKind::Down, to("api:8081")));
+    let r = fetch("/fetch?url=http://api:8081/").await?;
+    assert_eq!(r.status(), 502, "{}", r.text());
+    assert!(r.text().contains("ConnectionRefused"), "{}", r.text());
+    drop(down);
+    let r = fetch("/fetch?url=http://localhost:8081/").await?;
+    assert!(healthy(&r), "{} {}", r.status(), r.text());
+
+    // A fault from another container, or on another port, leaves web's requests alone.
+    let _other = pod.fault(Fault::new(FaultKind::Down, to("8081")).from("api"));
+    let _elsewhere = pod.fault(Fault::new(FaultKind::Down, to("8082")));
+    let r = fetch("/fetch?url=http://api:8081/").await?;
+    assert!(healthy(&r), "{} {}", r.status(), r.text());
+    drop((_other, _elsewhere));
+
+    // latency: the guest's own first-byte timeout (50 ms) fires before the delayed answer,
+    // while a generous one sees it through.
+    let slow = pod.fault(Fault::new(
+        FaultKind::Latency {
+            latency: Duration::from_millis(300),
+            jitter: Duration::ZERO,
+        },
+        to("8081"),
+    ));
+    let r = fetch("/fetch?url=http://api:8081/&first_byte_ms=50").await?;
+    assert_eq!(r.status(), 502, "{}", r.text());
+    assert!(r.text().contains("ConnectionReadTimeout"), "{}", r.text());
+    let r = fetch("/fetch?url=http://api:8081/&first_byte_ms=60000").await?;
+    assert!(healthy(&r), "{} {}", r.status(), r.text());
+    drop(slow);
+
+    // reset_peer: the exchange fails as a dropped connection does.
+    let reset = pod.fault(
+        Fault::new(
+            FaultKind::ResetPeer {
+                timeout: Duration::ZERO,
+            },
+            to("api:8081"),
+        )
+        .from("web"),
+    );
+    let r = fetch("/fetch?url=http://api:8081/").await?;
+    assert_eq!(r.status(), 502, "{}", r.text());
+    assert!(r.text().contains("ConnectionTerminated"), "{}", r.text());
+    drop(reset);
+    let r = fetch("/fetch?url=http://api:8081/").await?;
+    assert!(healthy(&r), "{} {}", r.status(), r.text());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_latency_delivers_late_in_order() {
+    let pod = PodNetwork::new();
+    // The TCP listener tells the test the UDP socket is bound (it is bound first).
+    let server = spawn(
+        &pod,
+        "server",
+        "udp-bind 127.0.0.1:5700 && listen 127.0.0.1:5701 && udp-echo 20",
+    );
+    listening(&pod, 5701).await;
+    let latency = Duration::from_millis(60);
+    let _g = pod.faults().add_guarded(Fault::new(
+        FaultKind::Latency {
+            latency,
+            jitter: Duration::from_millis(50),
+        },
+        to("server:5700"),
+    ));
+    let (code, out) = run(&pod, "client", "udp-rtt 127.0.0.1:5700 20").await;
+    assert_eq!(code, 0, "{out}");
+    // Each datagram is held back at least latency - jitter on the way there and back, and
+    // jitter never reorders a link.
+    let nanos: u128 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("udp rtt 20 in ")?.strip_suffix(" ns")?.parse().ok())
+        .expect(&out);
+    assert!(nanos >= 2 * Duration::from_millis(10).as_nanos(), "{out}");
+    assert!(out.contains("order ok"), "{out}");
+    assert_eq!(server.await.expect("server").0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_reaches_an_open_egress_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pod = PodNetwork::new();
+    let target = format!("host.wasmpod.internal:{port}");
+    let rules = vec![target.clone()];
+    let hook: wasmpod::net::DeniedHook = Arc::new(|_| {});
+    let script = format!("hold-ping {target}");
+    let client = {
+        let pod = pod.clone();
+        tokio::spawn(async move { netcheck::run_with_egress(&pod, "app", &rules, hook, &script).await })
+    };
+    let (mut s, _) = tokio::time::timeout(DEADLINE, listener.accept())
+        .await
+        .expect("dialled in time")
+        .unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    s.write_all(b"p").await.unwrap();
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"r");
+    let latency = Duration::from_millis(100);
+    let slow = pod.faults().add_guarded(Fault::new(
+        FaultKind::Latency {
+            latency,
+            jitter: Duration::ZERO,
+        },
+        to(&target),
+    ));
+    s.write_all(b"g").await.unwrap();
+    s.read_exact(&mut b).await.unwrap();
+    s.write_all(b"p").await.unwrap();
+    let (code, out) = client.await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    let rtt: u128 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("rtt ")?.strip_suffix(" ns")?.parse().ok())
+        .expect(&out);
+    assert!(rtt >= 2 * latency.as_nanos(), "{out}");
+    drop(slow);
+}

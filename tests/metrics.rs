@@ -242,6 +242,7 @@ async fn the_hosts_metrics_count_what_its_containers_did() {
         state_dir: state.path().to_path_buf(),
         limits: HostLimits::default(),
         engine: Some(engine()),
+        host_port_ip: None,
     })
     .await
     .expect("host opens");

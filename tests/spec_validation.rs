@@ -175,6 +175,7 @@ fn full_spec_parses_into_the_resolved_model() {
         readiness_wait: wasmpod::spec::DEFAULT_READINESS_WAIT,
         expose: Some(Expose::new(8080)),
         hostnames: Vec::new(),
+        host_port: None,
         volumes: vec![
             VolumeSpec {
                 name: "scratch".into(),
@@ -894,6 +895,7 @@ fn rust_built_spec(pod: &PodDir) -> PodSpec {
         readiness_wait: wasmpod::spec::DEFAULT_READINESS_WAIT,
         expose: Some(Expose::new(8080)),
         hostnames: Vec::new(),
+        host_port: None,
         volumes: vec![VolumeSpec {
             name: "scratch".into(),
             source: VolumeSource::EmptyDir,

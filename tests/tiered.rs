@@ -238,3 +238,159 @@ async fn winch_mode_serves_baseline_code_and_caches_it() {
     assert_eq!(cached_files(cache.path()).len(), 1);
     pod.stop().await;
 }
+
+/// `wasmpod run` of `spec` with a cache of its own and the default (tiered) compiler; stdout
+/// and stderr lines arrive on the receiver.
+fn run_cli(spec: &Path, cache: &Path, runtime_dir: &Path) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasmpod"))
+        .arg("run")
+        .arg("--no-color")
+        .arg(spec)
+        .env("WASMPOD_CACHE_DIR", cache)
+        .env("WASMPOD_RUNTIME_DIR", runtime_dir)
+        .env_remove("WASMPOD_COMPILER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wasmpod runs");
+    let (send, lines) = std::sync::mpsc::channel();
+    let streams: [Box<dyn std::io::Read + Send>; 2] = [
+        Box::new(child.stdout.take().expect("stdout")),
+        Box::new(child.stderr.take().expect("stderr")),
+    ];
+    for stream in streams {
+        let send = send.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    (child, lines)
+}
+
+/// Reads lines until one contains `text` (deadline); returns every line read.
+fn read_until(lines: &std::sync::mpsc::Receiver<String>, text: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + DEADLINE;
+    while !seen.iter().any(|line| line.contains(text)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no line containing {text:?}; got:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+/// Waits for the process to exit (deadline), then collects the rest of its output.
+fn wait_exit(
+    child: &mut std::process::Child,
+    lines: &std::sync::mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wasmpod did not exit; output:\n{}", seen.join("\n"));
+        }
+        while let Ok(line) = lines.recv_timeout(Duration::from_millis(20)) {
+            seen.push(line);
+        }
+    };
+    // The reader threads end at EOF, after the process exited.
+    while let Ok(line) = lines.recv_timeout(DEADLINE) {
+        seen.push(line);
+    }
+    status
+}
+
+/// A 0700 directory for the control socket (wasmpod refuses one others may read).
+fn runtime_dir() -> tempfile::TempDir {
+    let mut builder = tempfile::Builder::new();
+    builder.permissions(<std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
+        0o700,
+    ));
+    builder.tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a temp dir")
+}
+
+/// Stopping `wasmpod run` (SIGTERM, as Ctrl-C) while the optimized compile runs in the
+/// background exits at once: the compile is abandoned, not finished for the cache. Not a
+/// timing assertion: a process that waited for the compile would have written its artifact
+/// to the cache before exiting, so after the exit the cache must hold none — given that the
+/// compile was still pending when the pod stopped, which `wasmpod run` says ("abandoned").
+#[test]
+fn a_stopped_run_abandons_the_background_compile_instead_of_waiting_for_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("cache");
+    let spec = dir.path().join("pod.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"tiered-stop-{}\"\n[[containers]]\nname = \"web\"\ncomponent = {:?}\nports = [8080]\n",
+            std::process::id(),
+            guest("hello_http").display().to_string()
+        ),
+    )
+    .expect("spec");
+    let runtime = runtime_dir();
+    let (mut child, lines) = run_cli(&spec, &cache, runtime.path());
+    let mut seen = Vec::new();
+    read_until(&lines, "optimizing in the background", &mut seen);
+    read_until(&lines, "web: ready", &mut seen);
+    assert!(
+        cached_files(&cache).is_empty(),
+        "the optimized compile finished before the test could stop the pod: it checks nothing"
+    );
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child, &lines, &mut seen);
+    let output = seen.join("\n");
+    assert!(status.success(), "{output}");
+    assert!(
+        output.contains("optimized compile of 1 component(s) abandoned"),
+        "the compile was pending when the pod stopped, and the user is told: {output}"
+    );
+    assert!(
+        cached_files(&cache).is_empty(),
+        "the process exited without finishing the compile: {output}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&cache)
+        .map(|dir| dir.filter_map(|entry| entry.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "no half-written cache file: {leftovers:?}");
+}
+
+/// A pod that ends on its own waits for its background compile (and says so), so the next
+/// start finds the optimized code in the cache.
+#[test]
+fn a_run_that_ends_on_its_own_leaves_the_optimized_code_in_the_cache() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("cache");
+    let spec = dir.path().join("pod.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"tiered-end-{}\"\nrestart_policy = \"never\"\n[[containers]]\nname = \"app\"\ncomponent = {:?}\nargs = [\"print\", \"done\"]\n",
+            std::process::id(),
+            guest("toolbox").display().to_string()
+        ),
+    )
+    .expect("spec");
+    let runtime = runtime_dir();
+    let (mut child, lines) = run_cli(&spec, &cache, runtime.path());
+    let mut seen = Vec::new();
+    let status = wait_exit(&mut child, &lines, &mut seen);
+    let output = seen.join("\n");
+    assert!(status.success(), "{output}");
+    assert!(output.contains("serving baseline (Winch) code"), "{output}");
+    assert!(output.contains("finishing the optimized compile"), "{output}");
+    assert_eq!(cached_files(&cache).len(), 1, "{output}");
+}

@@ -85,7 +85,7 @@ pub(crate) fn tiered_code<P: 'static>(
     component: &Component,
     typed: fn(InstancePre<ContainerData>) -> Result<P, wasmtime::Error>,
 ) -> Result<TieredCode<P>, String> {
-    let linker = linker.clone();
+    let linker = shared_linker(linker);
     let link = move |component: &Component| {
         let pre = if wasmtime::Engine::same(linker.engine(), component.engine()) {
             linker.instantiate_pre(component)
@@ -98,6 +98,29 @@ pub(crate) fn tiered_code<P: 'static>(
     let name = runtime.name().to_string();
     let notify = move |notice: TierNotice| events.emit(Some(&name), EventKind::Tier { notice });
     TieredCode::new(runtime.engine(), component, link, notify)
+}
+
+/// One linker per engine, shared by every container's relinking. A container keeps its linker
+/// for as long as it runs (to link again when the optimized code arrives), and a component
+/// linker with WASI and wasi:http is large: a copy per container cost ~117 KiB of RSS each
+/// (debug build; 10,000 pods of 3 http containers in one edge host, benches/edge_host.sh).
+/// The linker is the same for every container of an engine ([`linker_on`]), so the first one
+/// seen is kept; entries of dropped engines are pruned.
+fn shared_linker(linker: &Linker<ContainerData>) -> std::sync::Arc<Linker<ContainerData>> {
+    type Shared = Vec<(wasmtime::EngineWeak, std::sync::Arc<Linker<ContainerData>>)>;
+    static SHARED: std::sync::Mutex<Shared> = std::sync::Mutex::new(Vec::new());
+    let mut shared = crate::sync::lock(&SHARED);
+    shared.retain(|(engine, _)| engine.upgrade().is_some());
+    let engine = linker.engine();
+    if let Some((_, kept)) = shared
+        .iter()
+        .find(|(weak, _)| weak.upgrade().is_some_and(|e| wasmtime::Engine::same(&e, engine)))
+    {
+        return kept.clone();
+    }
+    let kept = std::sync::Arc::new(linker.clone());
+    shared.push((engine.weak(), kept.clone()));
+    kept
 }
 
 /// A trap after the memory budget refused growth is an out-of-memory kill (Kubernetes'

@@ -147,7 +147,7 @@ pub async fn handle(host: &Host, access: &Access, request: Request<Incoming>) ->
             }
         }
         (&Method::GET, ["v1", "pods"]) => {
-            let all: Vec<StatusView> = host.pods().iter().map(|pod| StatusView::from(&pod.status())).collect();
+            let all: Vec<PodView> = host.pods().iter().map(|pod| PodView::of(host, pod)).collect();
             json(StatusCode::OK, &all)
         }
         (&Method::PUT, ["v1", "pods", name]) => put_pod(host, name, request).await,
@@ -156,7 +156,7 @@ pub async fn handle(host: &Host, access: &Access, request: Request<Incoming>) ->
             Err(e) => host_error(&e),
         },
         (&Method::GET, ["v1", "pods", name]) => match host.pod(name) {
-            Some(pod) => json(StatusCode::OK, &StatusView::from(&pod.status())),
+            Some(pod) => json(StatusCode::OK, &PodView::of(host, &pod)),
             None => host_error(&HostError::NoSuchPod(name.to_string())),
         },
         (&Method::GET, ["v1", "pods", name, "logs", container]) => {
@@ -265,6 +265,24 @@ async fn read_body(request: Request<Incoming>, limit: u64, limit_name: &str) -> 
     }
 }
 
+/// A pod as the API shows it: the status `wasmpod ps --json` shows, and the address of its
+/// `[expose] host_port` listener when it has one (with `host_port = 0`, the port picked).
+#[derive(Serialize)]
+struct PodView {
+    #[serde(flatten)]
+    status: StatusView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_addr: Option<String>,
+}
+
+impl PodView {
+    fn of(host: &Host, pod: &crate::Pod) -> PodView {
+        let status = StatusView::from(&pod.status());
+        let host_addr = host.host_port_addr(&status.name).map(|addr| addr.to_string());
+        PodView { status, host_addr }
+    }
+}
+
 #[derive(Serialize)]
 struct ProblemView {
     file: Option<String>,
@@ -277,7 +295,9 @@ fn host_error(e: &HostError) -> Reply {
     let status = match e {
         HostError::BadName(_) | HostError::NameMismatch { .. } => StatusCode::BAD_REQUEST,
         HostError::Spec(_) | HostError::Start { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        HostError::HostnameTaken { .. } => StatusCode::CONFLICT,
+        HostError::HostnameTaken { .. } | HostError::HostPortTaken { .. } | HostError::HostPort(_) => {
+            StatusCode::CONFLICT
+        }
         HostError::TooManyPods(_) | HostError::Memory(_) => StatusCode::TOO_MANY_REQUESTS,
         HostError::NoSuchPod(_) => StatusCode::NOT_FOUND,
         HostError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

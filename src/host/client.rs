@@ -1,4 +1,5 @@
-//! A client of the edge host's API, for `wasmpod apply` and `wasmpod delete` (and tests).
+//! A client of the edge host's API, for `wasmpod apply`, `delete`, and `ps`, `logs` and
+//! `events` of host pods (and tests).
 //!
 //! It owns the client side of the contract: where the host is (`--host`, `WASMPOD_HOST`, else
 //! the local socket), the bearer token on TCP, and what `apply` sends: the spec is checked
@@ -90,8 +91,80 @@ impl Client {
         Client { addr, token }
     }
 
+    /// Where this client sends its requests.
+    pub fn addr(&self) -> &HostAddr {
+        &self.addr
+    }
+
     /// Sends one request and returns the status and body.
     pub async fn request(&self, method: Method, path: &str, body: Bytes) -> Result<(StatusCode, Bytes), ClientError> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.protocol(&e))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    /// GETs a newline-delimited JSON stream (`logs`, `events`, with `follow=true` endless) and
+    /// hands each line to `line` as it arrives, until the stream ends or `line` returns false.
+    /// A refusal (no such pod or container) is [`ClientError::Refused`].
+    pub async fn lines(&self, path: &str, mut line: impl FnMut(&str) -> bool) -> Result<(), ClientError> {
+        let response = self.send(Method::GET, path, Bytes::new()).await?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map_err(|e| self.protocol(&e))?.to_bytes();
+            return Err(refusal(status, &bytes));
+        }
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.protocol(&e))?;
+            let Some(data) = frame.data_ref() else { continue };
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let text = String::from_utf8_lossy(&pending[..end]).into_owned();
+                pending.drain(..=end);
+                if !text.is_empty() && !line(&text) {
+                    return Ok(());
+                }
+            }
+        }
+        // A last line without its newline (a plain JSON answer).
+        let text = String::from_utf8_lossy(&pending);
+        if !text.trim().is_empty() {
+            line(&text);
+        }
+        Ok(())
+    }
+
+    /// The status of every pod on the host.
+    pub async fn pods(&self) -> Result<Vec<crate::control::StatusView>, ClientError> {
+        let value = self.call(Method::GET, "/v1/pods", Bytes::new()).await?;
+        serde_json::from_value(value).map_err(|e| self.protocol(&e))
+    }
+
+    /// The status of pod `name`; `Ok(None)` when the host runs no such pod.
+    pub async fn status(&self, name: &str) -> Result<Option<crate::control::StatusView>, ClientError> {
+        match self.call(Method::GET, &format!("/v1/pods/{name}"), Bytes::new()).await {
+            Ok(value) => serde_json::from_value(value).map(Some).map_err(|e| self.protocol(&e)),
+            Err(ClientError::Refused {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         match &self.addr {
             HostAddr::Unix(socket) => {
                 let stream = tokio::net::UnixStream::connect(socket)
@@ -108,23 +181,20 @@ impl Client {
         }
     }
 
+    fn protocol(&self, e: &dyn std::fmt::Display) -> ClientError {
+        ClientError::Protocol {
+            addr: self.addr.to_string(),
+            message: e.to_string(),
+        }
+    }
+
     /// Like [`Client::request`], turning a non-2xx answer into [`ClientError::Refused`].
     pub async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<serde_json::Value, ClientError> {
         let (status, body) = self.request(method, path, body).await?;
-        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
         if status.is_success() {
-            return Ok(value);
+            return Ok(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
         }
-        let mut message = value["error"].as_str().unwrap_or("no message").to_string();
-        if let Some(problems) = value["problems"].as_array()
-            && problems.len() > 1
-        {
-            for problem in problems {
-                message.push_str("\n  ");
-                message.push_str(problem["message"].as_str().unwrap_or(""));
-            }
-        }
-        Err(ClientError::Refused { status, message })
+        Err(refusal(status, &body))
     }
 
     /// Uploads what the host lacks of the spec's components, then puts the spec. Returns the
@@ -204,14 +274,11 @@ impl Client {
         method: Method,
         path: &str,
         body: Bytes,
-    ) -> Result<(StatusCode, Bytes), ClientError>
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let protocol = |e: &dyn std::fmt::Display| ClientError::Protocol {
-            addr: self.addr.to_string(),
-            message: e.to_string(),
-        };
+        let protocol = |e: &dyn std::fmt::Display| self.protocol(e);
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| protocol(&e))?;
@@ -224,14 +291,21 @@ impl Client {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request.body(Full::new(body)).map_err(|e| protocol(&e))?;
-        let response = sender.send_request(request).await.map_err(|e| protocol(&e))?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| protocol(&e))?
-            .to_bytes();
-        Ok((status, body))
+        sender.send_request(request).await.map_err(|e| protocol(&e))
     }
+}
+
+/// A non-2xx answer as an error: the host's message, and every problem of a spec error.
+fn refusal(status: StatusCode, body: &[u8]) -> ClientError {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    let mut message = value["error"].as_str().unwrap_or("no message").to_string();
+    if let Some(problems) = value["problems"].as_array()
+        && problems.len() > 1
+    {
+        for problem in problems {
+            message.push_str("\n  ");
+            message.push_str(problem["message"].as_str().unwrap_or(""));
+        }
+    }
+    ClientError::Refused { status, message }
 }

@@ -5,6 +5,12 @@
 //! that fails any of those is refused and an existing pod of that name keeps running. On open
 //! the host starts every stored pod again. The JSON API ([`api`]) and the shared HTTP entrance
 //! ([`routing`]) are thin layers over it; the CLI client is [`client`].
+//!
+//! A pod with `[expose] host_port` also gets a host TCP listener of its own. The host holds
+//! that listener, not the pod: it passes the same limits as the shared entrance, outlives
+//! updates and replacements of the pod behind it (each connection goes to the pod serving the
+//! name when it arrives), is claimed by one pod at a time and is closed on delete or when the
+//! spec no longer asks for it.
 
 pub mod api;
 pub mod client;
@@ -14,14 +20,17 @@ pub mod serve;
 pub mod store;
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use tokio::sync::Mutex as AsyncMutex;
 
 use crate::engine::Engine;
 use crate::pod::{Pod, PodError, PodOptions};
+use crate::proxy::{FrontProxy, ProxyError, ProxyLimits, Resolved, Targets};
 use crate::spec::{PodSpec, SpecError, is_dns_label};
+use crate::status::{EventKind, Events};
 
 pub use store::{Store, StoreError};
 
@@ -37,6 +46,10 @@ pub struct HostLimits {
     /// Bytes of memory all pods' containers may use together (the sum of their
     /// `resources.memory`); when set, every container must declare its memory.
     pub max_total_memory: Option<u64>,
+    /// The limits of the host's client-facing listeners (the shared entrance and every
+    /// `[expose] host_port`): the front proxy's, applied by the same code. `readiness_wait` is
+    /// each pod's own.
+    pub entrance: ProxyLimits,
 }
 
 impl Default for HostLimits {
@@ -46,9 +59,13 @@ impl Default for HostLimits {
             max_blob_bytes: 64 << 20,
             max_spec_bytes: 256 << 10,
             max_total_memory: None,
+            entrance: ProxyLimits::default(),
         }
     }
 }
+
+/// Host events (the doors' refusal reports) kept for followers.
+const HOST_EVENTS: usize = 1000;
 
 /// How a host is set up.
 #[derive(Clone, Default)]
@@ -58,6 +75,8 @@ pub struct HostConfig {
     pub limits: HostLimits,
     /// The engine every pod runs on; default: the process-wide one.
     pub engine: Option<Engine>,
+    /// The address `[expose] host_port` listeners bind; default 127.0.0.1.
+    pub host_port_ip: Option<IpAddr>,
 }
 
 /// Why the host refused or failed a request. Each maps to one HTTP status in [`api`].
@@ -87,6 +106,10 @@ pub enum HostError {
     Store(#[from] StoreError),
     #[error("the host is shutting down")]
     ShuttingDown,
+    #[error("[expose] host_port {port} is already claimed by pod {pod:?}")]
+    HostPortTaken { port: u16, pod: String },
+    #[error("[expose] host_port: {0}")]
+    HostPort(#[source] ProxyError),
 }
 
 /// What [`Host::apply`] did.
@@ -112,6 +135,8 @@ impl Applied {
 struct Deployed {
     pod: Arc<Pod>,
     text: String,
+    /// The memory its containers declare together (for `max_total_memory`).
+    memory: u64,
 }
 
 /// The edge host. Cheap to clone; every clone is the same host.
@@ -124,8 +149,10 @@ struct Inner {
     store: Store,
     limits: HostLimits,
     engine: Option<Engine>,
-    /// Serialises applies and deletes: each one is a whole step (start, store, swap, stop).
+    /// The deployed pods. Held to check and to commit an apply or delete, not across one.
     pods: AsyncMutex<BTreeMap<String, Deployed>>,
+    /// Pod name → the lock that takes its applies and deletes one at a time.
+    turns: std::sync::Mutex<std::collections::HashMap<String, Arc<AsyncMutex<()>>>>,
     /// Host name → pod, read by the shared entrance on every request.
     routes: RwLock<Routes>,
     /// What opening the state directory found wrong.
@@ -134,6 +161,48 @@ struct Inner {
     /// Pods replaced or deleted that are still stopping (a command container may take its
     /// whole grace period); drain waits for them.
     stopping: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// Pod name → its `[expose] host_port` listener. Changed only under `pods`' lock.
+    host_ports: std::sync::Mutex<BTreeMap<String, HostPort>>,
+    host_port_ip: IpAddr,
+    /// What the host's doors report (refusals at the limits), not any pod's.
+    events: Events,
+}
+
+/// A pod's own host listener.
+struct HostPort {
+    /// As the spec asks: 0 is any free port.
+    requested: u16,
+    proxy: FrontProxy,
+}
+
+/// What an apply does to its pod's host port, decided before anything starts and committed
+/// only when the apply succeeds (dropping a `Bind` closes what it opened).
+enum PortChange {
+    /// The pod keeps the listener it has (or has none and wants none).
+    Keep,
+    /// A new listener, opened and serving the pod's name already; replaces any old one.
+    Bind(HostPort),
+    /// The spec no longer asks for one: the old one closes.
+    Release,
+}
+
+/// The pod serving `name` when a connection arrives on its host port.
+struct PodByName {
+    host: Weak<Inner>,
+    name: String,
+}
+
+impl Targets for PodByName {
+    fn resolve(&self) -> Option<Resolved> {
+        let inner = self.host.upgrade()?;
+        let pod = read(&inner.routes).by_name.get(&self.name).cloned()?;
+        let (target, ready) = pod.exposed()?;
+        Some(Resolved {
+            target,
+            ready,
+            readiness_wait: pod.spec().readiness_wait,
+        })
+    }
 }
 
 #[derive(Default)]
@@ -164,10 +233,14 @@ impl Host {
                 limits: config.limits,
                 engine: config.engine,
                 pods: AsyncMutex::new(BTreeMap::new()),
+                turns: std::sync::Mutex::new(std::collections::HashMap::new()),
                 routes: RwLock::new(Routes::default()),
                 load_problems: std::sync::Mutex::new(Vec::new()),
                 draining: false.into(),
                 stopping: std::sync::Mutex::new(tokio::task::JoinSet::new()),
+                host_ports: std::sync::Mutex::new(BTreeMap::new()),
+                host_port_ip: config.host_port_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                events: Events::new(HOST_EVENTS),
             }),
         };
         for (name, text) in loaded.pods {
@@ -194,6 +267,18 @@ impl Host {
         self.inner.limits
     }
 
+    /// The host's own events: what its doors refused or held back (`wasmpod host` prints them).
+    pub fn events(&self) -> &Events {
+        &self.inner.events
+    }
+
+    /// The address pod `name`'s `[expose] host_port` listener is bound to.
+    pub fn host_port_addr(&self, name: &str) -> Option<SocketAddr> {
+        lock(&self.inner.host_ports)
+            .get(name)
+            .map(|port| port.proxy.local_addr())
+    }
+
     /// Creates or replaces pod `name` from its spec text; the same text again changes nothing.
     /// A spec that fails to parse, validate or start is refused and the running pod of that
     /// name, if any, keeps running.
@@ -205,17 +290,25 @@ impl Host {
         if !is_dns_label(name) {
             return Err(HostError::BadName(name.to_string()));
         }
-        if self.inner.draining.load(std::sync::atomic::Ordering::Acquire) {
+        if self.draining() {
             return Err(HostError::ShuttingDown);
         }
-        let mut pods = self.inner.pods.lock().await;
-        let existing = pods.get(name);
-        if existing.is_some_and(|d| d.text == text) {
-            return Ok(Applied::Unchanged);
-        }
-        if existing.is_none() && pods.len() >= self.inner.limits.max_pods {
-            return Err(HostError::TooManyPods(self.inner.limits.max_pods));
-        }
+        // One apply or delete of a name at a time. Applies of different names run side by
+        // side: the host-wide lock is held only to check and to commit, never across a compile,
+        // a start or an fsync, so a cached pod is not kept waiting behind another pod's compile.
+        let turn = self.name_turn(name);
+        let _turn = turn.lock().await;
+        let running = {
+            let pods = self.inner.pods.lock().await;
+            let existing = pods.get(name);
+            if existing.is_some_and(|d| d.text == text) {
+                return Ok(Applied::Unchanged);
+            }
+            if existing.is_none() && pods.len() >= self.inner.limits.max_pods {
+                return Err(HostError::TooManyPods(self.inner.limits.max_pods));
+            }
+            existing.map(|deployed| deployed.pod.clone())
+        };
         let store = &self.inner.store;
         let spec = PodSpec::from_toml_with_blobs(text, &store.pod_path(name), &store.blob_dir())?;
         if spec.name != name {
@@ -224,15 +317,8 @@ impl Host {
                 path: name.to_string(),
             });
         }
-        self.check_hostnames(&spec)?;
-        if let Some(cap) = self.inner.limits.max_total_memory {
-            let others = pods
-                .iter()
-                .filter(|(other, _)| other.as_str() != name)
-                .map(|(_, deployed)| memory_of(&deployed.pod.current_spec()).unwrap_or(0))
-                .sum::<u64>();
-            check_memory(&spec, others, cap)?;
-        }
+        self.admit(&*self.inner.pods.lock().await, &spec, running.is_some())?;
+        let port_change = self.claim_host_port(name, spec.host_port)?;
         let options = PodOptions {
             engine: self.inner.engine.clone(),
             bind_front_proxy: false,
@@ -245,35 +331,55 @@ impl Host {
         // A running pod swaps only the containers whose spec or component changed, the rest
         // keep running with their connections; what an update cannot change in place (volumes,
         // expose, the set of containers, ...) falls back to replacing the whole pod.
-        if let Some(running) = pods.get(name).map(|deployed| deployed.pod.clone()) {
+        if let Some(running) = running {
             match running.update(spec.clone()).await {
                 Ok(_) => {
                     if persist {
-                        store.put_pod(name, text)?;
+                        self.persist(name, text).await?;
                     }
+                    let mut pods = self.inner.pods.lock().await;
                     if let Some(deployed) = pods.get_mut(name) {
                         deployed.text = text.to_string();
+                        deployed.memory = memory_of(&spec).unwrap_or(0);
                     }
+                    self.route(name, Some((&running, spec.hostnames.as_slice())));
+                    self.commit_host_port(name, port_change, &running);
                     return Ok(Applied::Updated);
                 }
                 Err(PodError::NotUpdatable(_) | PodError::NotRunning) => {}
                 Err(source) => return Err(start_error(source)),
             }
         }
+        let memory = memory_of(&spec).unwrap_or(0);
+        let hostnames = spec.hostnames.clone();
         let pod = Arc::new(Pod::with_options(spec, options).map_err(start_error)?);
         // The new pod starts before the old one stops: a spec that compiles nowhere never
         // takes the running pod down, and http traffic moves over without a gap.
         pod.start().await.map_err(start_error)?;
-        if persist && let Err(e) = store.put_pod(name, text) {
+        if persist && let Err(e) = self.persist(name, text).await {
             pod.stop().await;
-            return Err(e.into());
+            return Err(e);
         }
-        self.route(name, Some(&pod));
+        let mut pods = self.inner.pods.lock().await;
+        // Other names were applied meanwhile: the host-wide caps are checked again.
+        let admitted = if self.draining() {
+            Err(HostError::ShuttingDown)
+        } else {
+            self.admit(&pods, pod.spec(), pods.contains_key(name))
+        };
+        if let Err(e) = admitted {
+            drop(pods);
+            pod.stop().await;
+            return Err(e);
+        }
+        self.route(name, Some((&pod, hostnames.as_slice())));
+        self.commit_host_port(name, port_change, &pod);
         let old = pods.insert(
             name.to_string(),
             Deployed {
                 pod,
                 text: text.to_string(),
+                memory,
             },
         );
         drop(pods);
@@ -286,14 +392,65 @@ impl Host {
         }
     }
 
+    fn draining(&self) -> bool {
+        self.inner.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The lock that takes applies and deletes of `name` one at a time. Entries nobody holds
+    /// are dropped as new ones are made, so the table stays as large as the applies in flight.
+    fn name_turn(&self, name: &str) -> Arc<AsyncMutex<()>> {
+        let mut turns = lock(&self.inner.turns);
+        turns.retain(|_, turn| Arc::strong_count(turn) > 1);
+        turns.entry(name.to_string()).or_default().clone()
+    }
+
+    /// The host-wide checks of a pod about to run: the pod cap (for a new name), hostnames no
+    /// other pod routes, the memory cap.
+    fn admit(&self, pods: &BTreeMap<String, Deployed>, spec: &PodSpec, replacing: bool) -> Result<(), HostError> {
+        if !replacing && pods.len() >= self.inner.limits.max_pods {
+            return Err(HostError::TooManyPods(self.inner.limits.max_pods));
+        }
+        self.check_hostnames(spec)?;
+        if let Some(cap) = self.inner.limits.max_total_memory {
+            let others = pods
+                .iter()
+                .filter(|(other, _)| **other != spec.name)
+                .map(|(_, deployed)| deployed.memory)
+                .sum::<u64>();
+            check_memory(spec, others, cap)?;
+        }
+        Ok(())
+    }
+
+    /// Writes pod `name`'s spec durably (temp file, fsync, rename, directory fsync) on a
+    /// blocking thread: an fsync can take a disk's whole journal commit (tens to hundreds of
+    /// milliseconds on a busy disk), and on a runtime worker it would stall the shared
+    /// entrance's requests with it.
+    async fn persist(&self, name: &str, text: &str) -> Result<(), HostError> {
+        let host = self.clone();
+        let (name, text) = (name.to_string(), text.to_string());
+        let path = self.inner.store.pod_path(&name);
+        tokio::task::spawn_blocking(move || host.inner.store.put_pod(&name, &text))
+            .await
+            .map_err(|e| joined(e, path))?
+            .map_err(HostError::from)
+    }
+
     /// Stops and forgets pod `name`.
     pub async fn delete(&self, name: &str) -> Result<(), HostError> {
+        let turn = self.name_turn(name);
+        let _turn = turn.lock().await;
         let mut pods = self.inner.pods.lock().await;
         if !pods.contains_key(name) {
             return Err(HostError::NoSuchPod(name.to_string()));
         }
-        self.inner.store.remove_pod(name)?;
+        let host = self.clone();
+        let forget = name.to_string();
+        tokio::task::spawn_blocking(move || host.inner.store.remove_pod(&forget))
+            .await
+            .map_err(|e| joined(e, self.inner.store.pod_path(name)))??;
         self.route(name, None);
+        lock(&self.inner.host_ports).remove(name);
         let removed = pods.remove(name);
         drop(pods);
         if let Some(removed) = removed {
@@ -333,6 +490,7 @@ impl Host {
         let all = std::mem::take(&mut *pods);
         drop(pods);
         *write(&self.inner.routes) = Routes::default();
+        lock(&self.inner.host_ports).clear();
         for deployed in all.into_values() {
             self.retire(deployed.pod);
         }
@@ -350,6 +508,75 @@ impl Host {
         });
     }
 
+    /// Decides (and opens, when it is new) pod `name`'s host port; called under `pods`' lock.
+    /// A port another pod claims is refused; one the system will not give (in use by another
+    /// process, privileged) is refused with the bind error. The old listener stays open until
+    /// the apply succeeds.
+    fn claim_host_port(&self, name: &str, wanted: Option<u16>) -> Result<PortChange, HostError> {
+        let ports = lock(&self.inner.host_ports);
+        let Some(wanted) = wanted else {
+            return Ok(if ports.contains_key(name) {
+                PortChange::Release
+            } else {
+                PortChange::Keep
+            });
+        };
+        if ports.get(name).is_some_and(|held| held.requested == wanted) {
+            return Ok(PortChange::Keep);
+        }
+        if wanted != 0
+            && let Some((pod, _)) = ports.iter().find(|(pod, held)| {
+                pod.as_str() != name && (held.requested == wanted || held.proxy.local_addr().port() == wanted)
+            })
+        {
+            return Err(HostError::HostPortTaken {
+                port: wanted,
+                pod: pod.clone(),
+            });
+        }
+        drop(ports);
+        let targets = Arc::new(PodByName {
+            host: Arc::downgrade(&self.inner),
+            name: name.to_string(),
+        });
+        let proxy = FrontProxy::start_resolving(
+            SocketAddr::new(self.inner.host_port_ip, wanted),
+            &format!("pod {name}"),
+            targets,
+            self.inner.limits.entrance,
+            self.inner.events.clone(),
+        )
+        .map_err(HostError::HostPort)?;
+        Ok(PortChange::Bind(HostPort {
+            requested: wanted,
+            proxy,
+        }))
+    }
+
+    /// Applies what [`Host::claim_host_port`] decided, once the apply succeeded; a new
+    /// listener is announced in the pod's events as `wasmpod run`'s front proxy is.
+    fn commit_host_port(&self, name: &str, change: PortChange, pod: &Pod) {
+        let mut ports = lock(&self.inner.host_ports);
+        match change {
+            PortChange::Keep => {}
+            PortChange::Release => {
+                ports.remove(name);
+            }
+            PortChange::Bind(port) => {
+                if let Some(expose) = pod.spec().expose {
+                    pod.events().emit(
+                        None,
+                        EventKind::Exposed {
+                            pod_port: expose.port,
+                            host_addr: port.proxy.local_addr(),
+                        },
+                    );
+                }
+                ports.insert(name.to_string(), port);
+            }
+        }
+    }
+
     fn check_hostnames(&self, spec: &PodSpec) -> Result<(), HostError> {
         let routes = read(&self.inner.routes);
         for hostname in &spec.hostnames {
@@ -365,13 +592,13 @@ impl Host {
         Ok(())
     }
 
-    /// Points `name` (and its hostnames) at `pod`, or removes its routes.
-    fn route(&self, name: &str, pod: Option<&Arc<Pod>>) {
+    /// Points `name` and `hostnames` at `pod`, or removes its routes.
+    fn route(&self, name: &str, pod: Option<(&Arc<Pod>, &[String])>) {
         let mut routes = write(&self.inner.routes);
         routes.by_hostname.retain(|_, owner| owner != name);
         match pod {
-            Some(pod) => {
-                for hostname in &pod.spec().hostnames {
+            Some((pod, hostnames)) => {
+                for hostname in hostnames {
                     routes.by_hostname.insert(hostname.clone(), name.to_string());
                 }
                 routes.by_name.insert(name.to_string(), pod.clone());
@@ -380,6 +607,15 @@ impl Host {
                 routes.by_name.remove(name);
             }
         }
+    }
+}
+
+/// A blocking store task that did not finish (it panicked) as a store error.
+fn joined(e: tokio::task::JoinError, path: PathBuf) -> StoreError {
+    StoreError::Io {
+        what: "cannot write",
+        path,
+        source: std::io::Error::other(e.to_string()),
     }
 }
 

@@ -6,7 +6,8 @@
 //! gets it over a connection on the pod's virtual network. As the pod's own front proxy does,
 //! a request waits up to the pod's `readiness_wait` for it to be ready, then gets 503. An
 //! unknown host gets 404. Each request is routed on its own, so one keep-alive connection may
-//! reach several pods.
+//! reach several pods. Clients pass the front proxy's gate first ([`crate::proxy::Gate`]), with
+//! the host's `entrance` limits.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -21,40 +22,45 @@ use tokio_util::sync::CancellationToken;
 use wasmtime_wasi_http::io::TokioIo;
 
 use super::Host;
-use crate::proxy::ProxyTarget;
+use crate::proxy::{Gate, ProxyTarget};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 type Reply = Response<UnsyncBoxBody<Bytes, BoxError>>;
 
-/// Serves the shared entrance on `listener` until `stop` is cancelled.
+/// Serves the shared entrance on `listener` until `stop` is cancelled, through the front
+/// proxy's gate with the host's `entrance` limits: connection cap (then the listen backlog),
+/// per-client-address cap, header-read and keep-alive timeouts, largest request head. What it
+/// refuses is reported in the host's events.
 pub async fn serve(host: Host, listener: TcpListener, stop: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let Ok((stream, _)) = accepted else { continue };
-        let _ = stream.set_nodelay(true);
-        let host = host.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
+    let gate = Gate::new(
+        "shared entrance",
+        host.limits().entrance,
+        host.events().clone(),
+        stop.clone(),
+    );
+    let door = gate.clone();
+    gate.run(listener, move |client, _peer| {
+        let (host, gate) = (host.clone(), door.clone());
+        async move {
+            let Some((client, builder)) = gate.http(client).await else {
+                return;
+            };
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let host = host.clone();
                 async move { Ok::<_, Infallible>(route(&host, request).await) }
             });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.keep_alive(true).pipeline_flush(true);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection = builder.serve_connection(TokioIo::new(client), service);
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
-                () = stop.cancelled() => {
+                () = gate.stop().cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// Routes one request to its pod.

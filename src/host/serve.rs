@@ -95,7 +95,7 @@ pub async fn serve(host: Host, api: ApiListen, http: Option<SocketAddr>) -> Resu
     }
     if let Some(addr) = http {
         let http_error = |source| ServeError::Http { addr, source };
-        let listener = TcpListener::bind(addr).await.map_err(http_error)?;
+        let listener = crate::proxy::listen(addr, host.limits().entrance.backlog).map_err(http_error)?;
         serving.http_addr = Some(listener.local_addr().map_err(http_error)?);
         tokio::spawn(routing::serve(host, listener, stop));
     }

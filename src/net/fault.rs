@@ -1,23 +1,40 @@
 //! Fault injection on the pod's virtual links, in toxiproxy's vocabulary: a pod-wide
 //! [`FaultTable`] of [`Fault`]s, consulted when a link is opened (TCP connect, UDP datagram
-//! send, egress dial), and the delivery side of a faulty TCP link.
+//! send, egress dial) and by links already open, and the delivery side of a faulty TCP link.
 //!
 //! It owns the fault model (kinds, direction, toxicity, target), the table (ids, add/remove,
-//! an observer told about added, removed and first-triggered faults) and the relay that carries
-//! a faulty connection. It does not own the links themselves ([`super`], [`super::pipe`]) or
-//! how a pod turns fault notices into events (the pod installs an observer).
+//! an observer told about added, removed and first-triggered faults, the open links a new
+//! fault may reach) and the relay that carries a faulty connection. It does not own the links
+//! themselves ([`super`], [`super::pipe`]) or how a pod turns fault notices into events (the
+//! pod installs an observer).
 //!
-//! Cost when no fault is installed: one atomic load per link opened or datagram sent; links
-//! opened then are plain pipes, as before. A TCP link that a fault matches when it is opened is
-//! carried by a small relay (two tokio tasks between two pipe pairs) that applies the faults
-//! matching it *now* to every chunk, so removing a fault heals such a link and a fault added
-//! later applies to it too. Links opened while no fault matched stay plain pipes for good.
+//! New links take every kind: a link a fault matches when it is opened is carried by a small
+//! relay (two tokio tasks between two pipe pairs) that applies the faults matching it *now* to
+//! every chunk, so removing a fault heals it and one added later acts on it too.
+//!
+//! Open links take `latency`, `down` and `reset_peer` (as the issue asks; the other kinds shape
+//! a stream from its start and only reach links opened after them). Every plain link is
+//! registered with the table when it is made (a weak entry in a list swept as it doubles) and
+//! its two pipes hold the link: on each write a pipe asks the link for its delay, which is one
+//! atomic load while the table is empty and three while it holds faults that did not change
+//! since the link last looked (a generation counter); only when the generation moved does the
+//! link re-read the table. `latency` then holds written bytes back in the pipe (order kept,
+//! end-of-stream behind them). `down` and `reset_peer` act when added: the table walks its open
+//! links and resets the ones the fault aims at, `down` at once and `reset_peer` after its
+//! timeout counted from the add (toxiproxy counts a toxic added to a live connection from
+//! then). A reset is what the guest sees: `connection-reset` on its next read or write, and a
+//! read or poll already waiting wakes with it. toxiproxy closes a disabled proxy's connections
+//! (a FIN, or an RST when unread data is left); a partition sends nothing at all, and a
+//! blackhole (`timeout` with 0) is there for guests that should wait it out, so `down` picks
+//! the unambiguous signal, the one a stateful middlebox gives when it drops a flow.
+//!
+//! UDP: `down` and `loss` drop datagrams, `latency` holds them back (per port pair, in send
+//! order, a bounded number pod-wide); the other kinds are for streams.
 //!
 //! Targets: `PORT` and `CONTAINER:PORT` match links to that pod port (the container part is
 //! checked by the spec, the pod has one port space); `HOST:PORT` matches egress dials to that
 //! IP address, or to `host.wasmpod.internal` by name (a dial knows only the address, so other
-//! names do not match yet). UDP datagrams take `down` and `loss` only; TCP links take every
-//! kind but `loss`.
+//! names do not match yet). TCP links take every kind but `loss`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -76,6 +93,12 @@ impl FaultKind {
             FaultKind::Down => "down",
             FaultKind::Loss { .. } => "loss",
         }
+    }
+
+    /// Kinds that act on a link as a whole and so reach links already open when added
+    /// (`latency` reaches them chunk by chunk instead, see [`FaultLink::delay`]).
+    fn acts_on_open_links(&self) -> bool {
+        matches!(self, FaultKind::Down | FaultKind::ResetPeer { .. })
     }
 
     /// Every kind name, for messages listing the choices.
@@ -418,11 +441,34 @@ struct TableState {
     faults: Vec<Arc<Installed>>,
 }
 
+/// The open links a fault added now may reach (`down`, `reset_peer` act on them at once).
+/// Weak, so a closed link frees itself; dead entries are swept when the list has doubled
+/// since the last sweep, which keeps it at most twice the live links (and at least 64).
+#[derive(Default)]
+struct OpenLinks {
+    list: Vec<Weak<FaultLink>>,
+    live_at_sweep: usize,
+}
+
+impl OpenLinks {
+    fn push(&mut self, link: Weak<FaultLink>) {
+        if self.list.len() >= (2 * self.live_at_sweep).max(64) {
+            self.list.retain(|l| l.strong_count() > 0);
+            self.live_at_sweep = self.list.len();
+        }
+        self.list.push(link);
+    }
+}
+
 /// The pod's faults. Cheap when empty: [`FaultTable::is_empty`] is one atomic load.
 #[derive(Default)]
 pub struct FaultTable {
     any: AtomicBool,
+    /// Bumped by every add and remove: an open link re-reads the table only when it moved.
+    generation: AtomicU64,
     st: Mutex<TableState>,
+    links: Mutex<OpenLinks>,
+    held: Mutex<HeldDatagrams>,
     observer: Mutex<Option<FaultObserver>>,
     rng: AtomicU64,
 }
@@ -493,6 +539,13 @@ impl FaultTable {
         !self.any.load(Ordering::Acquire)
     }
 
+    /// Moves on every add and remove; read it before deciding a link's verdict and hand it to
+    /// [`FaultTable::watch`], so a fault added in between still reaches the link.
+    #[inline]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Sets who is told about added, removed and triggered faults.
     pub fn set_observer(&self, observer: FaultObserver) {
         *crate::sync::lock(&self.observer) = Some(observer);
@@ -508,19 +561,31 @@ impl FaultTable {
     /// Installs a fault; returns its id.
     pub fn add(&self, fault: Fault) -> FaultId {
         let text = fault.to_string();
-        let id = {
+        let installed = {
             let mut st = self.lock();
             st.next_id += 1;
-            let id = st.next_id;
-            st.faults.push(Arc::new(Installed {
-                id,
+            let installed = Arc::new(Installed {
+                id: st.next_id,
                 fault,
                 triggered: AtomicBool::new(false),
-            }));
+            });
+            st.faults.push(installed.clone());
             self.any.store(true, Ordering::Release);
-            id
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            installed
         };
+        let id = installed.id;
         self.notify(FaultNotice::Added { id, fault: text });
+        if installed.fault.kind.acts_on_open_links() {
+            let open: Vec<Arc<FaultLink>> = crate::sync::lock(&self.links)
+                .list
+                .iter()
+                .filter_map(Weak::upgrade)
+                .collect();
+            for link in open {
+                link.take_whole(&installed);
+            }
+        }
         id
     }
 
@@ -540,6 +605,7 @@ impl FaultTable {
             let pos = st.faults.iter().position(|f| f.id == id);
             let removed = pos.map(|p| st.faults.remove(p));
             self.any.store(!st.faults.is_empty(), Ordering::Release);
+            self.generation.fetch_add(1, Ordering::AcqRel);
             removed
         };
         match removed {
@@ -624,47 +690,245 @@ impl FaultTable {
                 return Verdict::Refuse;
             }
         }
-        Verdict::Relay(Arc::new(FaultLink {
-            table: Arc::downgrade(self),
-            link,
-            decided: Mutex::new(decided),
-            cancel: CancellationToken::new(),
-        }))
+        let link = Arc::new(FaultLink::new(self.clone(), link, decided));
+        // A fault added while the link is open reaches it through the relay too.
+        crate::sync::lock(&self.links).push(Arc::downgrade(&link));
+        Verdict::Relay(link)
     }
 
-    /// Whether a datagram from `from_port` to `to_port`, sent by `from`, is delivered.
-    /// Call only when `!is_empty()`.
-    pub(crate) fn deliver_datagram(&self, from: &str, from_port: u16, to_port: u16) -> bool {
+    /// Registers a plain link just made (`client` is the connecting side's end) so faults
+    /// added while it is open reach it: `latency` delays what is written from then on (the
+    /// pipes ask the link, one atomic load per write while the table is empty), `down` and
+    /// `reset_peer` reset it. `generation` is [`FaultTable::generation`] as read before the
+    /// link's verdict: if a fault came in since, it is applied now.
+    pub(crate) fn watch(self: &Arc<Self>, generation: u64, link: LinkInfo, client: &Endpoint) {
+        let link = Arc::new(FaultLink::new(self.clone(), link, Vec::new()));
+        let (up, down) = (client.tx.pipe(), client.rx.pipe());
+        let _ = link.pipes.set([Arc::downgrade(up), Arc::downgrade(down)]);
+        up.watch(link.clone(), Direction::Upstream);
+        down.watch(link.clone(), Direction::Downstream);
+        crate::sync::lock(&self.links).push(Arc::downgrade(&link));
+        // The registry's lock orders this against `add`: a fault added before the push above
+        // moved the generation we read now; one added after finds the link in the list.
+        if self.generation() != generation {
+            let faults: Vec<Arc<Installed>> = self.lock().faults.clone();
+            for f in faults.iter().filter(|f| f.fault.kind.acts_on_open_links()) {
+                link.take_whole(f);
+            }
+        }
+    }
+
+    /// What the faults do to one HTTP request that container `from` sends to pod port `port`
+    /// and that is answered in-process (no link is made: an http container called by a
+    /// sibling). Each request is its own connection: toxicity is rolled per request. Only
+    /// `latency`, `down` and `reset_peer` act on a request. Call only when `!is_empty()`.
+    pub fn on_request(&self, from: Option<&str>, port: u16) -> RequestFaults {
+        let link = LinkInfo {
+            from: from.map(str::to_string),
+            to: LinkTo::Pod(port),
+        };
         let matching: Vec<Arc<Installed>> = self
             .lock()
             .faults
             .iter()
-            .filter(|f| {
-                !f.fault.to.is_egress()
-                    && f.fault.matches_from(Some(from))
-                    && ((f.fault.to.port == to_port && f.fault.direction.covers(Direction::Upstream))
-                        || (f.fault.to.port == from_port && f.fault.direction.covers(Direction::Downstream)))
-            })
+            .filter(|f| f.fault.matches_from(from) && Self::targets(&f.fault, &link.to))
             .cloned()
             .collect();
+        let mut out = RequestFaults::default();
         for f in matching {
-            let drop = match f.fault.kind {
+            let acts = match f.fault.kind {
+                FaultKind::Latency { .. } | FaultKind::Down | FaultKind::ResetPeer { .. } => {
+                    self.chance(f.fault.toxicity)
+                }
+                _ => false,
+            };
+            if !acts {
+                continue;
+            }
+            self.triggered(&f, &link);
+            match f.fault.kind {
+                FaultKind::Down => out.refuse = true,
+                FaultKind::ResetPeer { timeout } => {
+                    out.reset_after = Some(out.reset_after.map_or(timeout, |t: Duration| t.min(timeout)))
+                }
+                FaultKind::Latency { latency, jitter } => {
+                    let draw = || {
+                        let j = jitter.as_secs_f64() * (self.random() * 2.0 - 1.0);
+                        Duration::from_secs_f64((latency.as_secs_f64() + j).max(0.0))
+                    };
+                    if f.fault.direction.covers(Direction::Upstream) {
+                        out.request_delay = out.request_delay.max(draw());
+                    }
+                    if f.fault.direction.covers(Direction::Downstream) {
+                        out.response_delay = out.response_delay.max(draw());
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// What becomes of a datagram from `from_port` to `to_port`, sent by `from`: None when a
+    /// fault drops it (`down`, `loss`), else how long `latency` holds it back (usually zero).
+    /// Call only when `!is_empty()`.
+    pub(crate) fn datagram(&self, from: &str, from_port: u16, to_port: u16) -> Option<Duration> {
+        let matching: Vec<(Arc<Installed>, Direction)> = self
+            .lock()
+            .faults
+            .iter()
+            .filter(|f| !f.fault.to.is_egress() && f.fault.matches_from(Some(from)))
+            .filter_map(|f| {
+                let way = if f.fault.to.port == to_port {
+                    Direction::Upstream
+                } else if f.fault.to.port == from_port {
+                    Direction::Downstream
+                } else {
+                    return None;
+                };
+                f.fault.direction.covers(way).then(|| (f.clone(), way))
+            })
+            .collect();
+        let link = || LinkInfo {
+            from: Some(from.to_string()),
+            to: LinkTo::Pod(to_port),
+        };
+        let mut delay = Duration::ZERO;
+        for (f, _) in matching {
+            let acts = match f.fault.kind {
                 FaultKind::Down => self.chance(f.fault.toxicity),
                 FaultKind::Loss { probability } => self.chance(f.fault.toxicity) && self.chance(probability),
+                FaultKind::Latency { latency, jitter } if self.chance(f.fault.toxicity) => {
+                    let j = jitter.as_secs_f64() * (self.random() * 2.0 - 1.0);
+                    delay = delay.max(Duration::from_secs_f64((latency.as_secs_f64() + j).max(0.0)));
+                    self.triggered(&f, &link());
+                    false
+                }
                 // Stream faults do not apply to datagrams.
                 _ => false,
             };
-            if drop {
-                let link = LinkInfo {
-                    from: Some(from.to_string()),
-                    to: LinkTo::Pod(to_port),
-                };
-                self.triggered(&f, &link);
-                return false;
+            if acts {
+                self.triggered(&f, &link());
+                return None;
             }
         }
-        true
+        Some(delay)
     }
+
+    /// Whether a datagram from `from_port` to `to_port`, sent by `from`, is delivered (not
+    /// dropped by `down` or `loss`). Call only when `!is_empty()`.
+    #[cfg(test)]
+    pub(crate) fn deliver_datagram(&self, from: &str, from_port: u16, to_port: u16) -> bool {
+        self.datagram(from, from_port, to_port).is_some()
+    }
+
+    /// Delivers a datagram to `inbox` after `delay`, behind the ones held back before on the
+    /// same (from, to) port pair, so a link keeps its order. Bounded: past
+    /// [`HELD_DATAGRAMS`] datagrams or [`HELD_DATAGRAM_BYTES`] bytes held in the pod, a
+    /// datagram is dropped, as a full queue drops it.
+    pub(crate) fn hold_datagram(
+        self: &Arc<Self>,
+        inbox: Arc<super::udp::UdpInbox>,
+        from_port: u16,
+        to_port: u16,
+        delay: Duration,
+        data: Vec<u8>,
+    ) {
+        let due = tokio::time::Instant::now() + delay;
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime,
+            // No runtime to wait on: deliver at once rather than never.
+            Err(_) => return inbox.push(from_port, data),
+        };
+        let mut held = crate::sync::lock(&self.held);
+        if held.count >= HELD_DATAGRAMS || held.bytes + data.len() > HELD_DATAGRAM_BYTES {
+            return;
+        }
+        held.count += 1;
+        held.bytes += data.len();
+        let key = (from_port, to_port);
+        let line = held.lines.entry(key).or_default();
+        let due = line.back().map_or(due, |d| due.max(d.due));
+        let start = line.is_empty();
+        line.push_back(HeldDatagram {
+            due,
+            inbox,
+            from_port,
+            data,
+        });
+        drop(held);
+        if start {
+            runtime.spawn(deliver_held_datagrams(Arc::downgrade(self), key));
+        }
+    }
+}
+
+/// Datagrams a pod holds back for `latency` faults at most, all links together.
+pub const HELD_DATAGRAMS: usize = 4096;
+/// Payload bytes a pod holds back for `latency` faults at most, all links together.
+pub const HELD_DATAGRAM_BYTES: usize = 4 * 1024 * 1024;
+
+struct HeldDatagram {
+    due: tokio::time::Instant,
+    inbox: Arc<super::udp::UdpInbox>,
+    from_port: u16,
+    data: Vec<u8>,
+}
+
+/// Datagrams held back by `latency`, per (from, to) port pair, in send order.
+#[derive(Default)]
+struct HeldDatagrams {
+    lines: std::collections::HashMap<(u16, u16), std::collections::VecDeque<HeldDatagram>>,
+    count: usize,
+    bytes: usize,
+}
+
+/// Delivers one port pair's held-back datagrams as they fall due; ends (and forgets the pair)
+/// when none are left.
+async fn deliver_held_datagrams(table: Weak<FaultTable>, key: (u16, u16)) {
+    loop {
+        let Some(t) = table.upgrade() else { return };
+        let now = tokio::time::Instant::now();
+        let mut due = Vec::new();
+        let next = {
+            let mut held = crate::sync::lock(&t.held);
+            let held = &mut *held;
+            let Some(line) = held.lines.get_mut(&key) else { return };
+            while line.front().is_some_and(|d| d.due <= now) {
+                if let Some(d) = line.pop_front() {
+                    held.count -= 1;
+                    held.bytes -= d.data.len();
+                    due.push(d);
+                }
+            }
+            let next = line.front().map(|d| d.due);
+            if next.is_none() {
+                held.lines.remove(&key);
+            }
+            next
+        };
+        drop(t);
+        for d in due {
+            d.inbox.push(d.from_port, d.data);
+        }
+        match next {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => return,
+        }
+    }
+}
+
+/// What the faults do to one in-process HTTP request ([`FaultTable::on_request`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestFaults {
+    /// `down`: the request fails as a refused connection would.
+    pub refuse: bool,
+    /// `reset_peer`: the request fails as a reset connection would, this long after it is sent.
+    pub reset_after: Option<Duration>,
+    /// `latency` upstream: the request reaches the container this much later.
+    pub request_delay: Duration,
+    /// `latency` downstream: the response head reaches the caller this much later.
+    pub response_delay: Duration,
 }
 
 /// Installs a pod's `[[faults]]` in its network and reports every fault notice as a pod
@@ -712,49 +976,186 @@ impl Drop for FaultGuard {
     }
 }
 
-/// One faulty TCP link: which faults were decided for it (toxicity is rolled once per link
-/// and fault), and the switch that closes it.
+/// One TCP link as the fault table knows it: which faults were decided for it (toxicity is
+/// rolled once per link and fault), the switch that closes a relayed one, and for a plain one
+/// the latency its pipes add, cached per table generation.
 pub(crate) struct FaultLink {
-    table: Weak<FaultTable>,
+    table: Arc<FaultTable>,
     link: LinkInfo,
     decided: Mutex<Vec<(FaultId, bool)>>,
-    cancel: CancellationToken,
+    /// Made on first use: plain links never need it.
+    cancel: std::sync::OnceLock<CancellationToken>,
+    /// The connecting side's two pipes (up, down): reset them and the link is reset, for a
+    /// relayed link too (its relay passes the reset on).
+    pipes: std::sync::OnceLock<[Weak<Pipe>; 2]>,
+    /// 1 + the table generation `latency`/`jitter` were computed at (0: never).
+    seen: AtomicU64,
+    /// Per direction (up, down), in nanoseconds.
+    latency: [AtomicU64; 2],
+    jitter: [AtomicU64; 2],
+}
+
+impl fmt::Debug for FaultLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultLink({})", self.link)
+    }
+}
+
+fn way_index(way: Way) -> usize {
+    match way {
+        Direction::Downstream => 1,
+        _ => 0,
+    }
 }
 
 impl FaultLink {
+    fn new(table: Arc<FaultTable>, link: LinkInfo, decided: Vec<(FaultId, bool)>) -> FaultLink {
+        FaultLink {
+            table,
+            link,
+            decided: Mutex::new(decided),
+            cancel: std::sync::OnceLock::new(),
+            pipes: std::sync::OnceLock::new(),
+            seen: AtomicU64::new(0),
+            latency: [AtomicU64::new(0), AtomicU64::new(0)],
+            jitter: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
+    fn cancel(&self) -> &CancellationToken {
+        self.cancel.get_or_init(CancellationToken::new)
+    }
+
+    /// Whether fault `f` acts on this link (rolled for toxicity the first time it is asked).
+    fn hit(&self, decided: &mut Vec<(FaultId, bool)>, f: &Installed) -> bool {
+        match decided.iter().find(|(id, _)| *id == f.id) {
+            Some((_, hit)) => *hit,
+            None => {
+                let hit = self.table.chance(f.fault.toxicity);
+                decided.push((f.id, hit));
+                hit
+            }
+        }
+    }
+
+    fn aims_at_me(&self, f: &Fault) -> bool {
+        f.matches_from(self.link.from.as_deref()) && FaultTable::targets(f, &self.link.to)
+    }
+
     /// The faults acting on this link in direction `way` right now (removed ones no longer,
     /// ones added since the link opened too, each rolled for toxicity once).
     fn active(&self, way: Way) -> Vec<Fault> {
-        let Some(table) = self.table.upgrade() else {
-            return Vec::new();
-        };
-        if table.is_empty() {
+        if self.table.is_empty() {
             return Vec::new();
         }
-        let faults: Vec<Arc<Installed>> = table.lock().faults.clone();
+        let faults: Vec<Arc<Installed>> = self.table.lock().faults.clone();
         let mut decided = crate::sync::lock(&self.decided);
         let mut out = Vec::new();
         for f in faults {
-            if !(f.fault.direction.covers(way)
-                && f.fault.matches_from(self.link.from.as_deref())
-                && FaultTable::targets(&f.fault, &self.link.to))
-            {
+            if !(f.fault.direction.covers(way) && self.aims_at_me(&f.fault)) {
                 continue;
             }
-            let hit = match decided.iter().find(|(id, _)| *id == f.id) {
-                Some((_, hit)) => *hit,
-                None => {
-                    let hit = table.chance(f.fault.toxicity);
-                    decided.push((f.id, hit));
-                    hit
-                }
-            };
-            if hit {
-                table.triggered(&f, &self.link);
+            if self.hit(&mut decided, &f) {
+                self.table.triggered(&f, &self.link);
                 out.push(f.fault.clone());
             }
         }
         out
+    }
+
+    /// How long bytes written now in direction `way` of this plain link are held back by
+    /// `latency` faults. The hot path: one atomic load while the table is empty, three while
+    /// it holds faults that did not change since the last look.
+    #[inline]
+    pub(crate) fn delay(&self, way: Way) -> Duration {
+        if self.table.is_empty() {
+            return Duration::ZERO;
+        }
+        let generation = self.table.generation();
+        if self.seen.load(Ordering::Acquire) != generation + 1 {
+            self.refresh_latency();
+        }
+        let i = way_index(way);
+        let latency = self.latency[i].load(Ordering::Relaxed);
+        let jitter = self.jitter[i].load(Ordering::Relaxed);
+        if jitter == 0 {
+            return Duration::from_nanos(latency);
+        }
+        let j = jitter as f64 * (self.table.random() * 2.0 - 1.0);
+        Duration::from_nanos((latency as f64 + j).max(0.0) as u64)
+    }
+
+    #[cold]
+    fn refresh_latency(&self) {
+        let (generation, faults) = {
+            let st = self.table.lock();
+            (self.table.generation(), st.faults.clone())
+        };
+        let mut decided = crate::sync::lock(&self.decided);
+        let mut latency = [0u64; 2];
+        let mut jitter = [0u64; 2];
+        for f in &faults {
+            let FaultKind::Latency { latency: l, jitter: j } = f.fault.kind else {
+                continue;
+            };
+            if !self.aims_at_me(&f.fault) || !self.hit(&mut decided, f) {
+                continue;
+            }
+            self.table.triggered(f, &self.link);
+            for way in [Direction::Upstream, Direction::Downstream] {
+                let i = way_index(way);
+                let l = l.as_nanos().min(u64::MAX as u128) as u64;
+                if f.fault.direction.covers(way) && l >= latency[i] {
+                    latency[i] = l;
+                    jitter[i] = j.as_nanos().min(u64::MAX as u128) as u64;
+                }
+            }
+        }
+        for i in 0..2 {
+            self.latency[i].store(latency[i], Ordering::Relaxed);
+            self.jitter[i].store(jitter[i], Ordering::Relaxed);
+        }
+        self.seen.store(generation + 1, Ordering::Release);
+    }
+
+    /// Applies a fault that acts on the link as a whole (`down`, `reset_peer`) to this open
+    /// link, if it aims at it: `down` resets it at once (what a guest sees when a stateful
+    /// middlebox drops its connection: `connection-reset` on the next or pending read or
+    /// write), `reset_peer` after its timeout, counted from now (as toxiproxy counts from the
+    /// moment a toxic is added to a live connection), if the fault is still installed then.
+    fn take_whole(self: &Arc<Self>, f: &Arc<Installed>) {
+        if !self.aims_at_me(&f.fault) || !self.hit(&mut crate::sync::lock(&self.decided), f) {
+            return;
+        }
+        let after = match f.fault.kind {
+            FaultKind::Down => Duration::ZERO,
+            FaultKind::ResetPeer { timeout } => timeout,
+            _ => return,
+        };
+        self.table.triggered(f, &self.link);
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(runtime) if !after.is_zero() => {
+                let (link, f) = (Arc::downgrade(self), Arc::downgrade(f));
+                runtime.spawn(async move {
+                    tokio::time::sleep(after).await;
+                    if let (Some(link), Some(f)) = (link.upgrade(), f.upgrade())
+                        && link.table.lock().faults.iter().any(|g| Arc::ptr_eq(g, &f))
+                    {
+                        link.reset();
+                    }
+                });
+            }
+            _ => self.reset(),
+        }
+    }
+
+    fn reset(&self) {
+        for pipe in self.pipes.get().into_iter().flatten() {
+            if let Some(p) = pipe.upgrade() {
+                p.reset();
+            }
+        }
     }
 }
 
@@ -791,6 +1192,10 @@ pub(crate) fn interpose(
             inner.tx.pipe().clone(),
         ],
     });
+    // Resetting the connecting side's pipes resets the whole link: the relay passes it on.
+    let _ = link
+        .pipes
+        .set([Arc::downgrade(relay.rx.pipe()), Arc::downgrade(relay.tx.pipe())]);
     // Faults that act on the link as a whole: reset (reset_peer) or close (timeout) after a
     // while, counted from the open.
     for f in link.active(Direction::Both) {
@@ -802,8 +1207,8 @@ pub(crate) fn interpose(
         let (link, pipes) = (link.clone(), pipes.clone());
         runtime.spawn(async move {
             tokio::select! {
-                _ = link.cancel.cancelled() => {}
-                _ = tokio::time::sleep(after) => if reset { pipes.reset() } else { link.cancel.cancel() },
+                _ = link.cancel().cancelled() => {}
+                _ = tokio::time::sleep(after) => if reset { pipes.reset() } else { link.cancel().cancel() },
             }
         });
     }
@@ -825,7 +1230,7 @@ async fn pump(mut src: PipeReader, mut dst: PipeWriter, link: Arc<FaultLink>, pi
     let mut timeout_armed = false;
     loop {
         let n = tokio::select! {
-            _ = link.cancel.cancelled() => break,
+            _ = link.cancel().cancelled() => break,
             r = src.read(&mut buf) => r,
         };
         let n = match n {
@@ -841,7 +1246,7 @@ async fn pump(mut src: PipeReader, mut dst: PipeWriter, link: Arc<FaultLink>, pi
                     .max();
                 if let Some(delay) = delay {
                     tokio::select! {
-                        _ = link.cancel.cancelled() => {}
+                        _ = link.cancel().cancelled() => {}
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -880,7 +1285,7 @@ async fn pump(mut src: PipeReader, mut dst: PipeWriter, link: Arc<FaultLink>, pi
                         let link = link.clone();
                         tokio::spawn(async move {
                             tokio::time::sleep(timeout).await;
-                            link.cancel.cancel();
+                            link.cancel().cancel();
                         });
                     }
                 }
@@ -907,7 +1312,7 @@ async fn pump(mut src: PipeReader, mut dst: PipeWriter, link: Arc<FaultLink>, pi
         }
         if !delay.is_zero() {
             tokio::select! {
-                _ = link.cancel.cancelled() => break,
+                _ = link.cancel().cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
             }
         }
@@ -918,7 +1323,7 @@ async fn pump(mut src: PipeReader, mut dst: PipeWriter, link: Arc<FaultLink>, pi
             return;
         }
         if limit_reached {
-            link.cancel.cancel();
+            link.cancel().cancel();
             break;
         }
     }
@@ -929,7 +1334,7 @@ async fn pump(mut src: PipeReader, mut dst: PipeWriter, link: Arc<FaultLink>, pi
 }
 
 fn link_random(link: &FaultLink) -> f64 {
-    link.table.upgrade().map_or(0.5, |t| t.random())
+    link.table.random()
 }
 
 /// Writes `data`, in slices (`slicer`) and at most `rate` bytes per second (`bandwidth`).
@@ -958,7 +1363,7 @@ async fn write_paced(
         data = &data[size..];
         if !pause.is_zero() {
             tokio::select! {
-                _ = link.cancel.cancelled() => return Ok(()),
+                _ = link.cancel().cancelled() => return Ok(()),
                 _ = tokio::time::sleep(pause) => {}
             }
         }

@@ -26,6 +26,7 @@ pub mod fault;
 pub mod lookup;
 pub mod p2;
 pub mod pipe;
+pub(crate) mod surge;
 pub mod tcp;
 pub mod udp;
 
@@ -135,6 +136,8 @@ struct NetState {
     next_ephemeral: u16,
     next_id: u64,
     names: HashSet<String>,
+    /// A container's new version binding its ports beside the old one (see `surge.rs`).
+    surge: surge::Surges,
 }
 
 /// One pod's network namespace; `Arc`-shared by its containers and host-side users.
@@ -167,6 +170,7 @@ impl PodNetwork {
                 next_ephemeral: EPHEMERAL_FIRST,
                 next_id: 1,
                 names: HashSet::new(),
+                surge: surge::Surges::default(),
             }),
             listeners_changed: tokio::sync::Notify::new(),
             pipe_capacity: pipe::DEFAULT_PIPE_CAPACITY,
@@ -229,21 +233,23 @@ impl PodNetwork {
         account: Arc<MemoryAccount>,
         limits: SocketLimits,
     ) -> ContainerNet {
+        let conns = Arc::new(Mutex::new(ConnRegistry {
+            conns: Vec::new(),
+            high_water: 64,
+        }));
         let id = {
             let mut st = self.lock();
             st.names.insert(container_name.to_ascii_lowercase());
             let id = st.next_id;
             st.next_id += 1;
+            st.surge.attached(id, container_name, &conns);
             id
         };
         ContainerNet {
             net: self.clone(),
             name: container_name.to_string(),
             owner: Owner::Container(id),
-            conns: Mutex::new(ConnRegistry {
-                conns: Vec::new(),
-                high_water: 64,
-            }),
+            conns,
             detached: AtomicBool::new(false),
             egress: Arc::new(egress::Egress::new(container_name, policy, on_denied)),
             budget: SocketBudget::new(account, limits, self.buffered_total.clone()),
@@ -317,7 +323,16 @@ impl PodNetwork {
         let port = if port == 0 {
             Self::pick_ephemeral(&mut st, proto)?
         } else if st.ports.contains_key(&(proto, port)) {
-            return Err(NetError::AddressInUse);
+            // Only the new version of the container holding the port may bind it too.
+            return match st.lease_beside(proto, port, owner) {
+                Some(id) => Ok(PortLease {
+                    net: self.clone(),
+                    proto,
+                    port,
+                    id,
+                }),
+                None => Err(NetError::AddressInUse),
+            };
         } else {
             port
         };
@@ -368,24 +383,46 @@ impl PodNetwork {
     /// queue is full, as UDP does. False when nothing is bound there (the "port unreachable"
     /// a kernel would answer with).
     pub(crate) fn send_datagram(&self, from_port: u16, to_port: u16, data: Vec<u8>) -> bool {
-        let inbox = match self.lock().ports.get(&(Proto::Udp, to_port)) {
+        match self.inbox(to_port) {
+            Some(inbox) => {
+                inbox.push(from_port, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn inbox(&self, port: u16) -> Option<Arc<udp::UdpInbox>> {
+        match self.lock().ports.get(&(Proto::Udp, port)) {
             Some(PortEntry {
                 kind: PortKind::Datagram(q),
                 ..
-            }) => q.clone(),
-            _ => return false,
-        };
-        inbox.push(from_port, data);
-        true
+            }) => Some(q.clone()),
+            _ => None,
+        }
     }
 
     /// Like [`PodNetwork::send_datagram`], for a datagram sent by container `from`: the pod's
-    /// faults may drop it (it then counts as delivered: a lost datagram is not refused).
+    /// faults may drop it (it then counts as delivered: a lost datagram is not refused) or hold
+    /// it back (delivered later to the inbox bound now).
     pub(crate) fn send_datagram_from(&self, from: &str, from_port: u16, to_port: u16, data: Vec<u8>) -> bool {
-        if !self.faults.is_empty() && !self.faults.deliver_datagram(from, from_port, to_port) {
-            return true;
+        if self.faults.is_empty() {
+            return self.send_datagram(from_port, to_port, data);
         }
-        self.send_datagram(from_port, to_port, data)
+        let delay = match self.faults.datagram(from, from_port, to_port) {
+            None => return true,
+            Some(delay) => delay,
+        };
+        if delay.is_zero() {
+            return self.send_datagram(from_port, to_port, data);
+        }
+        match self.inbox(to_port) {
+            Some(inbox) => {
+                self.faults.hold_datagram(inbox, from_port, to_port, delay, data);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Turns a bound port into a listener with a backlog of `backlog` connections, whose
@@ -398,11 +435,8 @@ impl PodNetwork {
     ) -> Result<Arc<ListenQueue>, NetError> {
         let q = {
             let mut st = self.lock();
-            let entry = match st.ports.get_mut(&(Proto::Tcp, lease.port)) {
-                Some(e) if e.lease == lease.id => e,
-                // Released underneath us by a container shutdown.
-                _ => return Err(NetError::Detached),
-            };
+            // Released underneath us by a container shutdown: Detached.
+            let entry = st.entry_mut(lease.port, lease.id).ok_or(NetError::Detached)?;
             match &entry.kind {
                 PortKind::Listening(q) => q.clone(),
                 PortKind::Datagram(_) => return Err(NetError::InvalidState),
@@ -429,7 +463,8 @@ impl PodNetwork {
     }
 
     /// [`PodNetwork::open_connection`] for a link opened by container `from` (None: the host
-    /// side), through the pod's faults: a `down` fault refuses it, others put a relay on it.
+    /// side), through the pod's faults: a `down` fault refuses it, others put a relay on it,
+    /// and a plain link is watched so faults added while it is open reach it (see [`fault`]).
     pub(crate) fn open_link(
         &self,
         local_port: u16,
@@ -437,24 +472,35 @@ impl PodNetwork {
         client: &Arc<SocketBudget>,
         from: Option<&str>,
     ) -> Result<Endpoint, NetError> {
-        if self.faults.is_empty() {
-            return self.open_plain(local_port, peer_port, client);
-        }
-        let link = fault::LinkInfo {
+        let generation = self.faults.generation();
+        let link = || fault::LinkInfo {
             from: from.map(str::to_string),
             to: fault::LinkTo::Pod(peer_port),
         };
-        match self.faults.open_link(link) {
-            fault::Verdict::Clear => self.open_plain(local_port, peer_port, client),
+        let verdict = if self.faults.is_empty() {
+            fault::Verdict::Clear
+        } else {
+            self.faults.open_link(link())
+        };
+        match verdict {
+            fault::Verdict::Clear => self.open_plain(local_port, peer_port, client, Some((generation, link()))),
             fault::Verdict::Refuse => Err(NetError::ConnectionRefused),
             fault::Verdict::Relay(link) => {
-                let inner = self.open_plain(local_port, peer_port, client)?;
+                let inner = self.open_plain(local_port, peer_port, client, None)?;
                 fault::interpose(link, inner, self.pipe_capacity, client, &self.host_budget)
             }
         }
     }
 
-    fn open_plain(&self, local_port: u16, peer_port: u16, client: &Arc<SocketBudget>) -> Result<Endpoint, NetError> {
+    /// A link with no relay; `watch` (table generation, link) registers it with the fault
+    /// table before the server can see it.
+    fn open_plain(
+        &self,
+        local_port: u16,
+        peer_port: u16,
+        client: &Arc<SocketBudget>,
+        watch: Option<(u64, fault::LinkInfo)>,
+    ) -> Result<Endpoint, NetError> {
         let q = match self.lock().ports.get(&(Proto::Tcp, peer_port)) {
             Some(PortEntry {
                 kind: PortKind::Listening(q),
@@ -462,7 +508,23 @@ impl PodNetwork {
             }) => q.clone(),
             _ => return Err(NetError::ConnectionRefused),
         };
+        self.queue_connection(&q, local_port, peer_port, client, watch)
+    }
+
+    /// Queues a new connection on listener `q` and returns its client half; `watch` as for
+    /// [`PodNetwork::open_plain`].
+    fn queue_connection(
+        &self,
+        q: &Arc<ListenQueue>,
+        local_port: u16,
+        peer_port: u16,
+        client: &Arc<SocketBudget>,
+        watch: Option<(u64, fault::LinkInfo)>,
+    ) -> Result<Endpoint, NetError> {
         let (client, server) = Endpoint::pair(self.pipe_capacity, (client, local_port), (&q.budget, peer_port));
+        if let Some((generation, link)) = watch {
+            self.faults.watch(generation, link, &client);
+        }
         // The net lock is released before the queue lock is taken: no lock-order question.
         match q.push(server) {
             Ok(()) => Ok(client),
@@ -475,29 +537,14 @@ impl PodNetwork {
     }
 
     fn release(&self, proto: Proto, port: u16, id: u64) {
-        let removed = {
-            let mut st = self.lock();
-            match st.ports.get(&(proto, port)) {
-                Some(e) if e.lease == id => st.ports.remove(&(proto, port)),
-                _ => None,
-            }
-        };
+        let removed = self.lock().remove_entry(proto, port, id);
         if let Some(e) = removed {
             e.kind.close();
         }
     }
 
     fn release_owner(&self, owner: Owner) {
-        let removed: Vec<PortEntry> = {
-            let mut st = self.lock();
-            let keys: Vec<(Proto, u16)> = st
-                .ports
-                .iter()
-                .filter(|(_, e)| e.owner == owner)
-                .map(|(k, _)| *k)
-                .collect();
-            keys.iter().filter_map(|k| st.ports.remove(k)).collect()
-        };
+        let removed: Vec<PortEntry> = self.lock().remove_owner(owner);
         for e in removed {
             e.kind.close();
         }
@@ -510,6 +557,20 @@ impl PodNetwork {
         }
         let lease = self.lease(0, Owner::Host)?;
         let ep = self.open_connection(lease.port, port, &self.host_budget)?;
+        Ok(PodStream {
+            ep,
+            _lease: Some(lease),
+        })
+    }
+
+    /// Host-side connect on behalf of container `from` (its outgoing HTTP to a port a
+    /// command container serves): the pod's faults treat the link as opened by `from`.
+    pub fn connect_from(self: &Arc<Self>, port: u16, from: &str) -> Result<PodStream, NetError> {
+        if port == 0 {
+            return Err(NetError::InvalidArgument);
+        }
+        let lease = self.lease(0, Owner::Host)?;
+        let ep = self.open_link(lease.port, port, &self.host_budget, Some(from))?;
         Ok(PodStream {
             ep,
             _lease: Some(lease),
@@ -708,7 +769,8 @@ pub struct ContainerNet {
     net: Arc<PodNetwork>,
     name: String,
     owner: Owner,
-    conns: Mutex<ConnRegistry>,
+    /// Shared with the namespace, which counts an old version's open connections (`surge.rs`).
+    conns: Arc<Mutex<ConnRegistry>>,
     detached: AtomicBool,
     /// Shared with in-flight lookups, which record their answers after the call returned.
     egress: Arc<egress::Egress>,

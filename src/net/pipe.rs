@@ -21,6 +21,12 @@
 //! peer's writes keep succeeding and their bytes are dropped uncharged, as on a kernel socket.
 //! Only the socket itself going away ([`Pipe::close_reader`]) makes the peer's writes fail.
 //!
+//! Faults: a pipe of a link the pod's fault table watches (see [`super::fault`]) asks the link
+//! on every write how long a `latency` fault holds the bytes back (one atomic load while no
+//! fault is installed). Held-back bytes wait in a delay line inside the pipe, in write order
+//! and counted against its capacity and budget like queued ones; a small task moves them to
+//! the readable queue when due, and end-of-stream waits behind them.
+//!
 //! Locking: one `std::sync::Mutex` per pipe, never held across an `.await`; wakers are taken out
 //! under the lock and woken after unlocking, so a wakeup can never re-enter a held lock.
 
@@ -30,9 +36,13 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use super::fault::{Direction, FaultLink};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 use wasmtime_wasi_io::poll::Pollable;
 use wasmtime_wasi_io::streams::{InputStream, OutputStream, StreamError, StreamResult};
 
@@ -195,17 +205,38 @@ struct PipeState {
     waiting_budget: bool,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
+    /// Bytes a `latency` fault holds back, with when each becomes readable (non-decreasing).
+    delayed: VecDeque<(Instant, Bytes)>,
+    delayed_len: usize,
+    /// A task is moving `delayed` bytes to `queue` as they fall due.
+    mover: bool,
 }
 
 impl PipeState {
     /// Room left for new permits.
     fn free(&self) -> usize {
-        self.cap.saturating_sub(self.queue.len + self.credit)
+        self.cap.saturating_sub(self.queue.len + self.delayed_len + self.credit)
+    }
+
+    /// The reader has reached end-of-stream: the writer finished and nothing is left, not
+    /// even held back by a fault.
+    fn at_eof(&self) -> bool {
+        self.fin && self.delayed_len == 0
     }
 
     /// True when a read would not return "no data yet".
     fn readable(&self) -> bool {
-        !self.queue.is_empty() || self.fin || self.reset || self.read != ReadSide::Open
+        !self.queue.is_empty() || self.at_eof() || self.reset || self.read != ReadSide::Open
+    }
+
+    /// Holds `bytes` back for `delay`, behind anything held back before (order is kept);
+    /// true when a mover task must be started.
+    fn hold_back(&mut self, bytes: Bytes, delay: Duration) -> bool {
+        let due = Instant::now() + delay;
+        let due = self.delayed.back().map_or(due, |(last, _)| due.max(*last));
+        self.delayed_len += bytes.len();
+        self.delayed.push_back((due, bytes));
+        !std::mem::replace(&mut self.mover, true)
     }
 
     /// True when writes end at once with an error or are discarded (no room needed).
@@ -215,8 +246,10 @@ impl PipeState {
 
     /// Drops the queue and the outstanding permit; returns the bytes to give back.
     fn discard(&mut self) -> usize {
-        let n = self.queue.clear() + self.credit;
+        let n = self.queue.clear() + self.credit + self.delayed_len;
         self.credit = 0;
+        self.delayed.clear();
+        self.delayed_len = 0;
         n
     }
 }
@@ -226,6 +259,8 @@ impl PipeState {
 pub struct Pipe {
     st: Mutex<PipeState>,
     budget: Arc<SocketBudget>,
+    /// The link this pipe carries one direction of, when the fault table watches it.
+    link: OnceLock<(Arc<FaultLink>, Direction)>,
 }
 
 impl Pipe {
@@ -287,9 +322,76 @@ impl Pipe {
         self.budget.release(give_back);
     }
 
-    /// Bytes currently buffered (for tests and diagnostics).
+    /// Bytes currently buffered, held back by a fault included (for tests and diagnostics).
     pub fn buffered(&self) -> usize {
-        self.lock().queue.len
+        let st = self.lock();
+        st.queue.len + st.delayed_len
+    }
+
+    /// Makes this pipe direction `way` of a link the fault table watches.
+    pub(crate) fn watch(&self, link: Arc<FaultLink>, way: Direction) {
+        let _ = self.link.set((link, way));
+    }
+
+    /// How long a fault holds back bytes written now (zero, at the cost of an atomic load or
+    /// two, when no fault is installed).
+    #[inline]
+    fn fault_delay(&self) -> Duration {
+        match self.link.get() {
+            Some((link, way)) => link.delay(*way),
+            None => Duration::ZERO,
+        }
+    }
+
+    /// Starts the task that delivers held-back bytes (at once when there is no runtime to
+    /// wait on, e.g. a plain unit test).
+    fn start_mover(self: &Arc<Self>) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(deliver_held_back(Arc::downgrade(self)));
+            }
+            Err(_) => {
+                let mut st = self.lock();
+                while let Some((_, b)) = st.delayed.pop_front() {
+                    st.queue.push(b);
+                }
+                st.delayed_len = 0;
+                st.mover = false;
+                let w = st.read_waker.take();
+                drop(st);
+                wake(w);
+            }
+        }
+    }
+
+    /// Moves the held-back bytes due by now to the readable queue; returns when the next
+    /// ones fall due, or None (and the mover ends) when none are left.
+    fn deliver_due(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let (waker, next) = {
+            let mut st = self.lock();
+            let mut moved = false;
+            while st.delayed.front().is_some_and(|(due, _)| *due <= now) {
+                if let Some((_, b)) = st.delayed.pop_front() {
+                    st.delayed_len -= b.len();
+                    st.queue.push(b);
+                    moved = true;
+                }
+            }
+            let next = st.delayed.front().map(|(due, _)| *due);
+            if next.is_none() {
+                st.mover = false;
+            }
+            // The last held-back bytes gone may also have uncovered end-of-stream.
+            let waker = if moved || st.at_eof() {
+                st.read_waker.take()
+            } else {
+                None
+            };
+            (waker, next)
+        };
+        wake(waker);
+        next
     }
 
     /// True once the writer finished or the direction was torn down.
@@ -345,6 +447,20 @@ impl Drop for Pipe {
     }
 }
 
+/// Delivers a pipe's held-back bytes as they fall due; holds the pipe weakly, so a closed
+/// connection ends it.
+async fn deliver_held_back(pipe: Weak<Pipe>) {
+    loop {
+        let Some(p) = pipe.upgrade() else { return };
+        let next = p.deliver_due();
+        drop(p);
+        match next {
+            Some(due) => tokio::time::sleep_until(due).await,
+            None => return,
+        }
+    }
+}
+
 fn wake(w: Option<Waker>) {
     if let Some(w) = w {
         w.wake();
@@ -377,8 +493,12 @@ pub(crate) fn pipe(capacity: usize, budget: Arc<SocketBudget>) -> (PipeWriter, P
             waiting_budget: false,
             read_waker: None,
             write_waker: None,
+            delayed: VecDeque::new(),
+            delayed_len: 0,
+            mover: false,
         }),
         budget,
+        link: OnceLock::new(),
     });
     (PipeWriter(p.clone()), PipeReader(p))
 }
@@ -405,7 +525,7 @@ impl PipeReader {
                 return Err(StreamError::Closed);
             }
             if st.queue.is_empty() {
-                return if st.fin {
+                return if st.at_eof() {
                     Err(StreamError::Closed)
                 } else {
                     Ok(Bytes::new())
@@ -466,7 +586,7 @@ impl AsyncRead for PipeReader {
                 return Poll::Ready(Ok(()));
             }
             if st.queue.is_empty() {
-                if st.fin {
+                if st.at_eof() {
                     return Poll::Ready(Ok(()));
                 }
                 register(&mut st.read_waker, cx);
@@ -516,7 +636,8 @@ impl PipeWriter {
     /// Appends `bytes`; more than the permit from `check_write` is a guest bug and traps, as
     /// in wasmtime.
     pub fn write(&self, bytes: Bytes) -> StreamResult<()> {
-        let (waker, give_back) = {
+        let delay = self.0.fault_delay();
+        let (waker, give_back, start_mover) = {
             let mut st = self.0.lock();
             Self::status(&st)?;
             if bytes.is_empty() {
@@ -538,14 +659,22 @@ impl PipeWriter {
                 st.credit += need;
             }
             st.credit -= bytes.len();
-            st.queue.push(bytes);
             // The unused rest of the permit goes back at once, so idle connections hold no
             // budget; the next check_write charges afresh.
             let rest = std::mem::take(&mut st.credit);
-            (st.read_waker.take(), rest)
+            if delay.is_zero() && st.delayed.is_empty() {
+                st.queue.push(bytes);
+                (st.read_waker.take(), rest, false)
+            } else {
+                let start = st.hold_back(bytes, delay);
+                (None, rest, start)
+            }
         };
         wake(waker);
         self.0.budget.release(give_back);
+        if start_mover {
+            self.0.start_mover();
+        }
         Ok(())
     }
 
@@ -621,6 +750,8 @@ impl OutputStream for PipeWriter {
 
 impl AsyncWrite for PipeWriter {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let delay = self.0.fault_delay();
+        let mut start_mover = false;
         let waker = {
             let mut st = self.0.lock();
             if st.reset {
@@ -641,11 +772,19 @@ impl AsyncWrite for PipeWriter {
             }
             let n = st.credit.min(data.len());
             let rest = std::mem::take(&mut st.credit) - n;
-            st.queue.push_slice(&data[..n]);
-            (st.read_waker.take(), n, rest)
+            if delay.is_zero() && st.delayed.is_empty() {
+                st.queue.push_slice(&data[..n]);
+                (st.read_waker.take(), n, rest)
+            } else {
+                start_mover = st.hold_back(Bytes::copy_from_slice(&data[..n]), delay);
+                (None, n, rest)
+            }
         };
         wake(waker.0);
         self.0.budget.release(waker.2);
+        if start_mover {
+            self.0.start_mover();
+        }
         Poll::Ready(Ok(waker.1))
     }
 

@@ -293,17 +293,24 @@ impl VTcpSocket {
     fn dial(&mut self, net: &ContainerNet, addr: SocketAddr) -> Result<Dialing, NetError> {
         net.check_attached()?;
         let dest = net.egress().authorize_connect(addr)?;
-        let verdict = if net.pod().faults().is_empty() {
+        let faults = net.pod().faults();
+        let generation = faults.generation();
+        let link = || fault::LinkInfo {
+            from: Some(net.name().to_string()),
+            // The address the guest dialled (the gateway, not where it is forwarded).
+            to: fault::LinkTo::Egress(addr),
+        };
+        let verdict = if faults.is_empty() {
             fault::Verdict::Clear
         } else {
-            net.pod().faults().open_link(fault::LinkInfo {
-                from: Some(net.name().to_string()),
-                // The address the guest dialled (the gateway, not where it is forwarded).
-                to: fault::LinkTo::Egress(addr),
-            })
+            faults.open_link(link())
         };
         let (ep, outcome) = match verdict {
-            fault::Verdict::Clear => egress::dial(net, dest)?,
+            fault::Verdict::Clear => {
+                let (ep, outcome) = egress::dial(net, dest)?;
+                faults.watch(generation, link(), &ep);
+                (ep, outcome)
+            }
             fault::Verdict::Refuse => return Err(NetError::ConnectionRefused),
             fault::Verdict::Relay(link) => {
                 let (inner, outcome) = egress::dial(net, dest)?;

@@ -3,7 +3,6 @@
 //! from the Docker config, or the `Bearer` token flow), redirects of blob downloads to storage,
 //! and the upload steps of a push.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -356,7 +355,9 @@ async fn exchange(
 
     let work = async {
         if https {
-            let tls = tls_connect(bare_host, stream).await?;
+            let tls = crate::tls::connect(bare_host, stream)
+                .await
+                .map_err(|e| e.to_string())?;
             send_on(tls, request, method == Method::HEAD, limit).await
         } else {
             send_on(stream, request, method == Method::HEAD, limit).await
@@ -409,28 +410,6 @@ where
     .await;
     driver.abort();
     result
-}
-
-/// TLS verified against the web's root certificates.
-async fn tls_connect<S>(host: &str, stream: S) -> Result<tokio_rustls::client::TlsStream<S>, String>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    use rustls::pki_types::ServerName;
-    let name = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ServerName::from(ip),
-        Err(_) => ServerName::try_from(host.to_owned()).map_err(|e| format!("bad TLS name {host}: {e}"))?,
-    };
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-    };
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, stream)
-        .await
-        .map_err(|e| format!("TLS with {host}: {e}"))
 }
 
 #[cfg(test)]

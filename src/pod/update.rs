@@ -6,8 +6,11 @@
 //! changed component is read, compiled and linked, and a new http version passes its readiness
 //! probe (against itself, not the version serving). Only then are the new versions handed to
 //! the supervisor ([`crate::supervisor`]): an http container is swapped in the pod's port table
-//! (new requests go to the new version, requests in flight finish on the old one), a command
-//! container is stopped as in a normal stop and started again with its new version.
+//! (new requests go to the new version, requests in flight finish on the old one); a command
+//! container that listens surges (its new version starts beside the old one and takes new
+//! connections once ready, see `supervisor/surge.rs`), one without ports or with
+//! `update_strategy = "recreate"` is stopped as in a normal stop and started again. A new
+//! version that fails to take over is an `update_failed` event and an error; the old serves on.
 //!
 //! What is not a container — the pod's name, volumes, `expose`, restart policy and timings,
 //! init containers, the set of containers and their ports — cannot change in place yet: such an
@@ -172,15 +175,23 @@ impl Pod {
         let mut failure = None;
         for (index, version, control, served) in waiting {
             let name = version.spec.name.clone();
+            let gone = || "the container is not running any more".to_string();
             let swapped = tokio::select! {
-                served = served => served.is_ok(),
-                () = control.finished.cancelled() => false,
+                served = served => served.unwrap_or_else(|_| Err(gone())),
+                () = control.finished.cancelled() => Err(gone()),
             };
-            if !swapped {
-                // The container ended (or the pod stops) before it took its new version.
+            if let Err(message) = swapped {
+                // The new version did not take over (it failed to start, or the container
+                // ended or the pod stops first): the old version serves on, if it still runs.
+                self.parts.events.emit(
+                    Some(&name),
+                    EventKind::UpdateFailed {
+                        message: message.clone(),
+                    },
+                );
                 failure.get_or_insert(PodError::UpdateFailed {
                     container: name.into(),
-                    message: "the container is not running any more".into(),
+                    message: message.into(),
                 });
                 continue;
             }
@@ -242,6 +253,7 @@ impl Pod {
             network: self.parts.network.clone(),
             http_ports: only_new,
             health: Some(new.health_check()),
+            new_version_of: None,
         };
         let mut passes = 0u32;
         let mut last = String::new();

@@ -39,18 +39,18 @@ impl Refusal {
         self as usize
     }
 
-    /// The summary's verb phrase, before the count.
-    fn summary(self, connections: &str, interval: &str, reason: &str) -> String {
+    /// The summary line of `name` (the door: "front proxy", "shared entrance").
+    fn summary(self, name: &str, connections: &str, interval: &str, reason: &str) -> String {
         match self {
             Refusal::AtLimit => {
-                format!("front proxy held back {connections} in the listen backlog in the last {interval}: {reason}")
+                format!("{name} held back {connections} in the listen backlog in the last {interval}: {reason}")
             }
             Refusal::PerAddress | Refusal::NotReady => {
-                format!("front proxy refused {connections} in the last {interval}: {reason}")
+                format!("{name} refused {connections} in the last {interval}: {reason}")
             }
-            Refusal::Unreachable => format!("front proxy closed {connections} in the last {interval}: {reason}"),
+            Refusal::Unreachable => format!("{name} closed {connections} in the last {interval}: {reason}"),
             Refusal::AcceptFailed => {
-                format!("front proxy failed to accept {connections} in the last {interval}: {reason}")
+                format!("{name} failed to accept {connections} in the last {interval}: {reason}")
             }
         }
     }
@@ -68,14 +68,16 @@ struct Tally {
 
 /// Counts refusals and emits their events; [`Reporter::run`] writes the summaries.
 pub(super) struct Reporter {
+    name: &'static str,
     events: Events,
     interval: Duration,
     tallies: Mutex<[Tally; KINDS.len()]>,
 }
 
 impl Reporter {
-    pub(super) fn new(events: Events, interval: Duration) -> Reporter {
+    pub(super) fn new(name: &'static str, events: Events, interval: Duration) -> Reporter {
         Reporter {
+            name,
             events,
             interval: interval.max(Duration::from_millis(1)),
             tallies: Mutex::new(Default::default()),
@@ -143,7 +145,7 @@ impl Reporter {
                     if tally.count == 1 { "connection" } else { "connections" }
                 );
                 let interval = humantime::format_duration(self.interval).to_string();
-                summaries.push(kind.summary(&connections, &interval, &tally.reason));
+                summaries.push(kind.summary(self.name, &connections, &interval, &tally.reason));
                 tally.count = 0;
             }
         }
@@ -202,7 +204,7 @@ mod tests {
     #[test]
     fn the_first_refusal_is_reported_at_once_and_the_rest_summed_up() {
         let events = Events::new(100);
-        let reporter = Reporter::new(events.clone(), Duration::from_secs(1));
+        let reporter = Reporter::new("front proxy", events.clone(), Duration::from_secs(1));
         for i in 0..2914 {
             reporter.record(
                 Refusal::PerAddress,

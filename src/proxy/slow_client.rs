@@ -76,7 +76,7 @@ impl Guard {
 }
 
 /// A client stream whose reads are noted on the connection's clock.
-pub(super) struct Watched<IO> {
+pub(crate) struct Watched<IO> {
     io: IO,
     clock: Arc<Clock>,
 }

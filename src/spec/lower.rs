@@ -20,12 +20,12 @@ use crate::net::fault::Fault;
 use super::check;
 use super::raw::{
     RawCondition, RawContainer, RawCount, RawExposeReady, RawFault, RawHttp, RawPod, RawPort, RawProbe, RawQuantity,
-    RawResources, RawRestartPolicy, RawVolume,
+    RawResources, RawRestartPolicy, RawUpdateStrategy, RawVolume,
 };
 use super::report::{BackoffField, ContainerAt, ContainerField, Field, MountField, ProbeKind, Report, VolumeField};
 use super::{
     Backoff, ComponentSource, ContainerSpec, Dependency, DependencyCondition, Expose, ExposeReady, HttpSettings,
-    MountSpec, PodSpec, Probe, ProbeAction, Resources, RestartPolicy, VolumeSource, VolumeSpec,
+    MountSpec, PodSpec, Probe, ProbeAction, Resources, RestartPolicy, UpdateStrategy, VolumeSource, VolumeSpec,
 };
 
 /// `blobs`: the edge host's blob directory, where `component = "sha256:HEX"` resolves to the file
@@ -60,7 +60,17 @@ pub(super) fn lower_pod(raw: RawPod, base_dir: &Path, blobs: Option<&Path>, repo
     }
 
     let mut hostnames = Vec::new();
+    let mut host_port = None;
     let expose = raw.expose.and_then(|raw_expose| {
+        if let Some(written) = &raw_expose.host_port {
+            let RawPort(number) = *written.get_ref();
+            host_port = u16::try_from(number).ok();
+            if host_port.is_none() {
+                let message =
+                    format!("host_port {number} is out of range; use a port from 1 to 65535, or 0 for any free port");
+                report.push_at_span(written.span(), message);
+            }
+        }
         report.record(Field::ExposePort, raw_expose.port.span());
         for (index, name) in raw_expose.hostnames.iter().enumerate() {
             report.record(Field::ExposeHostname(index), name.span());
@@ -145,6 +155,7 @@ pub(super) fn lower_pod(raw: RawPod, base_dir: &Path, blobs: Option<&Path>, repo
         readiness_wait,
         expose,
         hostnames,
+        host_port,
         volumes,
         init_containers,
         containers,
@@ -537,6 +548,10 @@ pub(super) fn lower_container(
         readiness_probe,
         liveness_probe,
         http,
+        update_strategy: match container.update_strategy {
+            None | Some(RawUpdateStrategy::Surge) => UpdateStrategy::Surge,
+            Some(RawUpdateStrategy::Recreate) => UpdateStrategy::Recreate,
+        },
     }
 }
 

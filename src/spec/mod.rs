@@ -47,6 +47,9 @@ pub struct PodSpec {
     /// `[expose] hostnames`: the `Host` names an edge host routes to this pod, besides
     /// `NAME.localhost` (lowercase; each label a DNS label).
     pub hostnames: Vec<String>,
+    /// `[expose] host_port`: on an edge host, the pod also keeps a host TCP port of its own
+    /// (as `wasmpod run --listen` gives), besides the shared entrance; 0 picks a free port.
+    pub host_port: Option<u16>,
     pub volumes: Vec<VolumeSpec>,
     /// Run one after another, each to exit 0, before `containers` start.
     pub init_containers: Vec<ContainerSpec>,
@@ -181,6 +184,22 @@ pub struct ContainerSpec {
     pub liveness_probe: Option<Probe>,
     /// Request limits of an http container (unset fields keep the defaults).
     pub http: HttpSettings,
+    /// How a running command container changes to a new version ([`crate::Pod::update`]).
+    pub update_strategy: UpdateStrategy,
+}
+
+/// `update_strategy = "surge" | "recreate"`: how a command container is swapped to a new
+/// version. An http container is always swapped request by request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpdateStrategy {
+    /// The new version starts beside the old one and binds the same ports; new connections go
+    /// to it once it is ready, the old one keeps its open connections until they close (or
+    /// the grace period ends) and is then stopped. A container without ports is restarted.
+    #[default]
+    Surge,
+    /// The old version is stopped first (stdin closes, grace period, cancel), then the new one
+    /// starts: for a container that must never run twice at once.
+    Recreate,
 }
 
 /// `http = { request_timeout = "30s", max_concurrent_instances = 100, max_request_body = "16MiB" }`.
@@ -280,6 +299,7 @@ impl ContainerSpec {
             readiness_probe: None,
             liveness_probe: None,
             http: HttpSettings::default(),
+            update_strategy: UpdateStrategy::default(),
         }
     }
 }
@@ -345,6 +365,7 @@ impl PodSpec {
             readiness_wait: DEFAULT_READINESS_WAIT,
             expose: None,
             hostnames: Vec::new(),
+            host_port: None,
             volumes: Vec::new(),
             init_containers: Vec::new(),
             containers: Vec::new(),

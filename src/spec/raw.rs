@@ -80,6 +80,8 @@ pub(super) struct RawExpose {
     /// Host names an edge host routes to this pod (besides `NAME.localhost`).
     #[serde(default)]
     pub(super) hostnames: Vec<Spanned<String>>,
+    /// On an edge host, a host TCP port of the pod's own (0: any free port).
+    pub(super) host_port: Option<Spanned<RawPort>>,
 }
 
 /// `[expose] ready`: whose readiness opens the front proxy.
@@ -130,6 +132,15 @@ pub(super) struct RawContainer {
     pub(super) readiness_probe: Option<Spanned<RawProbe>>,
     pub(super) liveness_probe: Option<Spanned<RawProbe>>,
     pub(super) http: Option<RawHttp>,
+    /// Parsed by serde, so a bad value is reported at its position with the allowed ones.
+    pub(super) update_strategy: Option<RawUpdateStrategy>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+pub(super) enum RawUpdateStrategy {
+    Surge,
+    Recreate,
 }
 
 #[derive(Deserialize)]

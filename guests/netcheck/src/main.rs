@@ -16,6 +16,11 @@
 //! - `half-close ADDR TEXT`     connect, send TEXT, half-close, read to EOF; print `got: TEXT`
 //! - `read-until-closed ADDR [TEXT]`  connect (then send TEXT, if given) and read until EOF
 //!                              or error; print `closed: eof` or `closed: error KIND`
+//! - `hold-ping ADDR`           connect, send `p` and read its 1-byte echo (print `warm`), send
+//!                              `r` (ready: the echo arrived), then wait for a 1-byte go (print `go` or
+//!                              `go: eof` / `go: error KIND`), then time one more `p` and its
+//!                              echo on the same connection (print `rtt NANOS ns` or
+//!                              `rtt: error KIND`): faults added while a connection is open
 //! - `try-bind ADDR`            print `bind ok PORT` or `bind failed: KIND`
 //! - `try-connect ADDR`         print `connect ok` or `connect failed: KIND`
 //! - `lookup NAME`              print `addr: IP` per address or `lookup failed: KIND`
@@ -32,6 +37,9 @@
 //!                              `recv: N bytes` or `recv: error KIND`
 //! - `udp-blast ADDR N`         from a fresh socket, send N small datagrams to ADDR; print
 //!                              `udp blasted N`
+//! - `udp-rtt ADDR N`           from a fresh socket, send N datagrams (`0`..`N-1`), then receive
+//!                              N replies; print `udp rtt N in NANOS ns` and `order ok` or
+//!                              `order: LIST` (serve it with `udp-echo N`)
 //! - `udp-drain`                non-blocking receives on the kept socket until none is left;
 //!                              print `udp drained N`
 //!
@@ -179,6 +187,32 @@ fn run_step(step: &[String], listener: &mut Option<TcpListener>, held: &mut Vec<
                         break;
                     }
                 }
+            }
+        }
+        "hold-ping" => {
+            let mut s = TcpStream::connect(arg(0)?).map_err(|e| format!("connect: {e}"))?;
+            let mut b = [0u8; 1];
+            s.write_all(b"p").map_err(|e| format!("write: {e}"))?;
+            s.read_exact(&mut b).map_err(|e| format!("read: {e}"))?;
+            println!("warm");
+            s.write_all(b"r").map_err(|e| format!("write ready: {e}"))?;
+            let _ = std::io::stdout().flush();
+            match s.read(&mut b) {
+                Ok(0) => {
+                    println!("go: eof");
+                    return Ok(());
+                }
+                Ok(_) => println!("go"),
+                Err(e) => {
+                    println!("go: error {:?}", e.kind());
+                    return Ok(());
+                }
+            }
+            let _ = std::io::stdout().flush();
+            let start = std::time::Instant::now();
+            match s.write_all(b"p").and_then(|()| s.read_exact(&mut b)) {
+                Ok(()) => println!("rtt {} ns", start.elapsed().as_nanos()),
+                Err(e) => println!("rtt: error {:?}", e.kind()),
             }
         }
         "try-bind" => match TcpListener::bind(arg(0)?) {
@@ -415,6 +449,27 @@ fn udp_step(step: &[String], udp: &mut Option<UdpSocket>) -> Result<(), String> 
                 s.send_to(&i.to_le_bytes(), arg(0)?).map_err(|e| format!("send: {e}"))?;
             }
             println!("udp blasted {n}");
+        }
+        "udp-rtt" => {
+            let s = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+            let n: u64 = step.get(2).ok_or("missing count")?.parse().map_err(|e| format!("count: {e}"))?;
+            let start = std::time::Instant::now();
+            for i in 0..n {
+                s.send_to(i.to_string().as_bytes(), arg(0)?).map_err(|e| format!("send: {e}"))?;
+            }
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            for _ in 0..n {
+                let (len, _) = s.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
+                got.push(String::from_utf8_lossy(&buf[..len]).to_string());
+            }
+            println!("udp rtt {n} in {} ns", start.elapsed().as_nanos());
+            let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+            if got == want {
+                println!("order ok");
+            } else {
+                println!("order: {}", got.join(","));
+            }
         }
         "udp-drain" => {
             let s = udp.as_ref().ok_or("no udp socket")?;

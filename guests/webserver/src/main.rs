@@ -3,11 +3,15 @@
 //! unchanged on the pod network.
 //!
 //! Usage: `webserver PORT [ROOT]`, or `webserver --get HOST:PORT PATH` to make one GET request
-//! and print `status: CODE` and the body (a client written with `std::net` too).
+//! and print `status: CODE` and the body (a client written with `std::net` too), or
+//! `webserver --hold-get FILE HOST:PORT PATH` to connect, print `connected`, wait until FILE
+//! exists (a connection held open across something the test does), then make the request on
+//! that connection.
 //!
 //! As a server, `webserver PORT [ROOT]` It listens on `0.0.0.0:PORT` and answers, one connection at
 //! a time (WASI 0.2 has no threads), each with `Connection: close`:
 //! - `GET /hello`            `hello from NAME` (NAME = argv[0], the container name)
+//! - `GET /version`          the `VERSION` environment variable (`unset` without one)
 //! - `POST /echo`            the request body back
 //! - `GET /PATH`             the file ROOT/PATH, when ROOT is given (no `..` allowed)
 //! - anything else           404
@@ -30,6 +34,19 @@ fn main() {
             Ok(()) => return,
             Err(e) => {
                 eprintln!("GET http://{authority}{path} failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    if args.get(1).map(String::as_str) == Some("--hold-get") {
+        let (Some(file), Some(authority), Some(path)) = (args.get(2), args.get(3), args.get(4)) else {
+            eprintln!("usage: webserver --hold-get FILE HOST:PORT PATH");
+            std::process::exit(2);
+        };
+        match hold_get(file, authority, path) {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("held GET http://{authority}{path} failed: {e}");
                 std::process::exit(1);
             }
         }
@@ -61,7 +78,26 @@ fn main() {
 
 /// One HTTP/1.1 GET with `Connection: close`; prints the status code and the body.
 fn get(authority: &str, path: &str) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(authority)?;
+    request(TcpStream::connect(authority)?, authority, path)
+}
+
+/// Connects, then waits (polling, at most a minute) until `file` exists before the GET.
+fn hold_get(file: &str, authority: &str, path: &str) -> std::io::Result<()> {
+    let stream = TcpStream::connect(authority)?;
+    println!("connected");
+    let _ = std::io::stdout().flush();
+    let mut waited = 0;
+    while !std::path::Path::new(file).exists() {
+        if waited >= 60_000 {
+            return Err(std::io::Error::other(format!("{file} did not appear within 60 s")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        waited += 10;
+    }
+    request(stream, authority, path)
+}
+
+fn request(mut stream: TcpStream, authority: &str, path: &str) -> std::io::Result<()> {
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n"
@@ -112,6 +148,10 @@ fn serve(stream: TcpStream, name: &str, root: Option<&str>) -> std::io::Result<(
             "text/plain",
             format!("hello from {name}\n").as_bytes(),
         ),
+        ("GET", "/version") => {
+            let version = std::env::var("VERSION").unwrap_or_else(|_| "unset".into());
+            respond(&mut stream, "200 OK", "text/plain", format!("{version}\n").as_bytes())
+        }
         ("POST", "/echo") => respond(&mut stream, "200 OK", "application/octet-stream", &body),
         ("GET", path) if root.is_some() && !path.split('/').any(|part| part == "..") => {
             let root = root.unwrap_or_default();
