@@ -5,7 +5,9 @@
 //!
 //! Every test compiles into a fresh temporary cache directory, so the component is never
 //! cached when the test starts. Background compiles are held with `Engine::pause_tier_up`
-//! until the test has seen baseline code serve: no timing assumptions.
+//! until the test has seen baseline code serve: no timing assumptions. Two tests run the
+//! `wasmpod` binary: a stopped `run` abandons its background compile instead of waiting for
+//! it, and a pod that ends on its own leaves the optimized code in the cache.
 
 mod common;
 
