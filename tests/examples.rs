@@ -418,11 +418,20 @@ async fn content_puller_replaces_the_site_atomically() {
             }
         }
     }
-    let updates = pod
-        .logs("puller")
-        .iter()
-        .filter(|line| line.starts_with("updated index.html"))
-        .count();
+    // The puller logs an update after publishing it: the site can show the last version a
+    // moment before its line is written.
+    let is_update = |line: &String| line.starts_with("updated index.html");
+    pod.wait_until("the puller to log every update", |pod| {
+        pod.output()
+            .text("puller")
+            .iter()
+            .filter(|line| is_update(line))
+            .count()
+            >= VERSIONS as usize
+    })
+    .await
+    .unwrap();
+    let updates = pod.logs("puller").iter().filter(|line| is_update(line)).count();
     pod.stop().await;
     assert_eq!(updates as u32, VERSIONS, "one update per version");
     eprintln!("content puller: {polls} polls over {VERSIONS} versions, none half-written");
