@@ -77,6 +77,9 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
         printf '[[containers]]\nname = "web-%d"\ncomponent = "%s"\nports = [%d]\n' "$c" "$guests/hello_http.wasm" $((8080 + c))
     done
 } >"$work/seed.toml"
+# The seed as `apply` puts it: the component by digest (the host has it after the first apply).
+digest=$(sha256sum "$guests/hello_http.wasm" | cut -d' ' -f1)
+sed "s|component = \".*\"|component = \"sha256:$digest\"|" "$work/seed.toml" >"$work/seed-by-digest.toml"
 
 # Starts a host on state dir $1, waits until it serves; sets $host, $socket, $http.
 start_host() {
@@ -101,7 +104,7 @@ rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$host/status"; }
 # PUTs pods p-$1 .. p-$2 (the seed's stored text, renamed) over the socket; prints the
 # latencies in ms, one per line, to $3.
 put_pods() {
-    python3 - "$socket" "$state_dir/pods/p-0.toml" "$1" "$2" "$3" <<'EOF'
+    python3 - "$socket" "$work/seed-by-digest.toml" "$1" "$2" "$3" <<'EOF'
 import http.client, socket, sys, time
 
 sock_path, seed, first, last, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
@@ -114,8 +117,7 @@ class UnixConnection(http.client.HTTPConnection):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(self.path)
 
-# The stored file's first line is its checksum header; the rest is the spec as the host got it.
-text = open(seed).read().split("\n", 1)[1]
+text = open(seed).read()
 times = []
 for i in range(first, last + 1):
     body = text.replace('name = "p-0"', f'name = "p-{i}"').encode()

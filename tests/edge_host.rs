@@ -221,7 +221,7 @@ async fn apply_route_update_refuse_restart_delete() {
     assert_eq!(line["text"], "env requested", "{chunk}");
 
     // A new host on the same state directory brings the pod back, updated spec and all.
-    serving.shutdown().await;
+    serving.shutdown().await.unwrap();
     let serving = start_host(state.path()).await;
     let http = serving.http_addr.unwrap();
     let client = api_client(&serving);
@@ -235,10 +235,10 @@ async fn apply_route_update_refuse_restart_delete() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let missing = client.delete("hello").await.unwrap_err().to_string();
     assert!(missing.contains("no pod"), "{missing}");
-    serving.shutdown().await;
+    serving.shutdown().await.unwrap();
     let serving = start_host(state.path()).await;
     assert!(serving.host().pods().is_empty());
-    serving.shutdown().await;
+    serving.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +274,7 @@ async fn bad_names_and_caps_are_refused_with_their_limit() {
         .unwrap();
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&body).contains("DNS label"), "{body:?}");
-    serving.shutdown().await;
+    serving.shutdown().await.unwrap();
 
     // A host-wide memory cap: containers must declare memory, and the sum must fit.
     let host = Host::open(HostConfig {
@@ -309,7 +309,7 @@ async fn bad_names_and_caps_are_refused_with_their_limit() {
     let fits = hello_spec(work.path(), "resources = { memory = \"64MiB\" }");
     assert_eq!(client.apply(&fits).await.unwrap(), "created");
     assert_eq!(serving.host().pods().len(), 1);
-    serving.shutdown().await;
+    serving.shutdown().await.unwrap();
 }
 
 /// A `wasmpod host` child; killed when dropped.
@@ -450,7 +450,7 @@ async fn a_command_containers_port_is_routed_over_the_pod_network_and_torn_specs
     assert_eq!(body.trim(), "hello from server");
     let hello = hello_spec(work.path(), "");
     assert_eq!(client.apply(&hello).await.unwrap(), "created");
-    serving.shutdown().await;
+    serving.shutdown().await.unwrap();
 
     // Tear the stored spec of `web`: the next host reports it and runs the rest.
     let stored = state.path().join("pods").join("web.toml");
@@ -472,7 +472,7 @@ async fn a_command_containers_port_is_routed_over_the_pod_network_and_torn_specs
     );
     let names: Vec<String> = host.pods().iter().map(|pod| pod.spec().name.clone()).collect();
     assert_eq!(names, ["hello"]);
-    host.drain().await;
+    host.drain().await.unwrap();
 }
 
 #[test]
@@ -508,12 +508,13 @@ async fn measure_apply_of_a_cached_pod() {
     let serving = start_host(state.path()).await;
     let client = api_client(&serving);
     assert_eq!(client.apply(&hello_spec(work.path(), "")).await.unwrap(), "created");
-    let stored = std::fs::read_to_string(state.path().join("pods").join("hello.toml")).unwrap();
-    // Without the hostname, which only one pod may claim.
-    let text: String = stored
-        .split_once('\n')
-        .unwrap()
-        .1
+    // The spec as the host stores it (the component by digest), without the hostname, which
+    // only one pod may claim.
+    let component = guest("hello_http");
+    let digest = wasmpod::host::store::sha256_hex(&std::fs::read(&component).unwrap());
+    let spec = std::fs::read_to_string(hello_spec(work.path(), "")).unwrap();
+    let text: String = spec
+        .replace(&component.display().to_string(), &format!("sha256:{digest}"))
         .lines()
         .filter(|line| !line.contains("hostnames"))
         .map(|line| format!("{line}\n"))
@@ -538,7 +539,7 @@ async fn measure_apply_of_a_cached_pod() {
         times[times.len() - 1],
         times.len()
     );
-    serving.shutdown().await;
+    serving.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,7 +561,7 @@ async fn the_entrance_holds_requests_for_an_unready_pod_and_then_refuses_them() 
     let (status, body) = get(serving.http_addr.unwrap(), "hello.localhost", "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains("not ready within 200ms"), "{body}");
-    serving.shutdown().await;
+    serving.shutdown().await.unwrap();
 }
 
 /// A host with the given entrance limits, the hello pod applied, serving the shared entrance.
@@ -718,7 +719,7 @@ async fn the_shared_entrance_applies_the_front_proxys_limits() {
     let status = tokio::time::timeout(DEADLINE, served).await.unwrap().unwrap();
     assert_eq!(status, Ok(StatusCode::OK));
     drop((second, other));
-    serving.shutdown().await;
+    serving.shutdown().await.unwrap();
 }
 
 /// The entrance's keep-alive timeout closes a connection idle after its last answer.
@@ -741,7 +742,7 @@ async fn the_shared_entrance_closes_idle_keep_alive_connections() {
         String::from_utf8_lossy(&until_closed(&mut stream, "an idle keep-alive connection").await).into_owned();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("hello from wasmpod\n"), "{answer}");
-    serving.shutdown().await;
+    serving.shutdown().await.unwrap();
 }
 
 /// The hello pod named `name` with `[expose] host_port` set as written (or left out), and
@@ -841,7 +842,7 @@ async fn a_pod_keeps_its_own_host_port_until_it_gives_it_up() {
         refused.contains("third.toml:5:") && refused.contains("host_port 70000 is out of range"),
         "{refused}"
     );
-    serving.shutdown().await;
+    serving.shutdown().await.unwrap();
 }
 
 /// `wasmpod` in the runtime directory `runtime`, WASMPOD_HOST unset.
@@ -1030,5 +1031,5 @@ async fn an_update_of_the_hostnames_moves_the_routes() {
     assert_eq!(client.apply(&spec).await.unwrap(), "updated");
     assert_eq!(get(http, "hi.example.com", "/").await.0, StatusCode::OK);
     assert_eq!(get(http, "hello.example.com", "/").await.0, StatusCode::NOT_FOUND);
-    serving.shutdown().await;
+    serving.shutdown().await.unwrap();
 }

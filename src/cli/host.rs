@@ -177,8 +177,14 @@ pub fn host(args: HostArgs) -> ExitCode {
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
         println!("wasmpod host: draining");
-        serving.shutdown().await;
-        ExitCode::SUCCESS
+        match serving.shutdown().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                // Every change is in the journal still: the next start replays it.
+                eprintln!("wasmpod host: stopped, but the state was not checkpointed: {e}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 

@@ -90,7 +90,7 @@ pub(crate) fn tiered_code<P: 'static>(
         let pre = if wasmtime::Engine::same(linker.engine(), component.engine()) {
             linker.instantiate_pre(component)
         } else {
-            linker_on(component.engine()).and_then(|own| own.instantiate_pre(component))
+            shared_linker_on(component.engine()).and_then(|own| own.instantiate_pre(component))
         };
         pre.and_then(typed).map_err(|e| format!("{e:#}"))
     };
@@ -107,20 +107,38 @@ pub(crate) fn tiered_code<P: 'static>(
 /// The linker is the same for every container of an engine ([`linker_on`]), so the first one
 /// seen is kept; entries of dropped engines are pruned.
 fn shared_linker(linker: &Linker<ContainerData>) -> std::sync::Arc<Linker<ContainerData>> {
-    type Shared = Vec<(wasmtime::EngineWeak, std::sync::Arc<Linker<ContainerData>>)>;
-    static SHARED: std::sync::Mutex<Shared> = std::sync::Mutex::new(Vec::new());
-    let mut shared = crate::sync::lock(&SHARED);
-    shared.retain(|(engine, _)| engine.upgrade().is_some());
-    let engine = linker.engine();
-    if let Some((_, kept)) = shared
-        .iter()
-        .find(|(weak, _)| weak.upgrade().is_some_and(|e| wasmtime::Engine::same(&e, engine)))
-    {
-        return kept.clone();
+    let mut shared = crate::sync::lock(&SHARED_LINKERS);
+    if let Some(kept) = kept_linker(&mut shared, linker.engine()) {
+        return kept;
     }
     let kept = std::sync::Arc::new(linker.clone());
-    shared.push((engine.weak(), kept.clone()));
+    shared.push((linker.engine().weak(), kept.clone()));
     kept
+}
+
+/// The shared linker of `engine`, built ([`linker_on`]) when it has none yet.
+pub(crate) fn shared_linker_on(
+    engine: &wasmtime::Engine,
+) -> Result<std::sync::Arc<Linker<ContainerData>>, wasmtime::Error> {
+    let mut shared = crate::sync::lock(&SHARED_LINKERS);
+    if let Some(kept) = kept_linker(&mut shared, engine) {
+        return Ok(kept);
+    }
+    let kept = std::sync::Arc::new(linker_on(engine)?);
+    shared.push((engine.weak(), kept.clone()));
+    Ok(kept)
+}
+
+type SharedLinkers = Vec<(wasmtime::EngineWeak, std::sync::Arc<Linker<ContainerData>>)>;
+static SHARED_LINKERS: std::sync::Mutex<SharedLinkers> = std::sync::Mutex::new(Vec::new());
+
+/// `engine`'s linker in `shared`; entries of dropped engines are pruned on the way.
+fn kept_linker(shared: &mut SharedLinkers, engine: &wasmtime::Engine) -> Option<std::sync::Arc<Linker<ContainerData>>> {
+    shared.retain(|(engine, _)| engine.upgrade().is_some());
+    shared
+        .iter()
+        .find(|(weak, _)| weak.upgrade().is_some_and(|e| wasmtime::Engine::same(&e, engine)))
+        .map(|(_, kept)| kept.clone())
 }
 
 /// A trap after the memory budget refused growth is an out-of-memory kill (Kubernetes'

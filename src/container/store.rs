@@ -81,9 +81,10 @@ impl WasiHttpView for ContainerData {
 }
 
 /// The imports every container gets, whatever its kind: WASI 0.2 with wasi:sockets served by
-/// the pod's virtual network instead of the host's, plus wasi:http routed by the pod.
-pub fn linker(engine: &Engine) -> Result<Linker<ContainerData>, wasmtime::Error> {
-    linker_on(engine.wasmtime())
+/// the pod's virtual network instead of the host's, plus wasi:http routed by the pod. Built
+/// once per engine and shared (a pod start does not pay for building it again).
+pub fn linker(engine: &Engine) -> Result<Arc<Linker<ContainerData>>, wasmtime::Error> {
+    super::shared_linker_on(engine.wasmtime())
 }
 
 /// [`linker`] on one wasmtime engine: a component is linked on the engine that compiled it

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod client;
+pub mod journal;
 pub mod metrics;
 pub mod routing;
 pub mod serve;
@@ -218,15 +219,14 @@ impl Host {
     /// parses or starts is reported in [`Host::load_problems`] and skipped; the rest run.
     pub async fn open(config: HostConfig) -> Result<Host, HostError> {
         let state_dir = config.state_dir.clone();
-        let (store, mut problems) = tokio::task::spawn_blocking(move || Store::open(&state_dir))
+        let (store, loaded) = tokio::task::spawn_blocking(move || Store::open(&state_dir))
             .await
             .map_err(|e| StoreError::Io {
                 what: "cannot open",
                 path: config.state_dir.clone(),
                 source: std::io::Error::other(e.to_string()),
             })??;
-        let loaded = store.load_pods()?;
-        problems.extend(loaded.problems);
+        let mut problems = loaded.problems;
         let host = Host {
             inner: Arc::new(Inner {
                 store,
@@ -422,10 +422,9 @@ impl Host {
         Ok(())
     }
 
-    /// Writes pod `name`'s spec durably (temp file, fsync, rename, directory fsync) on a
-    /// blocking thread: an fsync can take a disk's whole journal commit (tens to hundreds of
-    /// milliseconds on a busy disk), and on a runtime worker it would stall the shared
-    /// entrance's requests with it.
+    /// Writes pod `name`'s spec durably (one flushed journal record) on a blocking thread: a
+    /// flush can take milliseconds, tens on a busy disk, and on a runtime worker it would stall
+    /// the shared entrance's requests with it.
     async fn persist(&self, name: &str, text: &str) -> Result<(), HostError> {
         let host = self.clone();
         let (name, text) = (name.to_string(), text.to_string());
@@ -483,8 +482,9 @@ impl Host {
         routes.by_name.get(name).cloned()
     }
 
-    /// Stops accepting applies and stops every pod (SIGTERM).
-    pub async fn drain(&self) {
+    /// Stops accepting applies, stops every pod (SIGTERM) and checkpoints the state directory,
+    /// so the next start has no journal to replay (it would replay it after a failure here).
+    pub async fn drain(&self) -> Result<(), HostError> {
         self.inner.draining.store(true, std::sync::atomic::Ordering::Release);
         let mut pods = self.inner.pods.lock().await;
         let all = std::mem::take(&mut *pods);
@@ -496,6 +496,12 @@ impl Host {
         }
         let stopping = std::mem::take(&mut *lock(&self.inner.stopping));
         stopping.join_all().await;
+        let host = self.clone();
+        let state_dir = self.inner.store.dir().to_path_buf();
+        tokio::task::spawn_blocking(move || host.inner.store.flush())
+            .await
+            .map_err(|e| joined(e, state_dir))??;
+        Ok(())
     }
 
     /// Stops a pod that no longer takes traffic, in the background: an apply or delete answers

@@ -108,13 +108,15 @@ impl Serving {
         &self.host
     }
 
-    /// Stops accepting, stops every pod, removes the API socket.
-    pub async fn shutdown(self) {
+    /// Stops accepting, stops every pod, checkpoints the state directory, removes the API
+    /// socket.
+    pub async fn shutdown(self) -> Result<(), super::HostError> {
         self.stop.cancel();
-        self.host.drain().await;
+        let drained = self.host.drain().await;
         if let Some(socket) = &self.api_socket {
             let _ = std::fs::remove_file(socket);
         }
+        drained
     }
 }
 

@@ -56,10 +56,9 @@ impl Pod {
             // What the update compares against. The compiled component came from these bytes
             // unless the file changed in between; then the next update sees a change and swaps.
             let source = container_spec.component.clone();
-            let version = tokio::task::spawn_blocking(move || super::update::read_component(&source))
+            let version = tokio::task::spawn_blocking(move || super::update::component_digest(&source))
                 .await
                 .map_err(|e| PodError::Engine(format!("reading a component panicked: {e}")))?
-                .map(|(_, digest)| digest)
                 .unwrap_or_default();
             versions.push(super::update::Version {
                 spec: container_spec.clone(),

@@ -282,6 +282,35 @@ impl Pod {
     }
 }
 
+/// A component's digest (`sha256:<hex>`) as [`read_component`] gives it, without reading again
+/// a file whose length and modification time are those it had when it was last hashed (a
+/// cached pod's start read and hashed every component a second time, after compiling it).
+pub(crate) fn component_digest(source: &ComponentSource) -> Result<String, String> {
+    type Stamp = (u64, Option<std::time::SystemTime>);
+    /// Files hashed; cleared when full (a host's blob store has one path per component).
+    const KEPT: usize = 4096;
+    static HASHED: std::sync::Mutex<Option<std::collections::HashMap<std::path::PathBuf, (Stamp, String)>>> =
+        std::sync::Mutex::new(None);
+    let ComponentSource::File(path) = source else {
+        return read_component(source).map(|(_, digest)| digest);
+    };
+    let metadata = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let stamp = (metadata.len(), metadata.modified().ok());
+    if let Some((seen, digest)) = crate::sync::lock(&HASHED).get_or_insert_default().get(path)
+        && *seen == stamp
+    {
+        return Ok(digest.clone());
+    }
+    let (_, digest) = read_component(source)?;
+    let mut hashed = crate::sync::lock(&HASHED);
+    let hashed = hashed.get_or_insert_default();
+    if hashed.len() >= KEPT {
+        hashed.clear();
+    }
+    hashed.insert(path.clone(), (stamp, digest.clone()));
+    Ok(digest)
+}
+
 /// Reads a component's bytes and their digest (`sha256:<hex>`).
 pub(crate) fn read_component(source: &ComponentSource) -> Result<(Arc<[u8]>, String), String> {
     let bytes: Arc<[u8]> = match source {
