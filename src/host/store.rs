@@ -68,8 +68,11 @@ struct Shared {
     journal: Journal,
     /// The desired state: every stored pod's spec text. Changed only after its journal record
     /// is on disk, so the checkpointer never writes a state a crash could take back.
-    specs: Mutex<BTreeMap<String, Arc<str>>>,
+    specs: Mutex<Specs>,
 }
+
+/// Pod name → spec text.
+type Specs = BTreeMap<String, Arc<str>>;
 
 /// Work for the checkpointer thread.
 enum Job {
@@ -420,7 +423,7 @@ fn check_blobs(blobs: &Path) -> Result<Vec<String>, StoreError> {
 }
 
 /// Every pod file whose integrity check passes; torn or altered files are reported and skipped.
-fn load_pod_files(dir: &Path) -> Result<(BTreeMap<String, Arc<str>>, Vec<String>), StoreError> {
+fn load_pod_files(dir: &Path) -> Result<(Specs, Vec<String>), StoreError> {
     let mut pods = BTreeMap::new();
     let mut problems = Vec::new();
     let mut entries: Vec<_> = fs::read_dir(dir)
