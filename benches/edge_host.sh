@@ -9,10 +9,12 @@
 #               a second series with the state directory on tmpfs (/dev/shm), which tells what
 #               of the tail is the disk's fsync
 #   c. routing  wrk through the shared entrance: every request to a random one of 1,000 pods
-#               (Host: p-K.localhost) vs. the same traffic to one pod, interleaved
-#               (one, many, one, many), req/s ratio many/one
+#               (Host: p-K.localhost) vs. the same traffic to one pod, interleaved over
+#               --rounds rounds (default 6; the first of each pair alternates), the req/s ratio
+#               many/one per round, its median and over all rounds, and the host's CPU time
+#               per request (steadier than req/s on a shared machine)
 #
-# wrk runs with 2 threads and 64 connections for 15 s a round; every request picks its Host in
+# wrk runs with 2 threads and 64 connections for 10 s a slice; every request picks its Host in
 # a Lua request() in both cases, so the client's work is the same. The host gets
 # --max-connections-per-address 0 (all clients come from 127.0.0.1).
 #
@@ -28,7 +30,8 @@ ROOT=$PWD
 
 pods=10000
 routed=1000
-rps_for=15s
+rps_for=10s
+rounds=6
 tmpfs_pods=2000
 containers=3
 while [[ $# -gt 0 ]]; do
@@ -36,6 +39,7 @@ while [[ $# -gt 0 ]]; do
         --pods) pods=$2; shift 2 ;;
         --routed) routed=$2; shift 2 ;;
         --rps-for) rps_for=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
         --tmpfs-pods) tmpfs_pods=$2; shift 2 ;;
         --containers) containers=$2; shift 2 ;;
         -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
@@ -192,20 +196,42 @@ summary() {
         END { printf "requests %s, req/s %s, mean latency %s, non-2xx %s, %s\n", requests, rps, latency, (non2xx == "" ? 0 : non2xx), (errors == "" ? "socket errors 0" : errors) }
     ' "$1"
 }
-echo "== c. wrk -t2 -c64 -d$rps_for through the shared entrance: 1 pod vs $routed pods"
+# The host's CPU time (user + system) in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$host/stat"; }
+# Runs wrk with script $1 for $rps_for into $2, and the host's CPU ticks over it into $2.cpu.
+measure() {
+    local before
+    before=$(cpu_ticks)
+    wrk -t2 -c64 -d"$rps_for" -s "$1" "http://$http/" >"$2"
+    echo $(( $(cpu_ticks) - before )) >"$2.cpu"
+}
+echo "== c. wrk -t2 -c64 -d$rps_for through the shared entrance: 1 pod vs $routed pods, $rounds rounds"
 wrk -t2 -c64 -d5s -s "$work/many.lua" "http://$http/" >/dev/null   # warm-up: every routed pod served once
-for round in 1 2; do
-    wrk -t2 -c64 -d"$rps_for" -s "$work/one.lua" "http://$http/" >"$work/one-$round.txt"
-    echo "round $round, 1 pod:       $(summary "$work/one-$round.txt")"
-    wrk -t2 -c64 -d"$rps_for" -s "$work/many.lua" "http://$http/" >"$work/many-$round.txt"
-    echo "round $round, $routed pods: $(summary "$work/many-$round.txt")"
+for ((round = 1; round <= rounds; round++)); do
+    # Alternate which goes first, so a trend in the machine's load lands on both alike.
+    if (( round % 2 )); then order="one many"; else order="many one"; fi
+    for which in $order; do
+        measure "$work/$which.lua" "$work/$which-$round.txt"
+        label=$([[ $which == one ]] && echo "1 pod" || echo "$routed pods")
+        echo "round $round, $label: $(summary "$work/$which-$round.txt"), host CPU ticks $(cat "$work/$which-$round.txt.cpu")"
+    done
 done
-python3 - "$work" <<'EOF'
-import re, sys
-rps = lambda f: float(re.search(r"Requests/sec:\s+([\d.]+)", open(f).read()).group(1))
-one = [rps(f"{sys.argv[1]}/one-{r}.txt") for r in (1, 2)]
-many = [rps(f"{sys.argv[1]}/many-{r}.txt") for r in (1, 2)]
-print(f"routing: many/one per round {many[0] / one[0]:.2f}, {many[1] / one[1]:.2f}; over both {sum(many) / sum(one):.2f}")
+python3 - "$work" "$rounds" "$(getconf CLK_TCK)" <<'EOF'
+import re, statistics, sys
+work, rounds, tck = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def read(which, r):
+    text = open(f"{work}/{which}-{r}.txt").read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    requests = int(re.search(r"(\d+) requests in", text).group(1))
+    ticks = int(open(f"{work}/{which}-{r}.txt.cpu").read())
+    return rps, ticks / tck / requests * 1e6
+one = [read("one", r) for r in range(1, rounds + 1)]
+many = [read("many", r) for r in range(1, rounds + 1)]
+ratios = [m[0] / o[0] for o, m in zip(one, many)]
+print("routing: req/s many/one per round " + ", ".join(f"{r:.2f}" for r in ratios)
+      + f"; median {statistics.median(ratios):.2f}; over all rounds {sum(m[0] for m in many) / sum(o[0] for o in one):.2f}")
+cpu_one, cpu_many = statistics.median(o[1] for o in one), statistics.median(m[1] for m in many)
+print(f"routing: host CPU per request, median: 1 pod {cpu_one:.1f} us, many {cpu_many:.1f} us; one/many {cpu_one / cpu_many:.2f}")
 EOF
 stop_host
 

@@ -47,6 +47,22 @@ ports = [8080]
     path
 }
 
+/// Shuts a host down (draining every pod), failing with the pods' statuses instead of hanging
+/// when a pod does not stop.
+async fn shut_down(serving: Serving) {
+    let pods = serving.host().pods();
+    let grace = pods
+        .iter()
+        .map(|pod| pod.spec().termination_grace_period)
+        .max()
+        .unwrap_or_default();
+    let stopped = tokio::time::timeout(grace + DEADLINE, serving.shutdown()).await;
+    let statuses: Vec<String> = pods.iter().map(|pod| format!("{:?}", pod.status())).collect();
+    stopped
+        .unwrap_or_else(|_| panic!("the host did not shut down; its pods: {statuses:#?}"))
+        .unwrap();
+}
+
 async fn start_host(state: &Path) -> Serving {
     let config = HostConfig {
         state_dir: state.to_path_buf(),
@@ -221,7 +237,7 @@ async fn apply_route_update_refuse_restart_delete() {
     assert_eq!(line["text"], "env requested", "{chunk}");
 
     // A new host on the same state directory brings the pod back, updated spec and all.
-    serving.shutdown().await.unwrap();
+    shut_down(serving).await;
     let serving = start_host(state.path()).await;
     let http = serving.http_addr.unwrap();
     let client = api_client(&serving);
@@ -235,10 +251,10 @@ async fn apply_route_update_refuse_restart_delete() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let missing = client.delete("hello").await.unwrap_err().to_string();
     assert!(missing.contains("no pod"), "{missing}");
-    serving.shutdown().await.unwrap();
+    shut_down(serving).await;
     let serving = start_host(state.path()).await;
     assert!(serving.host().pods().is_empty());
-    serving.shutdown().await.unwrap();
+    shut_down(serving).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +290,7 @@ async fn bad_names_and_caps_are_refused_with_their_limit() {
         .unwrap();
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&body).contains("DNS label"), "{body:?}");
-    serving.shutdown().await.unwrap();
+    shut_down(serving).await;
 
     // A host-wide memory cap: containers must declare memory, and the sum must fit.
     let host = Host::open(HostConfig {
@@ -309,7 +325,7 @@ async fn bad_names_and_caps_are_refused_with_their_limit() {
     let fits = hello_spec(work.path(), "resources = { memory = \"64MiB\" }");
     assert_eq!(client.apply(&fits).await.unwrap(), "created");
     assert_eq!(serving.host().pods().len(), 1);
-    serving.shutdown().await.unwrap();
+    shut_down(serving).await;
 }
 
 /// A `wasmpod host` child; killed when dropped.
@@ -396,6 +412,23 @@ async fn the_cli_host_survives_sigkill_and_drains_on_sigterm() {
     let (status, body) = get(host.http, "hello.localhost", "/").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from wasmpod\n"));
 
+    // A second host on the same state directory is refused while this one holds it.
+    let second = Command::new(env!("CARGO_BIN_EXE_wasmpod"))
+        .args(["host", "--state-dir"])
+        .arg(state.path())
+        .arg("--socket")
+        .arg(run.join("second.sock"))
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    let pid = host.child.id();
+    assert!(
+        stderr.contains("in use by another wasmpod host") && stderr.contains(&format!("pid {pid}")),
+        "{stderr}"
+    );
+
     let (ok, out) = cli(&["delete", "hello"], &socket);
     assert!(ok && out.trim() == "deleted", "{out}");
     let (status, _) = get(host.http, "hello.localhost", "/").await;
@@ -450,7 +483,7 @@ async fn a_command_containers_port_is_routed_over_the_pod_network_and_torn_specs
     assert_eq!(body.trim(), "hello from server");
     let hello = hello_spec(work.path(), "");
     assert_eq!(client.apply(&hello).await.unwrap(), "created");
-    serving.shutdown().await.unwrap();
+    shut_down(serving).await;
 
     // Tear the stored spec of `web`: the next host reports it and runs the rest.
     let stored = state.path().join("pods").join("web.toml");
@@ -539,7 +572,7 @@ async fn measure_apply_of_a_cached_pod() {
         times[times.len() - 1],
         times.len()
     );
-    serving.shutdown().await.unwrap();
+    shut_down(serving).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,7 +594,7 @@ async fn the_entrance_holds_requests_for_an_unready_pod_and_then_refuses_them() 
     let (status, body) = get(serving.http_addr.unwrap(), "hello.localhost", "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains("not ready within 200ms"), "{body}");
-    serving.shutdown().await.unwrap();
+    shut_down(serving).await;
 }
 
 /// A host with the given entrance limits, the hello pod applied, serving the shared entrance.
@@ -719,7 +752,7 @@ async fn the_shared_entrance_applies_the_front_proxys_limits() {
     let status = tokio::time::timeout(DEADLINE, served).await.unwrap().unwrap();
     assert_eq!(status, Ok(StatusCode::OK));
     drop((second, other));
-    serving.shutdown().await.unwrap();
+    shut_down(serving).await;
 }
 
 /// The entrance's keep-alive timeout closes a connection idle after its last answer.
@@ -742,7 +775,7 @@ async fn the_shared_entrance_closes_idle_keep_alive_connections() {
         String::from_utf8_lossy(&until_closed(&mut stream, "an idle keep-alive connection").await).into_owned();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("hello from wasmpod\n"), "{answer}");
-    serving.shutdown().await.unwrap();
+    shut_down(serving).await;
 }
 
 /// The hello pod named `name` with `[expose] host_port` set as written (or left out), and
@@ -842,7 +875,7 @@ async fn a_pod_keeps_its_own_host_port_until_it_gives_it_up() {
         refused.contains("third.toml:5:") && refused.contains("host_port 70000 is out of range"),
         "{refused}"
     );
-    serving.shutdown().await.unwrap();
+    shut_down(serving).await;
 }
 
 /// `wasmpod` in the runtime directory `runtime`, WASMPOD_HOST unset.
@@ -1031,5 +1064,5 @@ async fn an_update_of_the_hostnames_moves_the_routes() {
     assert_eq!(client.apply(&spec).await.unwrap(), "updated");
     assert_eq!(get(http, "hi.example.com", "/").await.0, StatusCode::OK);
     assert_eq!(get(http, "hello.example.com", "/").await.0, StatusCode::NOT_FOUND);
-    serving.shutdown().await.unwrap();
+    shut_down(serving).await;
 }

@@ -300,7 +300,7 @@ fn host_error(e: &HostError) -> Reply {
         }
         HostError::TooManyPods(_) | HostError::Memory(_) => StatusCode::TOO_MANY_REQUESTS,
         HostError::NoSuchPod(_) => StatusCode::NOT_FOUND,
-        HostError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        HostError::ShuttingDown | HostError::Store(super::StoreError::Closed) => StatusCode::SERVICE_UNAVAILABLE,
         HostError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     match e {

@@ -482,8 +482,9 @@ impl Host {
         routes.by_name.get(name).cloned()
     }
 
-    /// Stops accepting applies, stops every pod (SIGTERM) and checkpoints the state directory,
-    /// so the next start has no journal to replay (it would replay it after a failure here).
+    /// Stops accepting applies, stops every pod (SIGTERM), checkpoints the state directory (so
+    /// the next start has no journal to replay; it would replay it after a failure here) and
+    /// releases it to the next host.
     pub async fn drain(&self) -> Result<(), HostError> {
         self.inner.draining.store(true, std::sync::atomic::Ordering::Release);
         let mut pods = self.inner.pods.lock().await;
@@ -498,7 +499,7 @@ impl Host {
         stopping.join_all().await;
         let host = self.clone();
         let state_dir = self.inner.store.dir().to_path_buf();
-        tokio::task::spawn_blocking(move || host.inner.store.flush())
+        tokio::task::spawn_blocking(move || host.inner.store.close())
             .await
             .map_err(|e| joined(e, state_dir))??;
         Ok(())

@@ -2,7 +2,8 @@
 //! shared HTTP entrance, bound together and stopped together.
 //!
 //! It owns binding, the addresses tests and the CLI read back, and the drain order on stop:
-//! stop accepting first, then stop every pod ([`super::Host::drain`]), then remove the socket.
+//! stop accepting and remove the socket first, then stop every pod and write the state
+//! ([`super::Host::drain`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,9 @@ pub struct Serving {
     pub api_addr: Option<SocketAddr>,
     /// The API's socket, when it listens on one.
     pub api_socket: Option<PathBuf>,
+    /// The socket file's device and inode: shutdown removes the file only while it is still
+    /// this host's (a next host may have bound the path once this one stopped accepting).
+    api_socket_file: Option<(u64, u64)>,
     /// The shared entrance's address, when it was asked for.
     pub http_addr: Option<SocketAddr>,
 }
@@ -63,6 +67,7 @@ pub async fn serve(host: Host, api: ApiListen, http: Option<SocketAddr>) -> Resu
         stop: stop.clone(),
         api_addr: None,
         api_socket: None,
+        api_socket_file: None,
         http_addr: None,
     };
     match api {
@@ -76,6 +81,7 @@ pub async fn serve(host: Host, api: ApiListen, http: Option<SocketAddr>) -> Resu
             }
             let listener = api::bind_unix(&path).map_err(api_error)?;
             tokio::spawn(api::serve_unix(host.clone(), listener, stop.clone()));
+            serving.api_socket_file = file_identity(&path);
             serving.api_socket = Some(path);
         }
         ApiListen::Tcp { addr, token } => {
@@ -112,12 +118,22 @@ impl Serving {
     /// socket.
     pub async fn shutdown(self) -> Result<(), super::HostError> {
         self.stop.cancel();
-        let drained = self.host.drain().await;
-        if let Some(socket) = &self.api_socket {
+        // Gone with the listener: a client finds no host rather than one that does not answer,
+        // and a next host may bind the path while this one drains.
+        if let Some(socket) = &self.api_socket
+            && self.api_socket_file.is_some()
+            && file_identity(socket) == self.api_socket_file
+        {
             let _ = std::fs::remove_file(socket);
         }
-        drained
+        self.host.drain().await
     }
+}
+
+/// A file's device and inode.
+fn file_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Drop for Serving {

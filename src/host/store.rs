@@ -53,6 +53,15 @@ pub enum StoreError {
     DigestMismatch { expected: String, actual: String },
     #[error("the blob is not a WASI 0.2 component (it does not start with the component header)")]
     NotAComponent,
+    #[error(
+        "the state directory {} is in use by another wasmpod host{}; stop it first (a host that \
+         is stopping holds it until its pods have stopped and its state is written)",
+        dir.display(),
+        pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    InUse { dir: PathBuf, pid: Option<u32> },
+    #[error("the state directory is closed (the host is shutting down)")]
+    Closed,
 }
 
 /// The state directory.
@@ -64,6 +73,9 @@ pub struct Store {
 
 struct Shared {
     dir: PathBuf,
+    /// The state directory's lock (`host.lock`, `flock`ed): one host at a time, released by
+    /// [`Store::close`] or when the process ends.
+    lock: Mutex<Option<fs::File>>,
     counter: AtomicU64,
     journal: Journal,
     /// The desired state: every stored pod's spec text. Changed only after its journal record
@@ -82,6 +94,14 @@ enum Job {
     Spare,
     /// Checkpoint every sealed segment now and say how it went.
     Flush(SyncSender<Result<(), StoreError>>),
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // The next host may open the directory now: nothing changes the state any more. A
+        // checkpoint still running writes the same state the next host loads.
+        lock(&self.shared.lock).take();
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -106,6 +126,8 @@ impl Store {
     /// whose bytes do not match their name (renamed to `HEX.corrupt`), loads the pod files and
     /// replays the journal over them.
     pub fn open(dir: &Path) -> Result<(Store, LoadReport), StoreError> {
+        fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+        let lock = lock_dir(dir)?;
         let blob_dir = dir.join("blobs").join("sha256");
         let pod_dir = dir.join("pods");
         for sub in [&blob_dir, &pod_dir] {
@@ -131,6 +153,7 @@ impl Store {
             .collect();
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
+            lock: Mutex::new(Some(lock)),
             counter: AtomicU64::new(0),
             journal,
             specs: Mutex::new(specs),
@@ -226,10 +249,23 @@ impl Store {
         done.recv().map_err(|_| gone())?
     }
 
+    /// Checkpoints everything ([`Store::flush`]), then refuses further changes and releases
+    /// the state directory to the next host.
+    pub fn close(&self) -> Result<(), StoreError> {
+        let flushed = self.flush();
+        // Under the spec lock: a change in progress finishes first, none starts after.
+        let _specs = lock(&self.shared.specs);
+        lock(&self.shared.lock).take();
+        flushed
+    }
+
     /// Journals `record` and, once it is on disk, makes `text` the pod's desired state.
     fn change(&self, record: Record, text: Option<Arc<str>>) -> Result<(), StoreError> {
         let name = record.name().to_string();
         let mut specs = lock(&self.shared.specs);
+        if lock(&self.shared.lock).is_none() {
+            return Err(StoreError::Closed);
+        }
         let sealed = self
             .shared
             .journal
@@ -394,6 +430,40 @@ impl Shared {
     }
 }
 
+/// Takes the state directory's lock (`host.lock`), writing this process's id into it for the
+/// error another host gets.
+fn lock_dir(dir: &Path) -> Result<fs::File, StoreError> {
+    use std::io::{Read, Seek};
+    use std::os::fd::AsRawFd;
+    let path = dir.join("host.lock");
+    let mut file = fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io("cannot open", &path))?;
+    // SAFETY: flock on a file descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(io("cannot lock", &path)(error));
+        }
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        return Err(StoreError::InUse {
+            dir: dir.to_path_buf(),
+            pid: pid.trim().parse().ok(),
+        });
+    }
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    written.map_err(io("cannot write", &path))?;
+    Ok(file)
+}
+
 /// Sets aside blobs whose bytes do not match their name; removes temporary leftovers.
 fn check_blobs(blobs: &Path) -> Result<Vec<String>, StoreError> {
     let mut problems = Vec::new();
@@ -543,6 +613,22 @@ mod tests {
     }
 
     #[test]
+    fn one_host_at_a_time_holds_the_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        store.put_pod("a", "one").unwrap();
+        let error = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(error, StoreError::InUse { pid: Some(pid), .. } if pid == std::process::id()),
+            "{error}"
+        );
+        store.close().unwrap();
+        assert!(matches!(store.put_pod("b", "two"), Err(StoreError::Closed)));
+        let (_next, report) = Store::open(dir.path()).unwrap();
+        assert_eq!(names(&report), ["a"]);
+    }
+
+    #[test]
     fn blobs_are_verified_on_upload_and_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path()).unwrap();
@@ -559,6 +645,7 @@ mod tests {
         store.put_blob(&hex, &bytes).unwrap();
         assert!(store.has_blob(&hex));
         fs::write(store.blob_dir().join(&hex), b"\0asm\x0d\x00\x01\x00changed").unwrap();
+        store.close().unwrap();
         let (store, report) = Store::open(dir.path()).unwrap();
         assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
         assert!(!store.has_blob(&hex));
