@@ -54,7 +54,7 @@ command -v python3 >/dev/null || die "python3 is missing"
 # --- build what is needed ------------------------------------------------------------------
 echo "== building (cargo build --release; the build script builds the guests)" >&2
 cargo build --release >&2
-WASMPOD=$ROOT/target/release/wasmpod
+WASMPOD=${CARGO_TARGET_DIR:-$ROOT/target}/release/wasmpod
 COMPONENT=$ROOT/guests/target/wasm32-wasip2/release/hello_http.wasm
 [[ -x $WASMPOD ]] || die "no $WASMPOD after cargo build --release"
 [[ -f $COMPONENT ]] || die "no $COMPONENT after cargo build --release"
