@@ -65,6 +65,9 @@ impl Default for HostLimits {
     }
 }
 
+/// How long past its grace period a retired pod may take to stop before the host lets it go.
+const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Host events (the doors' refusal reports) kept for followers.
 const HOST_EVENTS: usize = 1000;
 
@@ -506,12 +509,24 @@ impl Host {
     }
 
     /// Stops a pod that no longer takes traffic, in the background: an apply or delete answers
-    /// at once instead of after the old pod's grace period. Pods stop concurrently.
+    /// at once instead of after the old pod's grace period. Pods stop concurrently. A pod gets
+    /// its grace period and [`STOP_MARGIN`] to end; one that has not by then is reported and
+    /// let go (dropping it cancels what still runs), so a drain always ends.
     fn retire(&self, pod: Arc<Pod>) {
+        let events = self.inner.events.clone();
         let mut stopping = lock(&self.inner.stopping);
         while stopping.try_join_next().is_some() {}
         stopping.spawn(async move {
-            pod.stop().await;
+            let wait = pod.spec().termination_grace_period + STOP_MARGIN;
+            if tokio::time::timeout(wait, pod.stop()).await.is_err() {
+                let message = format!(
+                    "pod {} did not stop within {}: let go, its containers cancelled (status: {:?})",
+                    pod.spec().name,
+                    humantime::format_duration(wait),
+                    pod.status().phase
+                );
+                events.emit(None, EventKind::Warning { message });
+            }
         });
     }
 
