@@ -446,6 +446,65 @@ latency = "50ms"
 }
 
 #[test]
+fn update_strategy_becomes_the_deployments_strategy() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("wasmpod.toml");
+    let write = |web: &str, cache: &str| {
+        std::fs::write(
+            &spec,
+            format!(
+                "name = \"shop\"\n[[containers]]\nname = \"web\"\nimage = \"ghcr.io/acme/web:1\"\nports = [8080]\n{web}\n\
+                 [[containers]]\nname = \"cache\"\nimage = \"ghcr.io/acme/cache:1\"\nports = [6379]\n{cache}\n"
+            ),
+        )
+        .unwrap();
+    };
+    let export = |args: &[&str]| {
+        let output = export_cli(&[&[spec.to_str().unwrap()], args].concat());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(output.status.success(), "{stderr}");
+        (String::from_utf8(output.stdout).unwrap(), stderr)
+    };
+    let strategy = |stdout: &str| {
+        parse(stdout).deployments[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .strategy
+            .clone()
+            .unwrap()
+    };
+
+    // Surge (the default): a rolling update that starts the new pod before the old one goes.
+    write("", "");
+    let (stdout, stderr) = export(&["--deployment"]);
+    let rolling = strategy(&stdout);
+    assert_eq!(rolling.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = rolling.rolling_update.unwrap();
+    assert_eq!(
+        (rolling.max_surge, rolling.max_unavailable),
+        (Some(IntOrString::Int(1)), Some(IntOrString::Int(0)))
+    );
+    assert!(!stderr.contains("update_strategy"), "{stderr}");
+
+    // One container's recreate is the whole pod's, and the other container is named.
+    write("", "update_strategy = \"recreate\"");
+    let (stdout, stderr) = export(&["--deployment"]);
+    assert_eq!(strategy(&stdout).type_.as_deref(), Some("Recreate"));
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("warning: ") && l.contains("\"cache\"") && l.contains("\"web\"")),
+        "{stderr}"
+    );
+
+    // A bare Pod has no strategy: an explicit recreate is warned about.
+    let (stdout, stderr) = export(&[]);
+    assert!(parse(&stdout).deployments.is_empty());
+    assert!(stderr.contains("no meaning for a bare Pod"), "{stderr}");
+}
+
+#[test]
 fn a_local_component_is_an_error_that_says_to_push_it_first() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello/wasmpod.toml");
     let output = export_cli(&[example.to_str().unwrap()]);

@@ -6,12 +6,13 @@
 //! Every container must name an `image`: a cluster cannot read a local component file. What
 //! has no Kubernetes equivalent (`health = {}` probes, `allowed_outbound_hosts`, `[[faults]]`, `depends_on`,
 //! the per-request `[http]` limits, restart back-off) is listed in the YAML's leading comment
-//! and in [`KubernetesExport::warnings`].
+//! and in [`KubernetesExport::warnings`]. `update_strategy` becomes the Deployment's strategy,
+//! which Kubernetes applies to the whole pod.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, HostPathVolumeSource, Pod,
     PodSpec as K8sPodSpec, PodTemplateSpec, Probe as K8sProbe, ResourceRequirements, Secret, SecretVolumeSource,
@@ -22,7 +23,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::spec::{
-    Backoff, ComponentSource, ContainerSpec, HttpSettings, PodSpec, Probe, ProbeAction, RestartPolicy, VolumeSource,
+    Backoff, ComponentSource, ContainerSpec, HttpSettings, PodSpec, Probe, ProbeAction, RestartPolicy, UpdateStrategy,
+    VolumeSource,
 };
 
 /// runwasi's wasmtime shim registers this RuntimeClass name by convention.
@@ -235,6 +237,7 @@ pub fn export(spec: &PodSpec, options: &KubernetesOptions) -> Result<KubernetesE
         ..K8sPodSpec::default()
     };
 
+    let strategy = deployment_strategy(spec, options.deployment, &mut warnings);
     let mut objects: Vec<Object> = secrets.into_iter().map(|s| Object::Secret(Box::new(s))).collect();
     if options.deployment {
         objects.push(Object::Deployment(Box::new(Deployment {
@@ -252,6 +255,7 @@ pub fn export(spec: &PodSpec, options: &KubernetesOptions) -> Result<KubernetesE
                     }),
                     spec: Some(pod_spec),
                 },
+                strategy,
                 ..DeploymentSpec::default()
             }),
             ..Deployment::default()
@@ -281,6 +285,58 @@ pub fn export(spec: &PodSpec, options: &KubernetesOptions) -> Result<KubernetesE
         })));
     }
     Ok(KubernetesExport { objects, warnings })
+}
+
+/// The Deployment's update strategy from the containers' `update_strategy`. Kubernetes updates
+/// a whole pod, not a container: `surge` (the default: the new version serves before the old
+/// one stops) is a rolling update that starts the new pod before the old one goes (`maxSurge`
+/// 1, `maxUnavailable` 0); one container asking for `recreate` (never two versions at once)
+/// makes it `Recreate` for the whole pod, said in a warning when others asked for `surge`. A
+/// bare Pod has no strategy (it is replaced whole): an explicit `recreate` is warned about.
+fn deployment_strategy(spec: &PodSpec, deployment: bool, warnings: &mut Vec<String>) -> Option<DeploymentStrategy> {
+    let (recreate, surge): (Vec<&ContainerSpec>, Vec<&ContainerSpec>) = spec
+        .containers
+        .iter()
+        .partition(|container| container.update_strategy == UpdateStrategy::Recreate);
+    let names = |containers: &[&ContainerSpec]| {
+        containers
+            .iter()
+            .map(|container| format!("{:?}", container.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !deployment {
+        if !recreate.is_empty() {
+            warnings.push(format!(
+                "container {}: update_strategy \"recreate\" has no meaning for a bare Pod (Kubernetes replaces \
+                 it whole); with --deployment it becomes the Deployment's Recreate strategy",
+                names(&recreate)
+            ));
+        }
+        return None;
+    }
+    if recreate.is_empty() {
+        return Some(DeploymentStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(RollingUpdateDeployment {
+                max_surge: Some(IntOrString::Int(1)),
+                max_unavailable: Some(IntOrString::Int(0)),
+                ..RollingUpdateDeployment::default()
+            }),
+        });
+    }
+    if !surge.is_empty() {
+        warnings.push(format!(
+            "container {}: update_strategy \"recreate\" makes the Deployment's strategy Recreate, which \
+             Kubernetes applies to the whole pod: container {} (\"surge\") is recreated too",
+            names(&recreate),
+            names(&surge)
+        ));
+    }
+    Some(DeploymentStrategy {
+        type_: Some("Recreate".into()),
+        rolling_update: None,
+    })
 }
 
 fn k8s_container(container: &ContainerSpec, init: bool, warnings: &mut Vec<String>) -> Container {
