@@ -69,8 +69,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// only reached by an embedder compiling hundreds of distinct components at once).
 const TIER_UP_QUEUE: usize = 64;
 
-/// The CPU priority (`nice`) of the threads that compile optimized code in the background.
-const TIER_UP_NICE: i32 = 10;
+/// The CPU priority (`nice`) of background threads: those that compile optimized code, and
+/// the edge host's checkpointer.
+const BACKGROUND_NICE: i32 = 10;
 
 /// At most how long a process that exits waits for a cache file being written (tens of
 /// milliseconds for a 50 MB artifact): never for a compile.
@@ -988,14 +989,15 @@ fn tier_up_worker(engine: Weak<EngineInner>, gate: Arc<TierUpGate>, jobs: Receiv
     }
 }
 
-/// Lowers the calling thread's CPU priority (Linux: per-thread `nice`); elsewhere a no-op.
-fn lower_thread_priority() {
+/// Lowers the calling thread's CPU priority (Linux: per-thread `nice`), for background work
+/// that must not delay requests and applies; elsewhere a no-op.
+pub(crate) fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: `gettid` has no preconditions; `setpriority` on our own thread id only changes
     // this thread's nice value, and a failure (e.g. a seccomp filter) leaves it unchanged.
     unsafe {
         let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, TIER_UP_NICE);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE);
     }
 }
 

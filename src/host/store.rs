@@ -302,6 +302,8 @@ impl Shared {
     /// written (a later segment's replay must never run under an earlier one's); a failed one
     /// stays first in line and is tried again with the next job.
     fn checkpoint_jobs(&self, jobs: Receiver<Job>) {
+        // Applies wait on the journal, never on a checkpoint: they go first.
+        crate::engine::lower_thread_priority();
         let mut sealed = VecDeque::new();
         for job in jobs {
             match job {
