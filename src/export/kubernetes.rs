@@ -321,7 +321,6 @@ fn deployment_strategy(spec: &PodSpec, deployment: bool, warnings: &mut Vec<Stri
             rolling_update: Some(RollingUpdateDeployment {
                 max_surge: Some(IntOrString::Int(1)),
                 max_unavailable: Some(IntOrString::Int(0)),
-                ..RollingUpdateDeployment::default()
             }),
         });
     }
