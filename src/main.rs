@@ -253,12 +253,9 @@ fn main() -> ExitCode {
             watch,
             proxy,
         } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match async_runtime() {
                 Ok(runtime) => runtime,
-                Err(e) => {
-                    eprintln!("wasmpod: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let color = !no_color && std::io::stdout().is_terminal();
             runtime.block_on(run(&spec, color, listen, watch, proxy.limits()))
@@ -467,6 +464,14 @@ async fn finish_tier_up(stopped: bool, signal: &mut StopSignal, printer: &Printe
             ))
             .await;
     }
+}
+
+/// The multi-threaded async runtime a command runs on; failing to start one is said and fails.
+fn async_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("cannot start the async runtime: {e}")))
 }
 
 /// Prints `message` as an error and fails.

@@ -93,21 +93,13 @@ fn read_token(file: &Path) -> Result<String, String> {
         .map_err(|e| format!("cannot read the token file {}: {e}", file.display()))
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("wasmpod: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        })
-}
+use super::async_runtime;
 
 use super::fail;
 
 /// `wasmpod host`: runs until SIGTERM or Ctrl-C, then drains and exits 0.
 pub fn host(args: HostArgs) -> ExitCode {
-    let runtime = match runtime() {
+    let runtime = match async_runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
@@ -214,7 +206,7 @@ where
         Ok(client) => client,
         Err(e) => return fail(e),
     };
-    let runtime = match runtime() {
+    let runtime = match async_runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
@@ -280,7 +272,7 @@ fn find(pod: Option<&str>, flag: &HostFlag, runtime: &tokio::runtime::Runtime) -
 
 /// `wasmpod ps` with host pods; `None` when the host has nothing to add (`main` answers).
 pub fn ps(pod: Option<&str>, json: bool, flag: &HostFlag) -> Option<ExitCode> {
-    let runtime = match runtime() {
+    let runtime = match async_runtime() {
         Ok(runtime) => runtime,
         Err(code) => return Some(code),
     };
@@ -419,7 +411,7 @@ fn stream(
     path: impl FnOnce(&str) -> String,
     print: impl FnMut(&str) -> bool,
 ) -> Option<ExitCode> {
-    let runtime = match runtime() {
+    let runtime = match async_runtime() {
         Ok(runtime) => runtime,
         Err(code) => return Some(code),
     };

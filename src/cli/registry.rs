@@ -27,15 +27,7 @@ pub enum ExportTarget {
     },
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("wasmpod: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        })
-}
+use super::async_runtime;
 
 fn parse_reference(text: &str) -> Result<Reference, ExitCode> {
     text.parse().map_err(|message| {
@@ -66,7 +58,7 @@ pub fn push(file: &Path, reference: &str) -> ExitCode {
         eprintln!("wasmpod: {message}");
         return ExitCode::FAILURE;
     }
-    let runtime = match runtime() {
+    let runtime = match async_runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
@@ -97,7 +89,7 @@ pub fn pull(reference: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match runtime() {
+    let runtime = match async_runtime() {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
