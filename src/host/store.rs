@@ -34,6 +34,8 @@ const TEMP_PREFIX: &str = ".tmp-";
 const COMPONENT_HEADER: [u8; 8] = *b"\0asm\x0d\x00\x01\x00";
 /// Pod files the checkpointer holds open at once (each is flushed before any is renamed).
 const CHECKPOINT_BATCH: usize = 256;
+/// How long a held state-directory lock is asked again before the directory counts as in use.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Jobs waiting for the checkpointer: one per sealed segment (4 MiB of applies) and a spare.
 const CHECKPOINT_QUEUE: usize = 64;
 
@@ -445,11 +447,19 @@ fn lock_dir(dir: &Path) -> Result<fs::File, StoreError> {
         .truncate(false)
         .open(&path)
         .map_err(io("cannot open", &path))?;
+    // A lock is held by an open file description, which a child forked by any thread of the
+    // process shares until it execs: a host that just closed the directory may still hold it
+    // for that moment. So a held lock is asked again for a while before it counts as taken.
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
     // SAFETY: flock on a file descriptor this function owns; no memory is involved.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let error = std::io::Error::last_os_error();
         if error.kind() != std::io::ErrorKind::WouldBlock {
             return Err(io("cannot lock", &path)(error));
+        }
+        if std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
         }
         let mut pid = String::new();
         let _ = file.read_to_string(&mut pid);
